@@ -1,0 +1,59 @@
+# forecast — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+# Which torch build `make install` puts in the venv (the one documented switch):
+#   TORCH_BUILD=cpu    (default) CPU-only build; no CUDA libraries are downloaded.
+#   TORCH_BUILD=cu128  CUDA 12.8 build for GPU machines (any tag PyTorch publishes: cu126, cu129, ...).
+TORCH_VERSION ?= 2.13.0
+TORCH_BUILD   ?= cpu
+TORCH_INDEX   := https://download.pytorch.org/whl/$(TORCH_BUILD)
+
+DATA_DIR ?= data
+STAMP    := $(VENV)/.installed-$(TORCH_BUILD)
+
+.PHONY: help install demo test test-slow verify lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: TORCH_BUILD=$(TORCH_BUILD) (cpu | cu128 | ...), DATA_DIR=$(DATA_DIR)"
+
+install: $(STAMP) ## create .venv/ with torch ($(TORCH_BUILD) build) and the forecast command
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# A local/PyPI wheel of the exact build first (instant where one lies on disk), else PyTorch's own index.
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)+$(TORCH_BUILD)" 2>/dev/null \
+	  || $(BIN)/python -m pip install -q --index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)+$(TORCH_BUILD)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: install ## the main job on the offline sample: data, tier, fit, test
+	$(BIN)/forecast data sample --data-dir $(DATA_DIR)
+	$(BIN)/forecast data build --data-dir $(DATA_DIR) --symbol SP500 --tier a25
+	$(BIN)/forecast data info --data-dir $(DATA_DIR)
+
+test: install ## fast test suite (< 5 min on 2 cores)
+	$(BIN)/python -m pytest -q
+
+test-slow: install ## the slow tests too (real data end to end)
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+verify: install ## check every manifest entry's file, md5 and columns
+	$(BIN)/forecast data verify --data-dir $(DATA_DIR)
+
+lint: install ## ruff
+	$(BIN)/ruff check forecast tests
+
+bench: install ## benchmarks: figures and ratios measured in one run (bench.json)
+	$(BIN)/python -m forecast.bench --out bench.json
+
+clean: ## remove caches and build leftovers (keeps .venv, data and logs)
+	rm -rf .pytest_cache .ruff_cache *.egg-info bench.json
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +

@@ -1,0 +1,101 @@
+"""The `forecast` command: one entry point that dispatches to each subcommand's own parser.
+
+`data` and `arch` are argparse programs; `fit|validate|test|predict` are LightningCLI
+(see `forecast.train`). A `ForecastError` anywhere becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from forecast.errors import ForecastError
+
+USAGE = """usage: forecast <command> [options]
+
+commands:
+  data       get prices (download / import / sample), build feature tiers, verify manifests
+  fit        train a model (LightningCLI; --config FILE, repeatable)
+  validate   evaluate a checkpoint on the validation split
+  test       evaluate the best checkpoint on the test split, write metrics JSON
+  predict    write per-date probabilities as CSV
+  arch       list the architectures of a parameter budget with their memory plan
+  hpo        Optuna search over one budget
+  sweep      run hpo over budgets x horizons
+  report     scaling report from finished studies
+
+`forecast <command> --help` shows each command's options.
+"""
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _data(argv: list[str]) -> int:
+    from forecast.data.cli import main
+
+    return main(argv)
+
+
+def _arch(argv: list[str]) -> int:
+    from forecast.budget import main
+
+    return main(argv)
+
+
+def _lightning(argv: list[str]) -> int:
+    from forecast.train import cli_main
+
+    cli_main(argv)
+    return 0
+
+
+def _hpo(argv: list[str]) -> int:
+    from forecast.hpo import main
+
+    return main(argv)
+
+
+def _sweep(argv: list[str]) -> int:
+    from forecast.hpo import sweep_main
+
+    return sweep_main(argv)
+
+
+def _report(argv: list[str]) -> int:
+    from forecast.report import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "data": _data,
+    "arch": _arch,
+    "hpo": _hpo,
+    "sweep": _sweep,
+    "report": _report,
+    **{name: _lightning for name in LIGHTNING_COMMANDS},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"forecast: error: unknown command {argv[0]!r} (see `forecast --help`)", file=sys.stderr)
+        return 2
+    try:
+        return command(argv if argv[0] in LIGHTNING_COMMANDS else argv[1:])
+    except ForecastError as err:
+        print(f"forecast: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("forecast."):
+            print(f"forecast: error: `forecast {argv[0]}` is not built yet", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("forecast: interrupted", file=sys.stderr)
+        return 130
