@@ -1,0 +1,161 @@
+"""`make bench`: speed figures measured in one run, printed and written as JSON.
+
+Entries:
+  gather   windows/s of the DataModule's one-op batch gather vs a per-sample Dataset + DataLoader
+  fit      seconds per optimizer step of `Trainer.fit` vs a plain PyTorch loop (same model,
+           data, optimizer; progress bar, checkpointing and per-step logging off)
+  memory   the memory planner's estimate vs measured peak of a real CPU training step
+           (`forecast.bench_memory`), when that module is present
+
+Benchmarks report; no test asserts a timing (shared machines are noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from forecast.data.datamodule import WindowDataset, batch_loader
+
+
+class PerSampleWindows(Dataset):
+    """The textbook way: one window per __getitem__, stacked by the default collate."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, ends: torch.Tensor, context_length: int):
+        self.features, self.targets, self.ends, self.context_length = features, targets, ends, context_length
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int):
+        t = int(self.ends[i])
+        return self.features[t - self.context_length + 1 : t + 1], self.targets[t]
+
+
+def _synthetic(rows: int = 8000, n_features: int = 25, context_length: int = 80, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(rows, n_features, generator=g)
+    targets = (torch.rand(rows, generator=g) < 0.3).float()
+    ends = torch.arange(context_length - 1, rows - 1)
+    return features, targets, ends
+
+
+def _time_epochs(loader, epochs: int) -> float:
+    start = time.perf_counter()
+    n = 0
+    for _ in range(epochs):
+        for x, _y in loader:
+            n += len(x)
+    return n / (time.perf_counter() - start)
+
+
+def bench_gather(batch_size: int = 256, epochs: int = 3) -> dict:
+    features, targets, ends, L = *_synthetic(), 80
+    fast = batch_loader(WindowDataset(features, targets, ends.numpy(), L), batch_size, shuffle=True)
+    slow = DataLoader(PerSampleWindows(features, targets, ends, L), batch_size=batch_size, shuffle=True)
+    for x, _ in fast:  # the two loaders must yield the same thing
+        assert x.shape == next(iter(slow))[0].shape
+        break
+    fast_wps, slow_wps = _time_epochs(fast, epochs), _time_epochs(slow, epochs)
+    return {"batch_gather_windows_per_s": fast_wps, "per_sample_windows_per_s": slow_wps,
+            "ratio": fast_wps / slow_wps, "goal": ">= 10"}
+
+
+def _model(n_features: int, context_length: int):
+    from forecast.model import PatchTST
+
+    return PatchTST(n_features=n_features, context_length=context_length, d_model=64, n_layers=2,
+                    n_heads=4, d_ff=128, dropout=0.0, head_dropout=0.0)
+
+
+def _plain_loop(loader, steps: int, lr: float) -> float:
+    torch.manual_seed(0)
+    net = _model(25, 80)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    done, start = 0, None
+    while done < steps:
+        for x, y in loader:
+            if done == 5:  # warm-up steps excluded, as for the Trainer
+                start = time.perf_counter()
+            loss = loss_fn(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            done += 1
+            if done == steps:
+                break
+    return (time.perf_counter() - start) / (steps - 5)
+
+
+def _trainer_loop(loader, steps: int, lr: float) -> float:
+    import lightning.pytorch as L
+
+    from forecast.module import Forecaster
+
+    class StepClock(L.Callback):
+        def on_train_batch_start(self, trainer, *_):
+            if trainer.global_step == 5:
+                self.start = time.perf_counter()
+
+        def on_train_end(self, trainer, *_):
+            self.seconds = time.perf_counter() - self.start
+
+    torch.manual_seed(0)
+    module = Forecaster(_model(25, 80), lr=lr, weight_decay=0.0, warmup_frac=0.0)
+    clock = StepClock()
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock])
+    trainer.fit(module, train_dataloaders=loader)
+    return clock.seconds / (steps - 5)
+
+
+def bench_fit(steps: int = 60, batch_size: int = 64, repeats: int = 3) -> dict:
+    features, targets, ends = _synthetic()
+    loader = batch_loader(WindowDataset(features, targets, ends.numpy(), 80), batch_size, shuffle=True)
+    plain, trainer = [], []
+    for _ in range(repeats):  # interleaved so a noisy neighbour hits both alike
+        plain.append(_plain_loop(loader, steps, 1e-3))
+        trainer.append(_trainer_loop(loader, steps, 1e-3))
+    p, t = min(plain), min(trainer)
+    return {"plain_s_per_step": p, "trainer_s_per_step": t, "ratio": t / p, "goal": "<= 1.10",
+            "note": "min over interleaved repeats; Trainer computes train metrics, the plain loop does not"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m forecast.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.add_argument("--only", nargs="*", default=None, help="run only these entries")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    entries = {"gather": bench_gather, "fit": bench_fit}
+    try:
+        from forecast.bench_memory import bench_memory
+
+        entries["memory"] = bench_memory
+    except ImportError:
+        pass
+    results = {"torch_threads": torch.get_num_threads()}
+    for name, fn in entries.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        results[name] = fn()
+        print(json.dumps(results[name], indent=2, default=str), flush=True)
+    from forecast.io import write_json_atomic
+
+    write_json_atomic(args.out, results)
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

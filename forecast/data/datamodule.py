@@ -1,0 +1,267 @@
+"""The LightningDataModule: a processed tier -> windows and targets, split by date.
+
+All rows of the tier live in ONE float32 tensor [rows, features]; a sample is the row index t
+where its window ends. A batch is gathered in one indexing op (`X[t - L + 1 .. t]` for every t
+in the batch), so there is no per-sample Python anywhere in the loop.
+
+Split rule: a sample belongs to a split only if its whole window (rows t-L+1..t) AND its whole
+target (rows t+1..t+h) lie inside that split's dates, so nothing straddles a boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from forecast.data.paths import raw_path, resolve_data_dir, tier_path
+from forecast.data.raw import forward_adjust, read_raw
+from forecast.data.targets import Task, make_targets
+from forecast.data.tiers import TIERS
+from forecast.errors import ForecastError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Split:
+    """The samples of one split: window-end rows and their dates."""
+
+    name: str
+    ends: np.ndarray  # int64 row indices t of the window ends
+    dates: pd.DatetimeIndex
+
+    @property
+    def size(self) -> int:
+        return len(self.ends)
+
+
+class WindowDataset(Dataset):
+    """Windows gathered from one tensor. Indexed by a LIST of sample positions (a whole batch)."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, ends: np.ndarray, context_length: int):
+        self.features = features  # [rows, F] float32, the whole tier
+        self.targets = targets  # [rows] float32
+        self.ends = torch.as_tensor(ends, dtype=torch.long)  # [N]
+        self.offsets = torch.arange(-context_length + 1, 1)  # [L]: -L+1 .. 0
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.ends[index]  # [B]
+        rows = t[:, None] + self.offsets[None, :]  # [B, L] row indices of each window
+        return self.features[rows], self.targets[t]  # [B, L, F], [B]
+
+
+def batch_loader(dataset: WindowDataset, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
+    """A DataLoader whose sampler yields whole batches of indices, so each fetch is one gather."""
+    sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        sampler=BatchSampler(sampler, batch_size=batch_size, drop_last=False),
+        batch_size=None,  # the dataset already returns batches
+        num_workers=num_workers,
+    )
+
+
+class ForecastDataModule(L.LightningDataModule):
+    """Windows of a feature tier with threshold or direction targets.
+
+    Args:
+        symbol: The symbol whose tier and raw prices are read (e.g. SPY, SP500).
+        tier: The feature tier (see `forecast data build --tier`).
+        data_dir: Data directory holding raw/ and processed/ (default: $FORECAST_DATA_DIR or ./data).
+        context_length: Days in one input window; the window ends at day t.
+        task: `threshold` (does High touch Close[t]*(1+threshold) within `horizon` days) or
+            `direction` (is Close[t+horizon] above Close[t]).
+        horizon: Days ahead the target looks (h >= 1).
+        threshold: The rise the threshold task asks for (0.01 = +1%).
+        val_start: First date of the validation split.
+        test_start: First date of the test split.
+        gap: Trading days dropped at the start of val and test (extra distance from the
+            previous split; 0 = none needed, since no window or target crosses a boundary).
+        scaler: `standard` scales each feature by mean/std of the TRAINING rows only; `none` keeps raw values.
+        batch_size: Micro-batch size, or `auto` to let the memory planner choose it (`forecast fit`).
+        eval_batch_size: Batch size for val/test/predict (default: 4 x batch_size).
+        num_workers: DataLoader workers (0 is fastest here: a batch is one tensor gather).
+        min_windows: Fewest samples a split may have before it is refused as too small.
+        predict_split: The split `forecast predict` writes probabilities for.
+    """
+
+    def __init__(
+        self,
+        symbol: str = "SPY",
+        tier: str = "a25",
+        data_dir: str | None = None,
+        context_length: int = 80,
+        task: Task = "threshold",
+        horizon: int = 1,
+        threshold: float = 0.01,
+        val_start: str = "2018-01-01",
+        test_start: str = "2021-01-01",
+        gap: int = 0,
+        scaler: Literal["standard", "none"] = "standard",
+        batch_size: int | Literal["auto"] = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        min_windows: int = 100,
+        predict_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows)
+        self.symbol, self.tier = symbol, tier
+        self.data_dir = resolve_data_dir(data_dir)
+        self.context_length, self.task, self.horizon, self.threshold = context_length, task, horizon, threshold
+        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
+        self.predict_split = predict_split
+        self.n_features = len(TIERS[tier].columns)
+        self.feature_names = list(TIERS[tier].columns)
+        self._load(pd.Timestamp(val_start), pd.Timestamp(test_start), gap, scaler, min_windows)
+
+    # -- building ---------------------------------------------------------------------------
+    def _load(self, val_start: pd.Timestamp, test_start: pd.Timestamp, gap: int, scaler: str, min_windows: int) -> None:
+        frame = _read_tier(self.data_dir, self.symbol, self.tier)
+        prices = _read_prices(self.data_dir, self.symbol, frame["Date"])
+        self.dates = pd.DatetimeIndex(frame["Date"])
+        _check_dates(self.dates, val_start, test_start, self.symbol, self.tier)
+
+        y = make_targets(prices["High"].to_numpy(), prices["Close"].to_numpy(), self.task, self.horizon, self.threshold)
+        split_of_row = np.searchsorted(np.array([val_start, test_start], dtype="datetime64[ns]"),
+                                       self.dates.values.astype("datetime64[ns]"), side="right")  # 0/1/2 per row
+        self.splits = {
+            name: _split_samples(name, k, split_of_row, self.dates, y, self.context_length, self.horizon, gap)
+            for k, name in enumerate(SPLITS)
+        }
+        for split in self.splits.values():
+            if split.size < min_windows:
+                raise ForecastError(
+                    f"{split.name} split has {split.size} windows (< min_windows={min_windows}); "
+                    f"move val_start/test_start or shorten context_length/horizon"
+                )
+
+        x = frame[self.feature_names].to_numpy(dtype=np.float64)
+        self.scale_mean, self.scale_std = _fit_scaler(x, split_of_row == 0, scaler)
+        self.features = torch.from_numpy(((x - self.scale_mean) / self.scale_std).astype(np.float32))  # [rows, F]
+        self.targets = torch.from_numpy(np.nan_to_num(y, nan=-1.0).astype(np.float32))  # [rows]; -1 never sampled
+        self.balance = {name: float(y[s.ends].mean()) for name, s in self.splits.items()}
+
+    def setup(self, stage: str | None = None) -> None:
+        for name, split in self.splits.items():
+            rank_zero_info(
+                f"{name:>5}: {split.size:5d} windows {split.dates[0].date()}..{split.dates[-1].date()}, "
+                f"{100 * self.balance[name]:.1f}% positive"
+            )
+
+    def split_summary(self) -> dict[str, float]:
+        """Size and class balance of each split, as loggable numbers."""
+        out: dict[str, float] = {}
+        for name, split in self.splits.items():
+            out[f"data/{name}_windows"] = float(split.size)
+            out[f"data/{name}_positive_rate"] = self.balance[name]
+        return out
+
+    # -- loaders ----------------------------------------------------------------------------
+    def dataset(self, split: str) -> WindowDataset:
+        return WindowDataset(self.features, self.targets, self.splits[split].ends, self.context_length)
+
+    def _eval_batch(self) -> int:
+        if self.eval_batch_size:
+            return self.eval_batch_size
+        return 4 * self.batch_size if isinstance(self.batch_size, int) else 256
+
+    def train_dataloader(self) -> DataLoader:
+        if not isinstance(self.batch_size, int):
+            raise ForecastError("data.batch_size is 'auto' but no memory plan was applied (use `forecast fit`)")
+        return batch_loader(self.dataset("train"), self.batch_size, shuffle=True, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return batch_loader(self.dataset("val"), self._eval_batch(), shuffle=False, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return batch_loader(self.dataset("test"), self._eval_batch(), shuffle=False, num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        split = self.predict_split
+        return batch_loader(self.dataset(split), self._eval_batch(), shuffle=False, num_workers=self.num_workers)
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+def _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows) -> None:
+    if tier not in TIERS:
+        raise ForecastError(f"unknown tier {tier!r}; known tiers: {', '.join(sorted(TIERS))}")
+    if context_length < 1:
+        raise ForecastError(f"context_length must be >= 1, got {context_length}")
+    if horizon < 1:
+        raise ForecastError(f"horizon must be >= 1 day, got {horizon}")
+    if not threshold > -1:
+        raise ForecastError(f"threshold must be > -1, got {threshold}")
+    if gap < 0 or min_windows < 1:
+        raise ForecastError(f"gap must be >= 0 and min_windows >= 1, got gap={gap}, min_windows={min_windows}")
+    try:
+        val, test = pd.Timestamp(val_start), pd.Timestamp(test_start)
+    except (ValueError, TypeError) as err:
+        raise ForecastError(f"val_start/test_start must be dates (YYYY-MM-DD): {err}") from None
+    if not val < test:
+        raise ForecastError(f"val_start ({val.date()}) must be before test_start ({test.date()})")
+
+
+def _read_tier(data_dir: Path, symbol: str, tier: str) -> pd.DataFrame:
+    path = tier_path(data_dir, symbol, tier)
+    if not path.exists():
+        raise ForecastError(
+            f"missing processed file {path}; run `forecast data build --data-dir {data_dir} --symbol {symbol} --tier {tier}`"
+        )
+    frame = pd.read_parquet(path)
+    missing = [c for c in ("Date", *TIERS[tier].columns) if c not in frame.columns]
+    if missing:
+        raise ForecastError(f"{path} lacks tier {tier!r} columns {missing}; rebuild it")
+    return frame
+
+
+def _read_prices(data_dir: Path, symbol: str, dates: pd.Series) -> pd.DataFrame:
+    """Forward-adjusted prices on exactly the tier's dates (labels come from these, unscaled)."""
+    if not raw_path(data_dir, symbol).exists():
+        raise ForecastError(f"missing raw prices {raw_path(data_dir, symbol)} (targets are built from them)")
+    prices = forward_adjust(read_raw(data_dir, symbol)).set_index("Date")
+    missing = pd.DatetimeIndex(dates).difference(prices.index)
+    if len(missing):
+        raise ForecastError(f"tier dates missing from raw {symbol} prices (first {missing[0].date()}); rebuild the tier")
+    return prices.loc[pd.DatetimeIndex(dates)]
+
+
+def _check_dates(dates: pd.DatetimeIndex, val_start, test_start, symbol: str, tier: str) -> None:
+    first, last = dates[0], dates[-1]
+    for name, when in (("val_start", val_start), ("test_start", test_start)):
+        if not first < when <= last:
+            raise ForecastError(
+                f"{name} {when.date()} lies outside the {symbol} {tier} data ({first.date()}..{last.date()})"
+            )
+
+
+def _split_samples(name, k, split_of_row, dates, y, context_length, horizon, gap) -> Split:
+    """Window ends t whose window rows [t-L+1, t] and target rows [t+1, t+h] all lie in split k."""
+    rows = np.flatnonzero(split_of_row == k)
+    if len(rows) == 0:
+        return Split(name, np.empty(0, dtype=np.int64), pd.DatetimeIndex([]))
+    first, last = rows[0] + (gap if k > 0 else 0), rows[-1]  # splits are contiguous row ranges
+    ends = np.arange(first + context_length - 1, last - horizon + 1, dtype=np.int64)
+    ends = ends[~np.isnan(y[ends])]
+    return Split(name, ends, dates[ends])
+
+
+def _fit_scaler(x: np.ndarray, train_rows: np.ndarray, scaler: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean/std from training rows only; constant features keep std 1."""
+    if scaler == "none":
+        return np.zeros(x.shape[1]), np.ones(x.shape[1])
+    mean = x[train_rows].mean(axis=0)
+    std = x[train_rows].std(axis=0)
+    return mean, np.where(std > 0, std, 1.0)

@@ -1,0 +1,150 @@
+"""The LightningModule: loss, optimizer, schedule and metrics around an injected network.
+
+The network (`forecast.model.PatchTST`) arrives ready-made, so this file knows nothing of
+architecture; gradient clipping, accumulation and precision are Trainer settings.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import lightning.pytorch as L
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from forecast.metrics import COLLAPSE_STD, MONITOR, MONITOR_MODE, ProbabilitySpread, classification_metrics
+
+SPLITS = ("train", "val", "test")
+BEST_KEY = "hp/best_" + MONITOR.replace("/", "_")  # TensorBoard HParams metric: best monitored value so far
+
+
+class Forecaster(L.LightningModule):
+    """Binary forecaster: BCE on logits, AdamW with real weight decay, warmup + cosine schedule.
+
+    Args:
+        net: The network, `[B, L, F] -> logits [B]` (e.g. `forecast.model.PatchTST`).
+        lr: Peak learning rate of AdamW.
+        weight_decay: AdamW weight decay on matrices (norms, biases and embeddings of dim < 2 get none).
+        betas: AdamW betas.
+        warmup_frac: Fraction of all optimizer steps spent warming the learning rate up linearly.
+        min_lr_ratio: Floor of the cosine decay as a fraction of `lr`.
+        pos_weight: Weight of positive samples in the loss (None = unweighted).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_frac: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        pos_weight: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(pos_weight))
+        # keyed "<split>_" because nn.Module already has an attribute named `train`
+        self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(s) for s in SPLITS})
+        self.spread = nn.ModuleDict({f"{s}_": ProbabilitySpread() for s in SPLITS})
+        self.best_score: float | None = None
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # [B, L, F] -> [B] logits
+
+    def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        x, y = batch  # [B, L, F], [B]
+        logits = self(x).float()  # [B]; float so bf16 autocast never reaches the loss
+        loss = self.loss_fn(logits, y)
+        probs = torch.sigmoid(logits.detach())
+        self.metrics[f"{split}_"].update(probs, y.long())
+        self.spread[f"{split}_"].update(probs)
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.model_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.model_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.model_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        return torch.sigmoid(self(x).float())
+
+    # -- epoch ends -------------------------------------------------------------------------
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+        if self.trainer.sanity_checking:
+            return
+        score = self.trainer.callback_metrics.get(MONITOR)
+        if score is not None:
+            score = float(score)
+            better = min if MONITOR_MODE == "min" else max
+            self.best_score = score if self.best_score is None else better(self.best_score, score)
+            self.log(BEST_KEY, self.best_score)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def _log_epoch(self, split: str) -> None:
+        metrics, spread_metric = self.metrics[f"{split}_"], self.spread[f"{split}_"]
+        self.log_dict(metrics.compute())
+        metrics.reset()
+        spread = spread_metric.compute()
+        spread_metric.reset()
+        self.log_dict({f"{split}/{k}": v for k, v in spread.items()})
+        if spread["prob_std"] < COLLAPSE_STD and not self.trainer.sanity_checking:
+            warnings.warn(
+                f"{split}: predicted probabilities collapsed (std {float(spread['prob_std']):.2e} < {COLLAPSE_STD}); "
+                "the model predicts one number for every window",
+                stacklevel=1,
+            )
+
+    def on_fit_start(self) -> None:
+        """Record the real parameter count and register the HParams metric with a real value to come."""
+        print(f"model: {type(self.net).__name__} with {self.num_parameters:,} parameters")
+        if self.logger is not None:
+            hparams = {**self.hparams, "num_parameters": self.num_parameters}
+            self.logger.log_hyperparams(hparams, {BEST_KEY: float("nan")})
+
+    # -- optimization -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+            betas=tuple(self.hparams.betas),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = warmup_cosine(total, self.hparams.warmup_frac, self.hparams.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+def warmup_cosine(total_steps: int, warmup_frac: float, min_ratio: float = 0.0):
+    """LR multiplier: linear 0 -> 1 over the warmup steps, then cosine 1 -> min_ratio at the end."""
+    warmup = int(round(warmup_frac * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,180 @@
+"""`forecast fit|validate|test|predict`: LightningCLI over `Forecaster` + `ForecastDataModule`.
+
+`cli_main(args, run=False)` is how the search builds one trial: the same parser, the same
+configs, then `cli.trainer.fit(cli.model, cli.datamodule)`.
+
+Every run lives in one folder, `<save_dir>/<name>/version_N/`: TensorBoard events, the resolved
+`config.yaml`, `checkpoints/best-*.ckpt` and `checkpoints/last.ckpt`, and what `test` and
+`predict` write (`test_metrics.json`, `predictions_<split>.csv`). `test`, `validate` and
+`predict` default to the BEST checkpoint of that run and log into the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
+
+from forecast.data.datamodule import ForecastDataModule
+from forecast.errors import ForecastError
+from forecast.io import atomic_path, write_json_atomic
+from forecast.metrics import MONITOR, MONITOR_MODE
+from forecast.module import Forecaster
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "trainer" / "default.yaml"
+BEST_PREFIX = "best"
+
+
+class PredictionCSV(BasePredictionWriter):
+    """Writes `predictions_<split>.csv` (date, probability, label) into the run folder."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        dm: ForecastDataModule = trainer.datamodule
+        split = dm.splits[dm.predict_split]
+        probs = torch.cat(predictions).float().numpy()  # sequential sampler: rows in split order
+        labels = dm.targets[torch.as_tensor(split.ends)].numpy()
+        frame = pd.DataFrame({"date": split.dates.date, "probability": probs, "label": labels.astype(int)})
+        path = Path(trainer.log_dir) / f"predictions_{dm.predict_split}.csv"
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6f")
+        rank_zero_info(f"predictions: {path} ({len(frame)} rows)")
+
+
+class ForecastCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "early_stopping.monitor": MONITOR,
+                "early_stopping.mode": MONITOR_MODE,
+                "early_stopping.patience": 10,
+                "early_stopping.min_delta": 0.001,
+                "checkpoint.monitor": MONITOR,
+                "checkpoint.mode": MONITOR_MODE,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": BEST_PREFIX + "-{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        # Never configured twice: the data decides the model's input shape.
+        parser.link_arguments("data.n_features", "model.net.init_args.n_features", apply_on="instantiate")
+        parser.link_arguments("data.context_length", "model.net.init_args.context_length", apply_on="parse")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        if self.subcommand in ("validate", "test", "predict"):
+            _point_at_run(config)
+
+    # -- after each subcommand: say what happened and where ----------------------------------
+    def after_fit(self) -> None:
+        ckpt = self.trainer.checkpoint_callback
+        best = None if ckpt is None or ckpt.best_model_score is None else float(ckpt.best_model_score)
+        summary = {
+            MONITOR: best,
+            "best_checkpoint": ckpt.best_model_path if ckpt else None,
+            "epochs": self.trainer.current_epoch,
+            "num_parameters": self.model.num_parameters,
+            **{k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")},
+        }
+        if best is not None:
+            summary[MONITOR] = best
+        write_json_atomic(Path(self.trainer.log_dir) / "fit_summary.json", summary)
+        rank_zero_info(f"best {MONITOR}: {best}  checkpoint: {summary['best_checkpoint']}")
+        rank_zero_info(f"run folder: {self.trainer.log_dir}\nsee it: tensorboard --logdir {Path(self.trainer.log_dir).parent.parent}")
+
+    def after_validate(self) -> None:
+        _write_metrics(self.trainer, "validate", self.config[self.subcommand].ckpt_path)
+
+    def after_test(self) -> None:
+        _write_metrics(self.trainer, "test", self.config[self.subcommand].ckpt_path)
+
+
+def _write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    path = Path(trainer.log_dir) / f"{stage}_metrics.json"
+    write_json_atomic(path, {"checkpoint": ckpt_path, **metrics})
+    rank_zero_info(f"{stage} metrics: {path}")
+
+
+def _point_at_run(config) -> None:
+    """Resolve `ckpt_path` (default: best) to a file, and log into the run that produced it."""
+    logger = config.trainer.get("logger")
+    run = _find_run(config)
+    ckpt = config.get("ckpt_path") or "best"
+    if ckpt in ("best", "last"):
+        if run is None:
+            raise ForecastError("no finished run found for this config; run `forecast fit` first or pass --ckpt_path FILE")
+        ckpt = str(_checkpoint_in(run, ckpt))
+    elif not Path(ckpt).is_file():
+        raise ForecastError(f"checkpoint not found: {ckpt}")
+    else:
+        run = Path(ckpt).resolve().parent.parent
+    config.ckpt_path = ckpt
+    if isinstance(logger, dict) or hasattr(logger, "init_args"):
+        logger.init_args.version = run.name
+        logger.init_args.save_dir = str(run.parent.parent)
+        logger.init_args.name = run.parent.name
+    rank_zero_info(f"checkpoint: {ckpt}")
+
+
+def _find_run(config) -> Path | None:
+    """The run a config belongs to: the folder of a saved run config, else the newest run of its logger."""
+    for cfg in reversed(config.get("config") or []):
+        folder = Path(str(cfg)).resolve().parent
+        if (folder / "checkpoints").is_dir():
+            return folder
+    logger = config.trainer.get("logger")
+    init = getattr(logger, "init_args", None)
+    if init is None:
+        return None
+    experiment = Path(init.save_dir) / (init.name or "")
+    runs = sorted(
+        (p for p in experiment.glob("version_*") if (p / "checkpoints").is_dir()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    return runs[-1] if runs else None
+
+
+def _checkpoint_in(run: Path, which: str) -> Path:
+    folder = run / "checkpoints"
+    found = sorted(folder.glob(f"{BEST_PREFIX}-*.ckpt")) if which == "best" else [folder / "last.ckpt"]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        raise ForecastError(f"no {which} checkpoint in {folder}")
+    return found[-1]
+
+
+def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> ForecastCLI:
+    """Build (and by default run) the LightningCLI. `args` starts with the subcommand when run=True."""
+    subcommand = args[0] if run and args else None
+    trainer_defaults = {
+        "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
+        "callbacks": [LearningRateMonitor(logging_interval="step")],
+    }
+    if subcommand == "predict":
+        trainer_defaults["callbacks"].append(PredictionCSV())
+    trainer_defaults.update(kwargs.pop("trainer_defaults", {}))
+    return ForecastCLI(
+        Forecaster,
+        ForecastDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=42,
+        trainer_defaults=trainer_defaults,
+        save_config_callback=SaveConfigCallback if subcommand in (None, "fit") else None,
+        parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]} if DEFAULT_CONFIG.exists() else {},
+        **kwargs,
+    )

@@ -1,0 +1,249 @@
+"""The training path end to end on a small synthetic tier: DataModule, LightningModule, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from forecast.cli import main as forecast_main
+from forecast.data.datamodule import ForecastDataModule
+from forecast.data.raw import forward_adjust, read_raw, write_raw
+from forecast.data.targets import threshold_targets
+from forecast.data.tiers import build_and_write
+from forecast.metrics import MONITOR
+from forecast.train import cli_main
+
+SYMBOL = "SYN"
+VAL_START, TEST_START = "2018-07-02", "2019-04-01"
+
+
+def synthetic_raw(rows: int = 1300, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2014-01-01", periods=rows)
+    close = 100 * np.exp(np.cumsum(rng.normal(0.0003, 0.012, rows)))
+    open_ = close * np.exp(rng.normal(0, 0.004, rows))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.008, rows)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.008, rows)))
+    adj = close * np.exp(np.linspace(-0.05, 0.0, rows))  # dividends: adj/close rises over time
+    volume = rng.integers(1_000_000, 5_000_000, rows)
+    return pd.DataFrame({"Date": dates, "Open": open_, "High": high, "Low": low, "Close": close,
+                         "Adj Close": adj, "Volume": volume})
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_raw(root, SYMBOL, synthetic_raw(), source="synthetic test series")
+    build_and_write(root, SYMBOL, "a25")
+    return root
+
+
+def dm_kwargs(data_dir: Path, **over) -> dict:
+    kw = dict(symbol=SYMBOL, tier="a25", data_dir=str(data_dir), context_length=32, horizon=1,
+              threshold=0.01, val_start=VAL_START, test_start=TEST_START, min_windows=20, batch_size=32)
+    kw.update(over)
+    return kw
+
+
+# -- DataModule ----------------------------------------------------------------------------
+@pytest.mark.parametrize("horizon,gap", [(1, 0), (5, 0), (3, 7)])
+def test_no_window_or_target_crosses_a_split_boundary(data_dir, horizon, gap):
+    dm = ForecastDataModule(**dm_kwargs(data_dir, horizon=horizon, gap=gap))
+    bounds = {"train": (pd.Timestamp.min, pd.Timestamp(VAL_START)),
+              "val": (pd.Timestamp(VAL_START), pd.Timestamp(TEST_START)),
+              "test": (pd.Timestamp(TEST_START), pd.Timestamp.max)}
+    for name, split in dm.splits.items():
+        lo, hi = bounds[name]
+        first_window_day = dm.dates[split.ends - dm.context_length + 1]
+        last_target_day = dm.dates[split.ends + horizon]
+        assert (first_window_day >= lo).all() and (last_target_day < hi).all(), name
+        assert split.size >= 20
+    # the boundaries are tight: the first val window starts on the first val day (+ gap)
+    val_rows = np.flatnonzero(dm.dates >= pd.Timestamp(VAL_START))
+    assert dm.splits["val"].ends[0] == val_rows[0] + gap + dm.context_length - 1
+
+
+def test_targets_come_from_unscaled_forward_adjusted_prices(data_dir):
+    dm = ForecastDataModule(**dm_kwargs(data_dir, horizon=3, threshold=0.02))
+    prices = forward_adjust(read_raw(data_dir, SYMBOL)).set_index("Date").loc[dm.dates]
+    expected = threshold_targets(prices["High"].to_numpy(), prices["Close"].to_numpy(), 3, 0.02)
+    for split in dm.splits.values():
+        np.testing.assert_array_equal(dm.targets[split.ends].numpy(), expected[split.ends])
+
+
+def test_batches_are_the_windows_they_claim(data_dir):
+    dm = ForecastDataModule(**dm_kwargs(data_dir))
+    x, y = next(iter(dm.val_dataloader()))  # sequential: first val windows in order
+    t = dm.splits["val"].ends[:3]
+    assert x.shape == (dm._eval_batch(), 32, dm.n_features) and x.dtype == torch.float32
+    for i, end in enumerate(t):
+        torch.testing.assert_close(x[i], dm.features[end - 31 : end + 1])
+        assert y[i] == dm.targets[end]
+
+
+def test_scaler_never_sees_validation_or_test_rows(data_dir, tmp_path):
+    """Changing every val/test feature value must not move the scaler."""
+    base = ForecastDataModule(**dm_kwargs(data_dir))
+    tier_file = data_dir / "processed" / f"{SYMBOL}_a25.parquet"
+    other = tmp_path / "data"
+    (other / "processed").mkdir(parents=True)
+    (other / "raw").mkdir()
+    for f in (data_dir / "raw").iterdir():
+        (other / "raw" / f.name).write_bytes(f.read_bytes())
+    frame = pd.read_parquet(tier_file)
+    later = frame["Date"] >= pd.Timestamp(VAL_START)
+    cols = [c for c in frame.columns if c != "Date"]
+    frame.loc[later, cols] = frame.loc[later, cols] * 1000 + 7
+    frame.to_parquet(other / "processed" / tier_file.name)
+    moved = ForecastDataModule(**dm_kwargs(other))
+    np.testing.assert_array_equal(base.scale_mean, moved.scale_mean)
+    np.testing.assert_array_equal(base.scale_std, moved.scale_std)
+    train_rows = base.dates < pd.Timestamp(VAL_START)
+    assert abs(base.features[train_rows].mean()) < 0.05  # standardised on training rows
+    assert abs(moved.features[~train_rows].mean()) > 10  # val/test were not refitted
+
+
+# -- fit / test / predict through the CLI ----------------------------------------------------
+def base_args(data_dir: Path, logs: Path, epochs: int = 3) -> list[str]:
+    return [
+        "--config", "configs/demo.yaml",
+        f"--data.data_dir={data_dir}", f"--data.symbol={SYMBOL}", "--data.context_length=32",
+        f"--data.val_start={VAL_START}", f"--data.test_start={TEST_START}", "--data.min_windows=20",
+        "--data.batch_size=32",
+        "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4",
+        "--model.net.init_args.d_model=16", "--model.net.init_args.n_heads=2",
+        "--model.net.init_args.d_ff=32", "--model.net.init_args.n_layers=1",
+        "--model.lr=3e-3",
+        f"--trainer.logger.init_args.save_dir={logs}", "--trainer.logger.init_args.name=t",
+        f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
+@pytest.fixture(scope="module")
+def fitted(data_dir, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    cli = cli_main(["fit", *base_args(data_dir, logs, epochs=4)])
+    return cli, logs
+
+
+def test_fit_lowers_training_loss_and_saves_config_and_checkpoints(fitted):
+    cli, logs = fitted
+    run = Path(cli.trainer.log_dir)
+    assert (run / "config.yaml").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["net"]["init_args"]["n_features"] == 25  # linked from the data
+    assert saved["model"]["net"]["init_args"]["context_length"] == 32
+    assert saved["seed_everything"] == 42
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    summary = json.loads((run / "fit_summary.json").read_text())
+    assert summary["num_parameters"] == sum(p.numel() for p in cli.model.net.parameters())
+    losses = cli.trainer.callback_metrics
+    assert "val/auroc" in losses and "train/auroc" in losses and "val/prob_std" in losses
+
+
+def test_short_fit_lowers_training_loss(data_dir, tmp_path):
+    losses = []
+
+    class Record(__import__("lightning.pytorch", fromlist=["Callback"]).Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=6), "--early_stopping.patience=100"],
+                   trainer_defaults={"callbacks": [Record()]})
+    assert cli.trainer.current_epoch == 6
+    assert losses[-1] < losses[0] - 0.01, losses
+
+
+def test_weight_decay_reaches_the_optimizer(fitted):
+    cli, _ = fitted
+    groups = cli.trainer.optimizers[0].param_groups
+    decay = [g for g in groups if g["weight_decay"] > 0]
+    assert decay and decay[0]["weight_decay"] == cli.model.hparams.weight_decay
+    matrices = {id(p) for g in decay for p in g["params"]}
+    assert all(p.ndim >= 2 for p in cli.model.parameters() if id(p) in matrices)
+    assert all(id(p) not in matrices for p in cli.model.parameters() if p.ndim < 2)
+
+
+def test_test_and_predict_use_the_best_checkpoint_not_the_last(fitted):
+    cli, logs = fitted
+    run = Path(cli.trainer.log_dir)
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    # Sabotage last.ckpt: if test/predict read it, their numbers change.
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    last["state_dict"] = {k: torch.zeros_like(v) for k, v in last["state_dict"].items()}
+    torch.save(last, run / "checkpoints" / "last.ckpt")
+
+    config = str(run / "config.yaml")
+    test_cli = cli_main(["test", "--config", config, "--trainer.enable_progress_bar=false"])
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["checkpoint"] == str(best)
+    assert Path(test_cli.trainer.log_dir) == run  # logged into the same run
+    assert 0 < metrics["test/auroc"] < 1 and metrics["test/prob_std"] > 1e-4  # zeroed weights give std 0
+
+    cli_main(["predict", "--config", config, "--trainer.enable_progress_bar=false"])
+    preds = pd.read_csv(run / "predictions_test.csv")
+    assert list(preds.columns) == ["date", "probability", "label"]
+    assert len(preds) == cli.datamodule.splits["test"].size
+    assert preds["probability"].std() > 1e-4
+    assert set(preds["label"]) <= {0, 1}
+
+
+# -- bad configs: one line, non-zero exit, before training ------------------------------------
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--data.context_length=4"], "patch_len"),
+        (["--data.horizon=0"], "horizon must be >= 1"),
+        (["--data.val_start=1990-01-01"], "outside"),
+        (["--data.test_start=2030-01-01"], "outside"),
+        (["--data.min_windows=100000"], "windows"),
+        (["--data.tier=zz"], "unknown tier"),
+        (["--data.symbol=NOPE"], "missing processed file"),
+    ],
+)
+def test_bad_config_is_one_clear_line(data_dir, tmp_path, capsys, override, message):
+    code = forecast_main(["fit", *base_args(data_dir, tmp_path), *override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and message in err[0], err
+    assert not any(tmp_path.rglob("*.ckpt"))
+
+
+def test_bad_config_from_a_subprocess_has_no_traceback(data_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "forecast", "fit", *base_args(data_dir, tmp_path),
+                           "--data.horizon=-2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("forecast: error: horizon")
+
+
+# -- configs -----------------------------------------------------------------------------------
+CONFIGS = sorted(Path("configs").rglob("*.yaml"))
+
+
+def test_every_yaml_in_configs_parses():
+    assert CONFIGS
+    for path in CONFIGS:
+        assert yaml.safe_load(path.read_text()) is not None, path
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parts[1] != "hpo" and p.name != "arch_grid.yaml"],
+                         ids=str)
+def test_every_run_config_is_accepted_by_the_cli(path, capsys):
+    """Each run config, on top of the demo, parses against the real parser (nothing is trained)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "--config", "configs/demo.yaml", "--config", str(path), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["net"]["class_path"] == "forecast.model.PatchTST"
+    assert printed["early_stopping"]["monitor"] == MONITOR
