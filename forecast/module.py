@@ -14,7 +14,13 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from forecast.metrics import COLLAPSE_STD, MONITOR, MONITOR_MODE, ProbabilitySpread, classification_metrics
+from forecast.metrics import (
+    COLLAPSE_STD,
+    MONITOR,
+    MONITOR_MODE,
+    ProbabilitySpread,
+    classification_metrics,
+)
 
 SPLITS = ("train", "val", "test")
 BEST_KEY = "hp/best_" + MONITOR.replace("/", "_")  # TensorBoard HParams metric: best monitored value so far
@@ -51,6 +57,15 @@ class Forecaster(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(s) for s in SPLITS})
         self.spread = nn.ModuleDict({f"{s}_": ProbabilitySpread() for s in SPLITS})
         self.best_score: float | None = None
+        self.history: list[dict[str, float]] = []  # val metrics of every finished epoch
+
+    def best_epoch(self) -> dict[str, float] | None:
+        """Val metrics of the epoch with the best monitored value (the best checkpoint's epoch)."""
+        scored = [h for h in self.history if MONITOR in h]
+        if not scored:
+            return None
+        pick = min if MONITOR_MODE == "min" else max
+        return pick(scored, key=lambda h: h[MONITOR])
 
     @property
     def num_parameters(self) -> int:
@@ -90,12 +105,12 @@ class Forecaster(L.LightningModule):
         self._log_epoch("val")
         if self.trainer.sanity_checking:
             return
-        score = self.trainer.callback_metrics.get(MONITOR)
-        if score is not None:
-            score = float(score)
-            better = min if MONITOR_MODE == "min" else max
-            self.best_score = score if self.best_score is None else better(self.best_score, score)
-            self.log(BEST_KEY, self.best_score)
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        self.history.append({"epoch": self.current_epoch, **metrics})
+        if MONITOR in metrics:
+            best = self.best_epoch()[MONITOR]
+            self.best_score = best
+            self.log(BEST_KEY, best)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")

@@ -11,14 +11,18 @@ Every run lives in one folder, `<save_dir>/<name>/version_N/`: TensorBoard event
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    BasePredictionWriter,
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+)
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -74,26 +78,27 @@ class ForecastCLI(LightningCLI):
         parser.link_arguments("data.context_length", "model.net.init_args.context_length", apply_on="parse")
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
-        if self.subcommand in ("validate", "test", "predict"):
-            _point_at_run(config)
+        if self.subcommand in ("validate", "test", "predict"):  # None with run=False (the search)
+            _point_at_run(self.config[self.subcommand])
 
     # -- after each subcommand: say what happened and where ----------------------------------
     def after_fit(self) -> None:
+        """Write fit_summary.json (the BEST epoch's val metrics) and say where everything is."""
         ckpt = self.trainer.checkpoint_callback
-        best = None if ckpt is None or ckpt.best_model_score is None else float(ckpt.best_model_score)
+        best = self.model.best_epoch() or {}
         summary = {
-            MONITOR: best,
             "best_checkpoint": ckpt.best_model_path if ckpt else None,
-            "epochs": self.trainer.current_epoch,
+            "best_epoch": best.get("epoch"),
+            "epochs_run": self.trainer.current_epoch,
             "num_parameters": self.model.num_parameters,
-            **{k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")},
+            **{k: v for k, v in best.items() if k != "epoch"},
         }
-        if best is not None:
-            summary[MONITOR] = best
-        write_json_atomic(Path(self.trainer.log_dir) / "fit_summary.json", summary)
-        rank_zero_info(f"best {MONITOR}: {best}  checkpoint: {summary['best_checkpoint']}")
-        rank_zero_info(f"run folder: {self.trainer.log_dir}\nsee it: tensorboard --logdir {Path(self.trainer.log_dir).parent.parent}")
+        run = Path(self.trainer.log_dir)
+        write_json_atomic(run / "fit_summary.json", summary)
+        shown = "  ".join(f"{k} {best[k]:.4f}" for k in (MONITOR, "val/auroc", "val/ap") if k in best)
+        rank_zero_info(f"best epoch {best.get('epoch')}: {shown}")
+        rank_zero_info(f"best checkpoint: {summary['best_checkpoint']}")
+        rank_zero_info(f"run folder: {run}   see it: tensorboard --logdir {run.parent.parent}")
 
     def after_validate(self) -> None:
         _write_metrics(self.trainer, "validate", self.config[self.subcommand].ckpt_path)
@@ -157,6 +162,14 @@ def _checkpoint_in(run: Path, which: str) -> Path:
     return found[-1]
 
 
+def _parser_kwargs(run: bool) -> dict[str, Any]:
+    """configs/trainer/default.yaml under every run: per subcommand with them, top level without."""
+    if not DEFAULT_CONFIG.exists():
+        return {}
+    defaults = {"default_config_files": [str(DEFAULT_CONFIG)]}
+    return {sub: defaults for sub in ("fit", "validate", "test", "predict")} if run else defaults
+
+
 def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> ForecastCLI:
     """Build (and by default run) the LightningCLI. `args` starts with the subcommand when run=True."""
     subcommand = args[0] if run and args else None
@@ -166,7 +179,16 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
     }
     if subcommand == "predict":
         trainer_defaults["callbacks"].append(PredictionCSV())
-    trainer_defaults.update(kwargs.pop("trainer_defaults", {}))
+    extra = dict(kwargs.pop("trainer_defaults", {}))
+    trainer_defaults["callbacks"] += list(extra.pop("callbacks", []))  # e.g. the search's pruning callback
+    trainer_defaults.update(extra)
+    with warnings.catch_warnings():
+        # `forecast <subcommand>` hands its argv over as `args`; that is intended, not a mistake.
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        return _build(args, run, subcommand, trainer_defaults, **kwargs)
+
+
+def _build(args, run, subcommand, trainer_defaults, **kwargs) -> ForecastCLI:
     return ForecastCLI(
         Forecaster,
         ForecastDataModule,
@@ -175,6 +197,6 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
         seed_everything_default=42,
         trainer_defaults=trainer_defaults,
         save_config_callback=SaveConfigCallback if subcommand in (None, "fit") else None,
-        parser_kwargs={"default_config_files": [str(DEFAULT_CONFIG)]} if DEFAULT_CONFIG.exists() else {},
+        parser_kwargs=_parser_kwargs(run),
         **kwargs,
     )

@@ -22,7 +22,7 @@ from forecast.metrics import MONITOR
 from forecast.train import cli_main
 
 SYMBOL = "SYN"
-VAL_START, TEST_START = "2018-07-02", "2019-04-01"
+VAL_START, TEST_START = "2017-07-03", "2018-04-02"
 
 
 def synthetic_raw(rows: int = 1300, seed: int = 0) -> pd.DataFrame:
@@ -140,8 +140,8 @@ def test_fit_lowers_training_loss_and_saves_config_and_checkpoints(fitted):
     run = Path(cli.trainer.log_dir)
     assert (run / "config.yaml").is_file()
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["net"]["init_args"]["n_features"] == 25  # linked from the data
-    assert saved["model"]["net"]["init_args"]["context_length"] == 32
+    assert cli.model.net.n_features == 25  # linked from the data, never configured
+    assert saved["data"]["context_length"] == 32 and cli.model.net.n_patches == (32 - 8) // 4 + 1
     assert saved["seed_everything"] == 42
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
