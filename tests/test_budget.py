@@ -1,0 +1,215 @@
+"""Parameter budgets: exact counts, the grid per budget, the memory planner, `forecast arch`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from forecast.bench_memory import BenchConfig, tensor_peak_bytes
+from forecast.budget import (
+    BUDGETS,
+    GRID_PATH,
+    Arch,
+    architectures,
+    count_parameters,
+    load_grid,
+    tier_features,
+    training_flops_per_sample,
+)
+from forecast.errors import ForecastError
+from forecast.model import PatchTST
+from forecast.planner import estimate, plan
+
+ROOT = Path(__file__).resolve().parent.parent
+A25 = {"n_features": 25, "context_length": 80, "patch_len": 16, "stride": 8}
+GB = 1e9
+
+# ------------------------------------------------------------------------------ exact counts
+
+SMALL_GRID = list(itertools.product(
+    [1, 7],  # n_features
+    [(16, 16, 8), (33, 8, 3), (12, 12, 5)],  # (context_length, patch_len, stride)
+    [(8, 1, 2, 16), (24, 3, 4, 40)],  # (d_model, n_layers, n_heads, d_ff)
+    ["mixing", "independent"],
+    [True, False],  # revin
+))
+
+
+@pytest.mark.parametrize(("n_features", "patching", "arch", "patch_mode", "revin"), SMALL_GRID)
+def test_count_formula_equals_numel(n_features, patching, arch, patch_mode, revin) -> None:
+    context_length, patch_len, stride = patching
+    d_model, n_layers, n_heads, d_ff = arch
+    model = PatchTST(n_features, context_length, patch_len, stride, d_model, n_layers, n_heads,
+                     d_ff, patch_mode=patch_mode, revin=revin)
+    expected = sum(p.numel() for p in model.parameters())
+    assert count_parameters(n_features, context_length, patch_len, stride, d_model, n_layers,
+                            n_heads, d_ff, patch_mode, revin) == expected
+    assert model.num_parameters == expected
+
+
+@pytest.mark.parametrize("patch_mode", ["mixing", "independent"])
+def test_count_formula_on_meta_for_every_200m_and_2b_architecture(patch_mode: str) -> None:
+    for budget in ("200M", "2B"):
+        for arch in architectures(budget, 25, patch_mode=patch_mode):
+            with torch.device("meta"):  # nothing is allocated
+                model = PatchTST(**A25, **arch.model_kwargs(), patch_mode=patch_mode)
+            assert model.num_parameters == arch.params, arch.id
+            assert next(model.parameters()).is_meta
+
+
+# ------------------------------------------------------------------------------ the grid
+
+
+@pytest.mark.parametrize("budget", list(BUDGETS))
+@pytest.mark.parametrize("patch_mode", ["mixing", "independent"])
+def test_each_budget_has_20_exact_architectures_from_wide_to_deep(budget, patch_mode) -> None:
+    archs = architectures(budget, 25, 80, 16, 8, patch_mode)
+    size = BUDGETS[budget]
+    assert len(archs) >= 20
+    assert len({(a.d_model, a.n_layers, a.d_ff) for a in archs}) >= 20  # distinct shapes
+    for a in archs:
+        assert abs(a.params - size) <= 0.25 * size, a.id
+        assert a.d_model % a.n_heads == 0
+        assert a.params == count_parameters(**A25, **a.model_kwargs(), patch_mode=patch_mode)
+    depths = [a.n_layers for a in archs]
+    assert min(depths) <= 2 and max(depths) >= 32  # wide-and-shallow ... narrow-and-deep
+
+
+def test_arch_id_names_width_depth_heads_and_ffn_ratio() -> None:
+    assert Arch(512, 8, 8, 2048, 4, 1).id == "d512-l8-h8-f4"
+    assert Arch(64, 2, 1, 160, 2.5, 1).id == "d64-l2-h1-f2.5"
+
+
+def test_grid_file_has_every_axis() -> None:
+    grid = load_grid(GRID_PATH)
+    assert set(grid) == {"d_model", "n_layers", "head_dim", "ffn_ratio"}
+
+
+def test_unknown_budget_and_impossible_shape_raise() -> None:
+    with pytest.raises(ForecastError, match="unknown budget '3M'"):
+        architectures("3M", 25)
+    with pytest.raises(ForecastError, match="no grid architecture lies within"):
+        architectures("2M", 5000)  # the patch embedding alone is over 2.5M
+
+
+def test_training_flops_follow_the_documented_formula() -> None:
+    F, L, P, S, D, n, dff = 2, 12, 4, 4, 8, 1, 16  # N = 3 patches
+    per_token = P * F * D + n * (4 * D * D + 2 * D * dff)
+    head = 3 * D
+    expected = 6 * (per_token * 3 + head) + 12 * n * 3 * 3 * D
+    assert training_flops_per_sample(F, L, P, S, D, n, dff, "mixing") == expected
+
+
+def test_tier_a25_has_25_features() -> None:
+    assert tier_features("a25") == 25
+    with pytest.raises(ForecastError, match="unknown tier"):
+        tier_features("nope")
+
+
+# ------------------------------------------------------------------------------ configs
+
+
+@pytest.mark.parametrize("name", ["2m", "20m", "200m", "2b"])
+def test_model_configs_are_within_their_budget(name: str) -> None:
+    config = yaml.safe_load((ROOT / "configs" / "model" / f"patchtst_{name}.yaml").read_text())
+    net = config["model"]["net"]
+    assert net["class_path"] == "forecast.model.PatchTST"
+    with torch.device("meta"):
+        model = PatchTST(n_features=25, context_length=80, **net["init_args"])
+    size = BUDGETS[name.upper()]
+    assert abs(model.num_parameters - size) <= 0.25 * size
+    assert model.num_parameters == count_parameters(
+        25, 80, **{k: net["init_args"][k] for k in ("patch_len", "stride", "d_model",
+                                                    "n_layers", "n_heads", "d_ff",
+                                                    "patch_mode")})
+
+
+# ------------------------------------------------------------------------------ planner
+
+MODEL_20M = {**A25, "d_model": 512, "n_layers": 6, "n_heads": 8, "d_ff": 2048}
+
+
+@pytest.mark.parametrize("effective_batch", [256, 96, 100, 7, 1])
+def test_plan_keeps_the_effective_batch(effective_batch: int) -> None:
+    for memory_gb in (0.42, 0.5, 1, 4, 64):
+        p = plan(**MODEL_20M, memory_bytes=int(memory_gb * GB), effective_batch=effective_batch,
+                 device="cpu")
+        assert p.micro_batch * p.accumulate == effective_batch
+        assert p.micro_batch & (p.micro_batch - 1) == 0  # a power of two
+
+
+def test_less_memory_gives_smaller_micro_batches() -> None:
+    micro = [plan(**MODEL_20M, memory_bytes=int(gb * GB), device="cpu").micro_batch
+             for gb in (16, 1, 0.6, 0.45, 0.42)]
+    assert micro == sorted(micro, reverse=True)
+    assert micro[0] == 256 and micro[-1] < 16
+
+
+def test_plan_fits_its_estimate_into_the_memory() -> None:
+    memory = int(0.8 * GB)
+    p = plan(**MODEL_20M, memory_bytes=memory, device="cuda", precision="bf16-mixed")
+    assert 1 < p.micro_batch < 256
+    bigger = estimate(**MODEL_20M, device="cuda", precision="bf16-mixed",
+                      micro_batch=2 * p.micro_batch, accumulate=p.accumulate // 2)
+    assert p.peak_bytes <= 0.9 * memory < bigger.peak_bytes  # 90% of CUDA memory is usable
+
+
+def test_one_sample_that_does_not_fit_says_by_how_much() -> None:
+    with pytest.raises(ForecastError) as err:
+        plan(**MODEL_20M, memory_bytes=int(0.1 * GB), device="cpu")
+    message = str(err.value)
+    assert "one sample needs" in message and "short by" in message and "GB" in message
+    assert "\n" not in message
+
+
+def test_savings_show_in_the_estimate() -> None:
+    base = estimate(**MODEL_20M, device="cuda", micro_batch=64)
+    bf16 = estimate(**MODEL_20M, device="cuda", micro_batch=64, precision="bf16-mixed")
+    ckpt = estimate(**MODEL_20M, device="cuda", micro_batch=64, activation_checkpointing=True)
+    accum = estimate(**MODEL_20M, device="cuda", micro_batch=64, accumulate=4)
+    assert bf16.per_sample_bytes < base.per_sample_bytes
+    assert ckpt.per_sample_bytes < base.per_sample_bytes / 3
+    assert accum.fixed_bytes == base.fixed_bytes + 4 * (19_129_907)  # fp32 gradients kept
+
+
+def test_estimate_is_within_20_percent_of_measured_tensor_peak() -> None:
+    cfg = BenchConfig("small", d_model=64, n_layers=2, n_heads=2, d_ff=128, micro_batch=64)
+    measured = tensor_peak_bytes(cfg)
+    estimated = estimate(**cfg.model_kwargs(), device="cpu", micro_batch=64).peak_bytes
+    assert 0.8 <= estimated / measured <= 1.2
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def run_forecast(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "forecast", *args], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_arch_json_lists_rows_with_exact_counts() -> None:
+    out = run_forecast("arch", "--budget", "20M", "--n-features", "25", "--memory-gb", "16",
+                       "--device", "cpu", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert isinstance(rows, list) and len(rows) >= 20
+    fields = {"id", "d_model", "n_layers", "n_heads", "d_ff", "params", "peak_gb",
+              "micro_batch", "accumulate", "train_flops_per_sample"}
+    for row in rows:
+        assert fields <= set(row)
+        assert abs(row["params"] - 20_000_000) <= 5_000_000
+        assert row["micro_batch"] * row["accumulate"] == 256
+
+
+def test_arch_unknown_budget_exits_2_with_one_line() -> None:
+    out = run_forecast("arch", "--budget", "3M")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "unknown budget '3M'" in out.stderr and "Traceback" not in out.stderr
