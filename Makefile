@@ -34,10 +34,16 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-demo: install ## the main job on the offline sample: data, tier, fit, test
+LOG_DIR ?= logs
+
+demo: install ## the main job on the offline sample: data, a25 tier, fit, test (~3 min on 2 cores)
 	$(BIN)/forecast data sample --data-dir $(DATA_DIR)
 	$(BIN)/forecast data build --data-dir $(DATA_DIR) --symbol SP500 --tier a25
-	$(BIN)/forecast data info --data-dir $(DATA_DIR)
+	FORECAST_DATA_DIR=$(DATA_DIR) $(BIN)/forecast fit --config configs/demo.yaml \
+	  --trainer.logger.init_args.save_dir=$(LOG_DIR) --trainer.enable_progress_bar=false
+	FORECAST_DATA_DIR=$(DATA_DIR) $(BIN)/forecast test --config configs/demo.yaml \
+	  --trainer.logger.init_args.save_dir=$(LOG_DIR) --trainer.enable_progress_bar=false
+	@$(BIN)/python -m forecast.summary $(LOG_DIR)/demo
 
 test: install ## fast test suite (< 5 min on 2 cores)
 	$(BIN)/python -m pytest -q

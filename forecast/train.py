@@ -73,13 +73,20 @@ class ForecastCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        parser.add_argument("--planner.effective_batch", type=int, default=256,
+                            help="samples per optimizer step when data.batch_size is 'auto'")
+        parser.add_argument("--planner.memory_gb", type=float | None, default=None,
+                            help="memory to plan for (default: free CUDA memory, or 16 GB on CPU)")
         # Never configured twice: the data decides the model's input shape.
         parser.link_arguments("data.n_features", "model.net.init_args.n_features", apply_on="instantiate")
         parser.link_arguments("data.context_length", "model.net.init_args.context_length", apply_on="parse")
 
     def before_instantiate_classes(self) -> None:
-        if self.subcommand in ("validate", "test", "predict"):  # None with run=False (the search)
-            _point_at_run(self.config[self.subcommand])
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: the search
+        if config.data.batch_size == "auto":
+            apply_memory_plan(config)
+        if self.subcommand in ("validate", "test", "predict"):
+            _point_at_run(config)
 
     # -- after each subcommand: say what happened and where ----------------------------------
     def after_fit(self) -> None:
@@ -105,6 +112,26 @@ class ForecastCLI(LightningCLI):
 
     def after_test(self) -> None:
         _write_metrics(self.trainer, "test", self.config[self.subcommand].ckpt_path)
+
+
+def apply_memory_plan(config) -> None:
+    """data.batch_size 'auto': the planner picks the micro-batch and accumulate_grad_batches."""
+    from forecast.budget import tier_features
+    from forecast.planner import GB, plan
+
+    net = dict(config.model.net.init_args)
+    net.update(n_features=tier_features(config.data.tier), context_length=config.data.context_length)
+    accelerator = str(config.trainer.accelerator)
+    device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+    memory = None if config.planner.memory_gb is None else int(config.planner.memory_gb * GB)
+    chosen = plan(**net, precision=str(config.trainer.precision), memory_bytes=memory,
+                  effective_batch=config.planner.effective_batch, device=device)
+    config.data.batch_size = chosen.micro_batch
+    config.trainer.accumulate_grad_batches = chosen.accumulate
+    rank_zero_info(
+        f"memory plan ({device}): micro-batch {chosen.micro_batch} x accumulate {chosen.accumulate} "
+        f"= {chosen.effective_batch}, estimated peak {chosen.peak_bytes / GB:.2f} GB"
+    )
 
 
 def _write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:

@@ -164,6 +164,17 @@ def test_short_fit_lowers_training_loss(data_dir, tmp_path):
     assert losses[-1] < losses[0] - 0.01, losses
 
 
+@pytest.mark.parametrize("memory_gb,expect_accumulate", [(16.0, 1), (0.0015, 2)])  # 1.5 MB: 32 x 2
+def test_batch_size_auto_uses_the_memory_planner(data_dir, tmp_path, memory_gb, expect_accumulate):
+    """A smaller memory budget gives a smaller micro-batch and more accumulation, same effective batch."""
+    args = [a for a in base_args(data_dir, tmp_path) if not a.startswith("--data.batch_size")]
+    cli = cli_main([*args, "--data.batch_size=auto", "--planner.effective_batch=64",
+                    f"--planner.memory_gb={memory_gb}", "--trainer.accelerator=cpu"], run=False)
+    micro, accumulate = cli.datamodule.batch_size, cli.trainer.accumulate_grad_batches
+    assert micro * accumulate == 64
+    assert accumulate == expect_accumulate
+
+
 def test_weight_decay_reaches_the_optimizer(fitted):
     cli, _ = fitted
     groups = cli.trainer.optimizers[0].param_groups
@@ -209,6 +220,7 @@ def test_test_and_predict_use_the_best_checkpoint_not_the_last(fitted):
         (["--data.min_windows=100000"], "windows"),
         (["--data.tier=zz"], "unknown tier"),
         (["--data.symbol=NOPE"], "missing processed file"),
+        (["--data.batch_size=auto", "--planner.memory_gb=0.00001"], "one sample needs"),
     ],
 )
 def test_bad_config_is_one_clear_line(data_dir, tmp_path, capsys, override, message):
