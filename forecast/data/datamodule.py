@@ -44,21 +44,31 @@ class Split:
 
 
 class WindowDataset(Dataset):
-    """Windows gathered from one tensor. Indexed by a LIST of sample positions (a whole batch)."""
+    """Windows gathered from one tensor. Indexed by a LIST of sample positions (a whole batch).
+
+    The rows of the tier are contiguous in memory, so the window starting at row w is the
+    contiguous run of L*F floats from w*F: an `as_strided` view [rows-L+1, L*F] over the same
+    storage names every window without copying, and one `index_select` of B of its rows copies a
+    batch (whole 4*L*F-byte runs, ~10x faster on CPU than fancy-indexing [B, L] row numbers).
+    """
 
     def __init__(self, features: torch.Tensor, targets: torch.Tensor, ends: np.ndarray, context_length: int):
-        self.features = features  # [rows, F] float32, the whole tier
+        features = features.contiguous()  # [rows, F]
+        rows, n_features = features.shape
+        self.shape = (context_length, n_features)
+        # [rows-L+1, L*F] view: row w is features[w : w+L] flattened (stride F floats between windows)
+        self.windows = features.as_strided((rows - context_length + 1, context_length * n_features), (n_features, 1))
         self.targets = targets  # [rows] float32
-        self.ends = torch.as_tensor(ends, dtype=torch.long)  # [N]
-        self.offsets = torch.arange(-context_length + 1, 1)  # [L]: -L+1 .. 0
+        self.ends = torch.as_tensor(ends, dtype=torch.long)  # [N] window-end rows t
+        self.starts = self.ends - (context_length - 1)  # [N] window-start rows t-L+1
 
     def __len__(self) -> int:
         return len(self.ends)
 
     def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.ends[index]  # [B]
-        rows = t[:, None] + self.offsets[None, :]  # [B, L] row indices of each window
-        return self.features[rows], self.targets[t]  # [B, L, F], [B]
+        index = torch.as_tensor(index, dtype=torch.long)  # [B]
+        x = torch.index_select(self.windows, 0, self.starts[index])  # [B, L*F], one copy
+        return x.view(len(index), *self.shape), self.targets[self.ends[index]]  # [B, L, F], [B]
 
 
 def batch_loader(dataset: WindowDataset, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
@@ -155,6 +165,9 @@ class ForecastDataModule(L.LightningDataModule):
         self.balance = {name: float(y[s.ends].mean()) for name, s in self.splits.items()}
 
     def setup(self, stage: str | None = None) -> None:
+        logger = self.trainer.logger if self.trainer is not None else None
+        if logger is not None:
+            logger.log_metrics(self.split_summary(), step=0)  # sizes and balance, in TensorBoard too
         for name, split in self.splits.items():
             rank_zero_info(
                 f"{name:>5}: {split.size:5d} windows {split.dates[0].date()}..{split.dates[-1].date()}, "
