@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         entries["memory"] = bench_memory
     except ImportError:
         pass
+    try:
+        from forecast.bench_hpo import bench_hpo
+
+        entries["hpo"] = bench_hpo
+    except ImportError:
+        pass
     results = {"torch_threads": torch.get_num_threads()}
     for name, fn in entries.items():
         if args.only and name not in args.only:

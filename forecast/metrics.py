@@ -30,7 +30,7 @@ class ProbabilitySpread(Metric):
 
     def __init__(self) -> None:
         super().__init__()
-        self.probs = CatMetric()
+        self.probs = CatMetric(nan_strategy="disable")  # keep NaN: a diverged model must show, not crash
 
     def update(self, probs: torch.Tensor) -> None:
         self.probs.update(probs.detach().float())

@@ -1,0 +1,163 @@
+"""Where a study lives, and how RUNNING trials of dead processes are found and retried.
+
+- default: SQLite `<log_dir>/optuna.db` (one file for every study of this machine);
+- `*.journal` or `journal:PATH`: Optuna's journal file, for several processes on one machine;
+- any other URL (`sqlite:///...`, `postgresql://...`) goes to Optuna's RDB storage, for many
+  machines.
+
+A process killed in mid-trial leaves its trial RUNNING. Two mechanisms turn it into a FAIL
+and enqueue one retry of its parameters (`RetryHeartbeatStaleTrialCallback(max_retry=1)`):
+Optuna's heartbeat on RDB storages (the trial is stale once its worker has not beaten for
+`grace` seconds; this works across machines), and, on every storage, the worker's own record:
+each trial stores its host, pid and process start time, so a RUNNING trial whose process is
+gone from THIS host is failed at once (the journal storage has no heartbeat).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import (
+    BaseStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from forecast.errors import ForecastError
+
+DEFAULT_DB = "optuna.db"
+WORKER_ATTR = "worker"  # user attr "host:pid:start" of the process running a trial
+MAX_RETRY = 1  # a trial whose process died is run once more, then left failed
+
+
+def describe(url: str) -> str:
+    """The storage location with any password hidden (for messages and summaries)."""
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy can read: show it as given
+        return url
+
+
+def default_url(log_dir: Path) -> str:
+    return f"sqlite:///{(log_dir / DEFAULT_DB).resolve()}"
+
+
+def journal_path(url: str) -> Path | None:
+    """The journal file a storage argument names, or None for an RDB URL."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):])
+    if url.endswith(".journal") and "://" not in url:
+        return Path(url)
+    return None
+
+
+def open_storage(url: str, heartbeat: int) -> BaseStorage:
+    """Open (creating if needed) the storage a `--storage` argument names.
+
+    Args:
+        url: a journal path (`*.journal`, `journal:PATH`) or an RDB URL.
+        heartbeat: seconds between heartbeats on RDB storages (0 = no heartbeat); a trial is
+            stale after twice that.
+
+    Raises:
+        ForecastError: the storage cannot be opened (bad URL, missing driver, unreachable).
+    """
+    retry = _retry_callback()
+    path = journal_path(url)
+    try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+                  "heartbeat_stale_trial_callback": retry} if heartbeat > 0 else {}
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: stable in use since 2.x
+            return RDBStorage(url, engine_kwargs=engine, **kwargs)
+    except Exception as err:  # sqlalchemy/driver errors have many types; all mean "cannot open"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ForecastError(f"cannot open storage {describe(url)}: {first}") from None
+
+
+def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
+# ------------------------------------------------------------------ dead workers' trials
+
+
+def worker_id() -> str:
+    """`host:pid:start` of this process (the start time tells a reused pid apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    """Process start time in clock ticks since boot (Linux), '' where /proc has none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the "(comm)" field
+
+
+def worker_is_dead(worker: str) -> bool:
+    """True only when `worker` ran on this host and its process no longer exists."""
+    host, pid, start = (worker.split(":") + ["", "", ""])[:3]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine: only the heartbeat can tell
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by someone else
+    return bool(start) and _start_time(int(pid)) not in ("", start)
+
+
+def recover_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
+    """Fail the RUNNING trials of dead workers and enqueue their retries.
+
+    Args:
+        study: the study.
+        storage: the storage `study` was opened on (from `open_storage`).
+
+    Returns:
+        Numbers of the trials failed here (by the heartbeat or the local process check).
+    """
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB with heartbeat; a no-op elsewhere
+    failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before]
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if worker_is_dead(str(trial.user_attrs.get(WORKER_ATTR, ""))) and _fail(study, storage, trial):
+            failed.append(trial.number)
+    return sorted(failed)
+
+
+def _fail(study: optuna.Study, storage: BaseStorage, trial: FrozenTrial) -> bool:
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    try:
+        if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+            return False
+    except UpdateFinishedTrialError:  # another worker got there first
+        return False
+    _retry_callback()(study, storage.get_trial(trial_id))
+    return True

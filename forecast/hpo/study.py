@@ -1,0 +1,396 @@
+"""Run one study: check everything, open or resume it, optimize until N trials are finished.
+
+`--trials N` means N FINISHED trials in the study, whoever ran them: COMPLETE, PRUNED (including
+diverged) and FAIL with reason `oom` or `error` (failures that are results). Trials whose process
+died or that a user aborted do not count; a dead process's trial is retried once. So rerunning
+the same command after a stop or a crash continues to N, and several processes sharing the study
+stop together at N: a process starts a trial only while finished + running < N, and waits for
+other workers' running trials before it calls the study done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import re
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial, TrialState
+
+from forecast.budget import BUDGETS
+from forecast.errors import ForecastError
+from forecast.hpo import config as cfg
+from forecast.hpo.display import Display
+from forecast.hpo.objective import ExtraCallbacks, Objective, TrialFailed, TrialSetup
+from forecast.hpo.outputs import StudyInfo, best_trial, counts, n_finished, write_all
+from forecast.hpo.space import ARCH_ARGS, NET_PREFIX, SearchSpace, bind, load_space
+from forecast.hpo.stop import STOP_FILE, AbortTrial, StopControl
+from forecast.hpo.storage import default_url, describe, open_storage, recover_dead_trials
+from forecast.metrics import MONITOR, MONITOR_MODE
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "spy.yaml"
+DEFAULT_SPACE = CONFIG_DIR / "hpo" / "search_space.yaml"
+PRUNERS = ("median", "hyperband", "none")
+WAIT_S = 2.0  # how often a process waiting for other workers' trials looks again
+Ending = Literal["done", "stopped", "timeout", "aborted"]
+
+
+@dataclass
+class HpoOptions:
+    """Everything `forecast hpo` takes (see `forecast hpo --help` for each)."""
+
+    budget: str
+    trials: int = 50
+    configs: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    search_space: Path = DEFAULT_SPACE
+    storage: str | None = None
+    study_name: str | None = None
+    pruner: str = "median"
+    seed: int = 0
+    timeout: float | None = None
+    log_dir: Path = Path("logs/hpo")
+    heartbeat: int = 60
+    keep_checkpoints: bool = False
+    live: bool | None = None
+
+
+@dataclass
+class Plan:
+    """A checked study, ready to run: nothing here can fail for a user-mistake reason any more."""
+
+    options: HpoOptions
+    name: str
+    folder: Path
+    url: str
+    storage: Any
+    setup: TrialSetup
+    fingerprint: dict[str, Any]
+    max_epochs: int | None
+
+    @property
+    def space(self) -> SearchSpace:
+        return self.setup.space
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a study run ended."""
+
+    study: str
+    ending: Ending
+    finished: int
+    target: int
+    folder: Path
+
+
+# ------------------------------------------------------------------------------ checking
+
+
+def parse_budget(text: str) -> tuple[str, int]:
+    """(label, parameters) of a named budget (2M, 20M, 200M, 2B) or a count such as 50K or 1.5M."""
+    if text in BUDGETS:
+        return text, BUDGETS[text]
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMB]?)", text.strip().upper())
+    if not match:
+        raise ForecastError(f"unknown budget {text!r}; choose one of {', '.join(BUDGETS)} "
+                            "or a parameter count such as 50K")
+    size = float(match.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "B": 1e9}[match.group(2)]
+    if size < 1:
+        raise ForecastError(f"budget {text!r} must be at least 1 parameter")
+    return text.strip().upper(), int(size)
+
+
+def prepare(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) -> Plan:
+    """Check the options, configs, search space and storage; raise `ForecastError` on a mistake.
+
+    Nothing is trained here. The data module is built once (bad paths or split dates fail
+    now, not in every trial), and the ends of the space are parsed by the real CLI parser.
+    """
+    _check_numbers(options)
+    label, size = parse_budget(options.budget)
+    spec = load_space(options.search_space)
+    _check_no_clash(options.overrides, [p.key for p in spec.params])
+    config_args = [a for c in options.configs or [DEFAULT_CONFIG] for a in ("--config", str(c))]
+    user_args = [*config_args, *options.overrides]
+    base_args = [*config_args, *cfg.TRIAL_DEFAULTS, *options.overrides]  # configs first: flags win
+    config = cfg.resolve(base_args)
+    _check_model(config, spec)
+    n_features = _data_features(config)
+    net = config["model"]["net"]["init_args"]
+    space = bind(spec, size if label not in BUDGETS else label, n_features, config["data"]["context_length"],
+                 net["patch_len"], net["stride"], net["patch_mode"])
+    for draw in space.end_overrides():  # the ends of every range, checked by the real parser
+        cfg.resolve([*base_args, *draw])
+    name = options.study_name or cfg.study_name(config, label)
+    if not re.fullmatch(r"[\w.+-]+", name):
+        raise ForecastError(f"study name {name!r} may hold only letters, digits and . _ + -")
+    url = options.storage or default_url(options.log_dir)
+    setup = TrialSetup(base_args, user_args, space, options.log_dir, name, extra_callbacks)
+    fingerprint = _normalize(cfg.fingerprint(config, label, {**spec.as_dict(), "monitor": MONITOR,
+                                                             "mode": MONITOR_MODE}))
+    return Plan(options, name, options.log_dir / name, url, open_storage(url, options.heartbeat),
+                setup, fingerprint, config["trainer"].get("max_epochs"))
+
+
+def _check_numbers(options: HpoOptions) -> None:
+    if options.trials < 1:
+        raise ForecastError(f"--trials must be >= 1, got {options.trials}")
+    if options.timeout is not None and options.timeout <= 0:
+        raise ForecastError(f"--timeout must be > 0 seconds, got {options.timeout}")
+    if options.heartbeat < 0:
+        raise ForecastError(f"--heartbeat must be >= 0 seconds, got {options.heartbeat}")
+    if options.pruner not in PRUNERS:
+        raise ForecastError(f"--pruner must be one of {', '.join(PRUNERS)}, got {options.pruner!r}")
+
+
+def _check_no_clash(overrides: list[str], searched: list[str]) -> None:
+    """A flag may not fix what the search varies (the trial's value would silently win)."""
+    fixed = cfg.flag_keys(overrides) & {*searched, *(NET_PREFIX + a for a in ARCH_ARGS)}
+    if fixed:
+        raise ForecastError(f"--{sorted(fixed)[0]} is searched by this study; drop the flag or the "
+                            "search-space entry")
+
+
+def _check_model(config: dict[str, Any], spec: Any) -> None:
+    if config["model"]["net"].get("class_path") != "forecast.model.PatchTST":
+        raise ForecastError("the search sizes forecast.model.PatchTST; the config's model.net is "
+                            f"{config['model']['net'].get('class_path')}")
+    for p in spec.params:
+        found, _ = cfg.lookup(config, p.key)
+        if not found:
+            raise ForecastError(f"{spec.path}: params.{p.name} sets {p.key}, which the model, "
+                                "optimizer, data and trainer have no argument for")
+
+
+def _data_features(config: dict[str, Any]) -> int:
+    """Build the data module once: bad data settings fail here, before any trial."""
+    from forecast.data.datamodule import ForecastDataModule
+
+    return ForecastDataModule(**config["data"]).n_features
+
+
+def _normalize(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+# ---------------------------------------------------------------------- opening the study
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Serialise study setup among processes of this machine (enqueueing, worker numbers)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_sampler(seed: int) -> optuna.samplers.TPESampler:
+    """TPE with every behaviour Optuna 5 changed the default of spelled out.
+
+    multivariate: model parameters jointly; group: treat each conditional branch of the
+    architecture tree as its own sub-space; constant_liar: running trials of other workers
+    count as bad so parallel workers do not all pick the same point.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+def make_pruner(kind: str, max_epochs: int | None) -> optuna.pruners.BasePruner:
+    """`median`: stop a trial below the median of earlier trials at the same epoch (after 5
+    trials and from the 3rd epoch on); `hyperband`: successive halving over epochs; `none`."""
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    if kind == "hyperband":
+        top = max_epochs if isinstance(max_epochs, int) and max_epochs > 0 else "auto"
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=top, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(plan: Plan) -> optuna.Study:
+    """Create or resume the study; on first creation enqueue the grid's extremes."""
+    o = plan.options
+    direction = "minimize" if MONITOR_MODE == "min" else "maximize"
+    with _locked(plan.folder):
+        study = optuna.create_study(storage=plan.storage, study_name=plan.name, direction=direction,
+                                    sampler=make_sampler(o.seed), pruner=make_pruner(o.pruner, plan.max_epochs),
+                                    load_if_exists=True)
+        _check_same_study(study, plan)
+        worker = int(study.user_attrs.get("workers", 0))
+        study.set_user_attr("workers", worker + 1)
+        if worker:  # a second process (or a rerun) must not replay the first one's random draws
+            study.sampler = make_sampler(o.seed + worker)
+        for params in plan.space.enqueued()[: o.trials]:
+            study.enqueue_trial(params, skip_if_exists=True)
+    return study
+
+
+def _check_same_study(study: optuna.Study, plan: Plan) -> None:
+    """A resumed study must have the same targets, data shape, budget and space."""
+    stored = study.user_attrs.get("fingerprint")
+    if stored is None:
+        leftovers = sorted(plan.folder.glob("trial_*"))
+        if study.trials or not leftovers:
+            study.set_user_attr("fingerprint", plan.fingerprint)
+            study.set_user_attr("command", f"forecast hpo --budget {plan.options.budget} "
+                                           + " ".join(plan.setup.replay_args))
+            return
+        raise ForecastError(f"{plan.folder} holds {leftovers[0].name} from an earlier study of this name "
+                            "that the storage does not know; move the folder away or pass --study-name")
+    if stored != plan.fingerprint:
+        diff = cfg.differences(stored, plan.fingerprint)
+        raise ForecastError(f"study {plan.name} in {describe(plan.url)} was run with other settings "
+                            f"({'; '.join(diff[:3])}); use the same settings or another --study-name")
+
+
+# ----------------------------------------------------------------------------- running it
+
+
+def run_study(options: HpoOptions, stop: StopControl | None = None,
+              extra_callbacks: ExtraCallbacks | None = None) -> Outcome:
+    """Run (or resume) one study until N trials are finished, a stop, or the timeout.
+
+    Args:
+        options: the command's options.
+        stop: a stop control shared with a sweep; by default one for this study alone.
+        extra_callbacks: more Lightning callbacks per trial (tests inject faults with it).
+    """
+    plan = prepare(options, extra_callbacks)
+    study = open_study(plan)
+    own = stop is None
+    stop = stop or StopControl(plan.folder / STOP_FILE)
+    stop.watch(plan.folder / STOP_FILE)
+    hint = f"q, Ctrl-C or `touch {plan.folder / STOP_FILE}` stops after the running trial"
+    with _quiet_lightning(), Display(plan.name, options.trials, options.live, hint) as display, \
+            (stop if own else contextlib.nullcontext(stop)):
+        stop.notify = display.say
+        display.say(f"study {plan.name}: {len(plan.space.tree.archs)} architectures of budget "
+                    f"{options.budget}, storage {describe(plan.url)}, logs {plan.folder}")
+        ending = _optimize(study, plan, stop, display)
+        _write(study, plan)
+        trials = study.get_trials(deepcopy=False)
+        display.update(finished=n_finished(trials), counts=counts(trials))
+    outcome = Outcome(plan.name, ending, n_finished(trials), options.trials, plan.folder)
+    print(_closing_line(outcome, study), flush=True)
+    return outcome
+
+
+def _optimize(study: optuna.Study, plan: Plan, stop: StopControl, display: Display) -> Ending:
+    """The loop: start trials while the study needs them, wait for others', stop on request."""
+    o = plan.options
+    deadline = None if o.timeout is None else time.time() + o.timeout
+    objective = Objective(plan.setup, display, stop)
+    waiting_said = False
+    while True:
+        _recover(study, plan, display)
+        trials = study.get_trials(deepcopy=False)
+        finished, running = n_finished(trials), _running(trials)
+        _show(display, study, trials)
+        if finished >= o.trials:
+            return "done"
+        if stop.requested:
+            return "stopped"
+        if deadline is not None and time.time() >= deadline:
+            return "timeout"
+        if finished + len(running) >= o.trials:
+            if not waiting_said:
+                display.say(f"{finished}/{o.trials} finished; waiting for running trials "
+                            f"{', '.join(str(t.number) for t in running)} of other workers")
+                waiting_said = True
+            time.sleep(WAIT_S)
+            continue
+        waiting_said = False
+        try:
+            study.optimize(objective, timeout=None if deadline is None else max(1.0, deadline - time.time()),
+                           callbacks=[_AfterTrial(plan, stop, display)], catch=(TrialFailed,),
+                           gc_after_trial=True)
+        except AbortTrial:
+            return "aborted"
+
+
+class _AfterTrial:
+    """Optuna callback after each trial: outputs, display, and whether to start another."""
+
+    def __init__(self, plan: Plan, stop: StopControl, display: Display) -> None:
+        self.plan, self.stop, self.display = plan, stop, display
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.stop.flush()
+        self.display.say(_trial_line(trial))
+        _recover(study, self.plan, self.display)
+        _write(study, self.plan)
+        trials = study.get_trials(deepcopy=False)
+        _show(self.display, study, trials)
+        if self.stop.requested or n_finished(trials) + len(_running(trials)) >= self.plan.options.trials:
+            study.stop()
+
+
+def _recover(study: optuna.Study, plan: Plan, display: Display) -> None:
+    for number in recover_dead_trials(study, plan.storage):
+        display.say(f"trial {number}: its process is gone; marked failed and queued to run again")
+
+
+def _running(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def _write(study: optuna.Study, plan: Plan) -> None:
+    info = StudyInfo(plan.name, plan.folder, describe(plan.url), plan.options.budget, plan.options.trials,
+                     len(plan.space.tree.archs))
+    write_all(study, info, keep_checkpoints=plan.options.keep_checkpoints)
+
+
+def _show(display: Display, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+    best = best_trial(study)
+    text = "-" if best is None else f"{best.value:.5g} (trial {best.number}, {best.user_attrs.get('arch_id')})"
+    display.update(finished=n_finished(trials), counts=counts(trials), best=text)
+
+
+def _trial_line(t: FrozenTrial) -> str:
+    a = t.user_attrs
+    value = f" {MONITOR}={t.value:.5g}" if t.value is not None and t.state == TrialState.COMPLETE else ""
+    why = a.get("reason", t.state.name.lower())
+    message = f": {a['message']}" if a.get("message") and why not in ("complete",) else ""
+    return (f"trial {t.number} {why}{value} {a.get('arch_id')} ({a.get('epochs_run')} epochs, "
+            f"{a.get('wall_s', 0):.0f} s){message}")
+
+
+def _closing_line(outcome: Outcome, study: optuna.Study) -> str:
+    best = best_trial(study)
+    best_text = "no complete trial" if best is None else f"best {MONITOR} {best.value:.5g} (trial {best.number})"
+    verb = {"done": "done", "stopped": "stopped", "timeout": "timed out", "aborted": "aborted"}[outcome.ending]
+    rerun = "" if outcome.ending == "done" else "; rerun the same command to continue"
+    return (f"study {outcome.study} {verb}: {outcome.finished}/{outcome.target} trials finished, {best_text}; "
+            f"see {outcome.folder / 'summary.md'}{rerun}")
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Keep Lightning's per-trial INFO lines (seed, devices, fit stopped) out of the search's output."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    optuna_level = optuna.logging.get_verbosity()
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints its own line per trial
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        optuna.logging.set_verbosity(optuna_level)

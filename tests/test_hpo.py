@@ -1,0 +1,528 @@
+"""`forecast hpo` / `forecast sweep` on a tiny synthetic tier: real Optuna storage files, real fits.
+
+A "20K" budget over a test grid of d_model 16/32 gives four architectures of 15-20K parameters,
+so a trial is one or two seconds of CPU. Processes are real where the contract is about
+processes (SIGINT, kill -9, two workers on one journal file).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as L
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from forecast.cli import main as forecast_main
+from forecast.data.raw import write_raw
+from forecast.data.tiers import build_and_write
+from forecast.errors import ForecastError
+from forecast.hpo.config import resolve
+from forecast.hpo.outputs import is_finished
+from forecast.hpo.space import bind, load_space, parse_param
+from forecast.hpo.stop import AbortTrial, StopControl
+from forecast.hpo.storage import open_storage, recover_dead_trials
+from forecast.hpo.study import HpoOptions, open_study, parse_budget, prepare, run_study
+from forecast.module import warmup_cosine
+from forecast.train import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SYMBOL = "SYN"
+VAL_START, TEST_START = "2016-07-01", "2017-03-01"
+TINY_SPACE = """\
+architecture:
+  grid: {d_model: [16, 32], n_layers: [1, 2, 3, 4], head_dim: [8], ffn_ratio: [2, 4]}
+params:
+  lr: {key: model.lr, type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  weight_decay: {key: model.weight_decay, type: float, low: 1.0e-4, high: 0.3, log: true}
+  dropout: {key: model.net.init_args.dropout, type: float, low: 0.0, high: 0.3}
+  warmup_frac: {key: model.warmup_frac, type: float, low: 0.0, high: 0.2}
+  head_dropout: {key: model.net.init_args.head_dropout, type: float, low: 0.0, high: 0.3}
+  clip: {key: trainer.gradient_clip_val, type: categorical, choices: [0.5, 2.0]}
+"""
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def synthetic_raw(rows: int = 1000, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0.0003, 0.012, rows)))
+    open_ = close * np.exp(rng.normal(0, 0.004, rows))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.008, rows)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.008, rows)))
+    return pd.DataFrame({"Date": pd.bdate_range("2014-01-01", periods=rows), "Open": open_, "High": high,
+                         "Low": low, "Close": close, "Adj Close": close,
+                         "Volume": rng.integers(1_000_000, 5_000_000, rows).astype(float)})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: tiny models on a shared 2-core box run faster without contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_raw(root, SYMBOL, synthetic_raw(), source="synthetic test series")
+    build_and_write(root, SYMBOL, "a25")
+    return root
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "space.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def flags(data: Path, epochs: int = 2) -> list[str]:
+    """Trial flags: the demo config shrunk to the synthetic tier (context 32, patches of 8)."""
+    return [f"--data.data_dir={data}", f"--data.symbol={SYMBOL}", "--data.context_length=32",
+            f"--data.val_start={VAL_START}", f"--data.test_start={TEST_START}", "--data.min_windows=20",
+            "--data.batch_size=64", "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4",
+            f"--trainer.max_epochs={epochs}", "--trainer.log_every_n_steps=5"]
+
+
+def options(data: Path, space: Path, logs: Path, trials: int = 3, **kw) -> HpoOptions:
+    return HpoOptions(budget="20K", trials=trials, configs=[str(ROOT / "configs" / "demo.yaml")],
+                      overrides=flags(data, kw.pop("epochs", 2)), search_space=space, log_dir=logs,
+                      live=False, **kw)
+
+
+def cli_args(data: Path, space: Path, logs: Path, trials: int, *extra: str, epochs: int = 2) -> list[str]:
+    return ["hpo", "--budget", "20K", "--trials", str(trials), "--config", str(ROOT / "configs" / "demo.yaml"),
+            "--search-space", str(space), "--log-dir", str(logs), "--no-live", *flags(data, epochs), *extra]
+
+
+def load(logs: Path, storage: str | None = None) -> optuna.Study:
+    url = storage or f"sqlite:///{logs / 'optuna.db'}"
+    names = optuna.get_all_study_names(open_storage(url, 0))
+    return optuna.load_study(study_name=names[0], storage=open_storage(url, 0))
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials() if is_finished(t)]
+
+
+def assert_no_duplicates(study: optuna.Study) -> None:
+    done = finished(study)
+    assert len({t.number for t in done}) == len(done)
+    draws = [tuple(sorted(t.params.items())) for t in done]
+    assert len(set(draws)) == len(draws), "a finished trial ran twice"
+
+
+# -- the search space --------------------------------------------------------------------
+def test_architectures_are_drawn_from_the_grid_only(space_file):
+    spec = load_space(space_file)
+    space = bind(spec, 20_000, 25, 32, 8, 4, "mixing")
+    grid = set(space.tree.archs)
+    assert {a.id for a in grid} == {"d32-l1-h4-f2", "d32-l1-h4-f4", "d32-l2-h4-f2", "d16-l4-h2-f4"}
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = set()
+    for _ in range(60):
+        trial = study.ask()
+        drawn.add(space.tree.suggest(trial))
+        study.tell(trial, 0.0)
+    assert drawn == grid  # every grid point is reachable and nothing else ever comes out
+    # extremes first: widest (= shallowest) and narrowest (= deepest), each once
+    assert [a.id for a in space.tree.extremes()] == ["d32-l1-h4-f2", "d16-l4-h2-f4"]
+    assert space.enqueued() == [{"d_model": 32, "ffn_ratio@d32": 2, "n_layers@d32-f2": 1}, {"d_model": 16}]
+
+
+def test_shipped_search_space_binds_for_every_budget():
+    spec = load_space(ROOT / "configs" / "hpo" / "search_space.yaml")
+    assert {p.name for p in spec.params} >= {"lr", "weight_decay", "dropout", "warmup_frac"}
+    assert {p.name: p.log for p in spec.params}["lr"]
+    for budget in ("2M", "20M", "200M", "2B"):
+        space = bind(spec, budget, 25, 80, 16, 8, "mixing")
+        extremes = space.tree.extremes()
+        assert max(a.d_model for a in space.tree.archs) == extremes[0].d_model
+        assert max(a.n_layers for a in space.tree.archs) in {a.n_layers for a in extremes}
+        for arch in extremes:  # the enqueued params select exactly that architecture
+            fixed = optuna.trial.FixedTrial({**space.tree.params_of(arch)})
+            assert space.tree.suggest(fixed) == arch
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"key": "model.net.init_args.d_model", "type": "int", "low": 8, "high": 64}, "architecture grid decides"),
+    ({"key": "data.context_length", "type": "int", "low": 8, "high": 64}, "changes the budget's grid"),
+    ({"key": "model.lr", "type": "loguniform", "low": 1e-4, "high": 1e-2}, "type must be one of"),
+    ({"key": "model.lr", "type": "float", "low": 0.0, "high": 1e-2, "log": True}, "log scale needs low > 0"),
+    ({"key": "model.lr", "type": "float", "low": 1.0, "high": 0.1}, "low <= high"),
+])
+def test_bad_search_space_entries_are_one_line(tmp_path, spec, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"params": {"x": spec}}))
+    with pytest.raises(ForecastError, match=message):
+        load_space(path)
+
+
+def test_budgets_by_name_or_count():
+    assert parse_budget("2M") == ("2M", 2_000_000)
+    assert parse_budget("50k") == ("50K", 50_000)
+    assert parse_budget("1.5M") == ("1.5M", 1_500_000)
+    with pytest.raises(ForecastError, match="unknown budget"):
+        parse_budget("3X")
+    with pytest.raises(ForecastError, match="type must be"):
+        parse_param("x", {"key": "model.lr", "type": None}, "s.yaml")
+
+
+def test_stop_control_ignores_old_stop_files_and_aborts_only_on_a_second_signal(tmp_path):
+    stop_file = tmp_path / "STOP"
+    stop_file.touch()
+    os.utime(stop_file, (time.time() - 60, time.time() - 60))  # left by the run being resumed
+    said: list[str] = []
+    before = signal.getsignal(signal.SIGINT)
+    with StopControl(stop_file, notify=said.append, keyboard=False) as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs in this (main) thread at the next bytecode
+        assert stop.requested and stop.reason == "SIGINT"
+        stop.in_trial = True
+        with pytest.raises(AbortTrial):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert said and said[0].startswith("stop requested (SIGINT)")
+    fresh = StopControl(tmp_path / "other" / "STOP", keyboard=False)
+    fresh.watch(stop_file)
+    time.sleep(0.1)
+    stop_file.touch()  # touched after this control started: a request
+    assert fresh.requested and "STOP found" in fresh.reason
+
+
+# -- every sampled value reaches what the Trainer and model receive -------------------------
+class _Capture(L.Callback):
+    """Record the optimizer and schedule the module built, then stop before any step."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.groups = [dict(g, params=None) for g in trainer.optimizers[0].param_groups]
+        self.total = int(trainer.estimated_stepping_batches)
+        self.first_factor = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0](0)
+        raise KeyError("captured")  # any exception ends the fit here
+
+
+def _observe(data, space_file, tmp_path, params: dict) -> dict:
+    plan = prepare(options(data, space_file, tmp_path / "logs"))
+    sample = plan.space.suggest(optuna.trial.FixedTrial(params))
+    capture = _Capture()
+    cli = cli_main(plan.setup.trial_args(sample, 0), run=False, trainer_defaults={"callbacks": [capture]})
+    with pytest.raises(KeyError, match="captured"):
+        cli.trainer.fit(cli.model, cli.datamodule)
+    net, block = cli.model.net, cli.model.net.blocks[0]
+    return {
+        "d_model": net.embed.out_features, "n_layers": len(net.blocks), "n_heads": block.attn.n_heads,
+        "d_ff": block.ffn.fc1.out_features, "params": sum(p.numel() for p in net.parameters()),
+        "arch_params": sample.arch.params,
+        "lr": capture.groups[0]["initial_lr"], "weight_decay": capture.groups[0]["weight_decay"],
+        "dropout": (block.attn.resid_drop.p, block.ffn.drop.p, net.drop.p),
+        "warmup_factor": capture.first_factor, "total": capture.total,
+        "head_dropout": net.head_drop.p, "clip": cli.trainer.gradient_clip_val,
+    }
+
+
+def test_each_sampled_value_changes_what_the_trainer_and_model_receive(data, space_file, tmp_path):
+    a = {"d_model": 32, "ffn_ratio@d32": 2, "n_layers@d32-f2": 2, "lr": 1e-3, "weight_decay": 0.01,
+         "dropout": 0.1, "warmup_frac": 0.2, "head_dropout": 0.05, "clip": 0.5}
+    b = {"d_model": 16, "lr": 4e-3, "weight_decay": 0.2, "dropout": 0.25, "warmup_frac": 0.0,
+         "head_dropout": 0.2, "clip": 2.0}
+    seen_a, seen_b = (_observe(data, space_file, tmp_path / n, p) for n, p in (("a", a), ("b", b)))
+    assert (seen_a["d_model"], seen_a["n_layers"], seen_a["n_heads"], seen_a["d_ff"]) == (32, 2, 4, 64)
+    assert (seen_b["d_model"], seen_b["n_layers"], seen_b["n_heads"], seen_b["d_ff"]) == (16, 4, 2, 64)
+    for seen, draw in ((seen_a, a), (seen_b, b)):
+        assert seen["params"] == seen["arch_params"]  # the exact count the budget used
+        assert seen["lr"] == draw["lr"] and seen["weight_decay"] == draw["weight_decay"]
+        assert seen["dropout"] == (draw["dropout"],) * 3
+        assert seen["warmup_factor"] == warmup_cosine(seen["total"], draw["warmup_frac"])(0)
+        assert seen["head_dropout"] == draw["head_dropout"] and seen["clip"] == draw["clip"]
+    differs = {k for k in seen_a if seen_a[k] != seen_b[k]}
+    assert differs >= {"d_model", "n_layers", "lr", "weight_decay", "dropout", "warmup_factor",
+                       "head_dropout", "clip"}
+
+
+# -- a study end to end ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def three(data, space_file, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("three")
+    outcome = run_study(options(data, space_file, logs, trials=3, epochs=3))
+    return outcome, load(logs), logs
+
+
+def test_a_three_trial_study_completes_with_its_records(three):
+    outcome, study, logs = three
+    assert outcome.ending == "done" and outcome.finished == 3
+    assert outcome.study == "SYN-a25-threshold0.01-h1-20K"  # horizon and target readable from the name
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # the grid's extremes ran first
+    assert trials[0].user_attrs["arch_id"] == "d32-l1-h4-f2" and trials[1].user_attrs["arch_id"] == "d16-l4-h2-f4"
+    for t in trials:
+        a = t.user_attrs
+        assert a["params"] > 0 and a["micro_batch"] == 64 and a["accumulate"] == 1
+        assert a["epochs_run"] == 3 and a["reason"] == "complete" and a["wall_s"] > 0
+        assert a["replay"].startswith("forecast fit --config") and "--model.lr=" in a["replay"]
+        folder = Path(a["log_dir"])
+        assert folder == outcome.folder / f"trial_{t.number:04d}"
+        assert (folder / "config.yaml").is_file() and list(folder.glob("events.out.tfevents.*"))
+        # the objective is the BEST epoch's score, not the last one's
+        assert t.value == pytest.approx(min(t.intermediate_values.values()))
+        assert a["best_epoch"] == min(t.intermediate_values, key=t.intermediate_values.get)
+    csv = pd.read_csv(outcome.folder / "trials.csv")
+    assert len(csv) == 3 and {"value", "params_lr", "user_attrs_arch_id", "user_attrs_reason"} <= set(csv.columns)
+    summary = (outcome.folder / "summary.md").read_text()
+    assert "3/3 finished" in summary and "Best 3 complete trials" in summary
+    # only the best trial keeps its checkpoint
+    kept = [t.number for t in trials if list((Path(t.user_attrs["log_dir"]) / "checkpoints").glob("*.ckpt"))]
+    assert kept == [study.best_trial.number]
+    assert not list(outcome.folder.glob(".*.tmp"))  # no half-written output
+
+
+def test_best_yaml_replays_the_best_trial(three, tmp_path):
+    outcome, study, _ = three
+    best_yaml = outcome.folder / "best.yaml"
+    config = yaml.safe_load(best_yaml.read_text())
+    assert config["model"]["lr"] == study.best_trial.params["lr"]
+    assert config["data"]["horizon"] == 1 and config["seed_everything"] == 42
+    cli = cli_main(["fit", "--config", str(best_yaml)])
+    replayed = float(cli.trainer.checkpoint_callback.best_model_score)
+    assert replayed == pytest.approx(study.best_value, abs=1e-5)
+
+
+def test_resuming_with_other_settings_is_refused(three, data, space_file):
+    _, _, logs = three
+    changed = options(data, space_file, logs, trials=3)
+    changed.overrides.append("--data.scaler=none")
+    with pytest.raises(ForecastError, match="data.scaler"):
+        open_study(prepare(changed))
+
+
+def test_a_study_already_at_n_runs_nothing(three, data, space_file):
+    _, study, logs = three
+    outcome = run_study(options(data, space_file, logs, trials=3, epochs=3))
+    assert outcome.ending == "done" and len(load(logs).get_trials()) == len(study.get_trials())
+
+
+class _TouchStop(L.Callback):
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.path.touch()
+
+
+def test_stop_then_rerun_reaches_n_without_duplicates(data, space_file, tmp_path):
+    opts = options(data, space_file, tmp_path, trials=3)
+    stop_file = tmp_path / "SYN-a25-threshold0.01-h1-20K" / "STOP"
+    first = run_study(opts, extra_callbacks=lambda trial: [_TouchStop(stop_file)] if trial.number == 0 else [])
+    assert first.ending == "stopped" and first.finished == 1
+    assert (first.folder / "trials.csv").is_file() and (first.folder / "summary.md").is_file()
+    assert stop_file.exists()  # left where it is: the rerun ignores a STOP older than itself
+    second = run_study(opts)
+    assert second.ending == "done" and second.finished == 3
+    study = load(tmp_path)
+    assert len(finished(study)) == 3 and not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    assert_no_duplicates(study)
+
+
+class _Faults(L.Callback):
+    """Trial 1 runs out of memory, trial 2's weights go NaN, trial 3 hits a bug."""
+
+    def __init__(self, number: int):
+        self.number = number
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.number == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        if self.number == 3 and trainer.current_epoch == 1:
+            raise ValueError("boom")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.number == 2:
+            with torch.no_grad():
+                pl_module.net.head.weight.fill_(float("nan"))
+
+
+def test_oom_nan_and_errors_are_recorded_and_the_study_goes_on(data, space_file, tmp_path):
+    outcome = run_study(options(data, space_file, tmp_path, trials=5, pruner="none"),
+                        extra_callbacks=lambda trial: [_Faults(trial.number)])
+    assert outcome.ending == "done" and outcome.finished == 5
+    t = {trial.number: trial for trial in load(tmp_path).get_trials()}
+    assert t[1].state == TrialState.FAIL and t[1].user_attrs["reason"] == "oom"
+    assert "out of memory" in t[1].user_attrs["message"]
+    assert t[2].state == TrialState.PRUNED and t[2].user_attrs["reason"] == "diverged"
+    assert "nan" in t[2].user_attrs["message"]
+    assert t[3].state == TrialState.FAIL and t[3].user_attrs["reason"] == "error"
+    assert t[3].user_attrs["message"] == "ValueError: boom"
+    assert "ValueError: boom" in (Path(t[3].user_attrs["log_dir"]) / "error.txt").read_text()
+    assert t[0].state == t[4].state == TrialState.COMPLETE and math.isfinite(t[4].value)
+    summary = (outcome.folder / "summary.md").read_text()
+    assert "1 oom" in summary and "1 diverged" in summary and "1 error" in summary
+
+
+# -- bad input: one line, exit 2, before any trial --------------------------------------------
+@pytest.mark.parametrize("change,message", [
+    ({"budget": "3X"}, "unknown budget '3X'"),
+    ({"space": {"params": {"foo": {"key": "model.net.init_args.foo", "type": "float", "low": 0, "high": 1}}}},
+     "no argument for"),
+    ({"space": {"architecture": {"grid": {"d_model": [16, 32], "n_layers": [1, 2, 3, 4], "head_dim": [8],
+                                          "ffn_ratio": [2, 4]}},
+                "params": {"clip": {"key": "trainer.gradient_clip_val", "type": "categorical",
+                                    "choices": [0.5, "lots"]}}}}, "invalid trial config"),
+    ({"extra": ["--storage", "postgresql://user:secret@127.0.0.1:1/none"]}, "cannot open storage"),
+    ({"trials": 0}, "--trials must be >= 1"),
+    ({"extra": ["--model.lr=0.1"]}, "--model.lr is searched"),
+    ({"extra": ["--data.val_start=1990-01-01"]}, "outside"),
+])
+def test_bad_input_is_one_line_before_any_trial(data, space_file, tmp_path, capsys, change, message):
+    space = space_file
+    if "space" in change:
+        space = tmp_path / "space.yaml"
+        space.write_text(yaml.safe_dump(change["space"]))
+    args = cli_args(data, space, tmp_path / "logs", change.get("trials", 3), *change.get("extra", []))
+    if "budget" in change:
+        args[args.index("20K")] = change["budget"]
+    assert forecast_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert "secret" not in err[0]
+    assert not list(tmp_path.rglob("trial_*"))
+
+
+def test_sweep_runs_the_matrix_and_skips_finished_studies(data, space_file, tmp_path, capsys):
+    args = cli_args(data, space_file, tmp_path, 1)[1:]
+    args = ["sweep", "--budgets", "20K", "--horizons", "1", "2", *[a for a in args if a not in ("--budget", "20K")]]
+    assert forecast_main(args) == 0
+    study_names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert study_names == ["SYN-a25-threshold0.01-h1-20K", "SYN-a25-threshold0.01-h2-20K"]
+    best = yaml.safe_load((tmp_path / study_names[1] / "best.yaml").read_text())
+    assert best["data"]["horizon"] == 2  # the horizon really reached the trial
+    capsys.readouterr()
+    assert forecast_main(args) == 0  # rerun: both studies are finished, nothing trains
+    out = capsys.readouterr().out
+    assert out.count("done: 1/1 trials finished") == 2 and "trial 1 " not in out
+
+
+# -- processes: signals, crashes, two workers -------------------------------------------------
+def _spawn(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "forecast", *args], cwd=ROOT, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for(condition, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> None:
+    end = time.time() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended early:\n{proc.stdout.read()}")
+        if time.time() > end:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.1)
+
+
+def _storage_states(logs: Path, storage: str | None = None) -> list[TrialState]:
+    try:
+        return [t.state for t in load(logs, storage).get_trials()]
+    except (IndexError, KeyError, ValueError):
+        return []
+
+
+def test_sigint_stops_cleanly_a_second_one_aborts_and_a_rerun_finishes(data, space_file, tmp_path):
+    args = cli_args(data, space_file, tmp_path, 3, epochs=30)
+    folder = tmp_path / "SYN-a25-threshold0.01-h1-20K"
+    outputs = {"trials.csv", "summary.md", "best.yaml"}
+    # one Ctrl-C: the running trial finishes, outputs are written, exit 0
+    proc = _spawn(args)
+    _wait_for(lambda: (folder / "trial_0000" / "config.yaml").exists(), proc=proc)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stop requested (SIGINT)" in out and "stopped:" in out
+    states = [t.state for t in load(tmp_path).get_trials()]
+    assert states[0] == TrialState.COMPLETE and TrialState.RUNNING not in states
+    assert outputs <= {p.name for p in folder.iterdir()}
+    # the rerun continues; two Ctrl-C in its trial abort that trial (FAIL), exit 130
+    proc = _spawn(args)
+    _wait_for(lambda: (folder / "trial_0001" / "config.yaml").exists(), proc=proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    aborted = load(tmp_path).get_trials()[1]
+    assert aborted.state == TrialState.FAIL and aborted.user_attrs["reason"] == "aborted"
+    assert not load(tmp_path).get_trials(states=(TrialState.RUNNING,))
+    assert "aborted by a second SIGINT" in (folder / "summary.md").read_text()
+    # and the same command again reaches N (an aborted trial does not count)
+    assert forecast_main(cli_args(data, space_file, tmp_path, 3, epochs=1)) == 0  # epochs may change
+    study = load(tmp_path)
+    assert len(finished(study)) == 3 and not is_finished(study.get_trials()[1])
+    assert_no_duplicates(study)
+
+
+def test_kill_9_mid_trial_then_a_rerun_finishes_without_losing_a_trial(data, space_file, tmp_path):
+    args = cli_args(data, space_file, tmp_path, 3, epochs=6)
+    proc = _spawn(args)
+    _wait_for(lambda: _storage_states(tmp_path)[:2] == [TrialState.COMPLETE, TrialState.RUNNING], proc=proc)
+    proc.kill()
+    proc.communicate(timeout=30)
+    before = load(tmp_path).get_trials()
+    killed = before[1].number
+    assert before[1].state == TrialState.RUNNING  # left behind by the dead process
+    assert forecast_main(cli_args(data, space_file, tmp_path, 3, epochs=2)) == 0  # rerun, in this process
+    study = load(tmp_path)
+    after = {t.number: t for t in study.get_trials()}
+    assert after[0].value == before[0].value  # the finished trial is kept as it was
+    assert after[killed].state == TrialState.FAIL and after[killed].user_attrs["reason"] == "interrupted"
+    retries = [t for t in after.values() if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1 and retries[0].params == after[killed].params and is_finished(retries[0])
+    assert len(finished(study)) == 3 and not study.get_trials(states=(TrialState.RUNNING,))
+    assert_no_duplicates(study)
+
+
+def test_two_processes_on_one_journal_reach_n_together(data, space_file, tmp_path):
+    journal = str(tmp_path / "study.journal")
+    args = cli_args(data, space_file, tmp_path, 4, "--storage", journal, epochs=1)
+    procs = [_spawn(args) for _ in range(2)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    study = load(tmp_path, journal)
+    assert len(finished(study)) == 4  # not 5 or 6: each process stops when the study is at N
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert_no_duplicates(study)
+
+
+def test_heartbeat_fails_a_stale_trial_on_rdb_and_retries_it(tmp_path):
+    """A worker on another machine is seen only through its heartbeat (no pid to check here):
+    a RUNNING trial whose last beat is older than the grace period is failed and retried once."""
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    storage = open_storage(url, 1)  # beat every second, stale after 2
+    study = optuna.create_study(study_name="hb", storage=storage)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    storage.record_heartbeat(trial._trial_id)  # what the dead worker's heartbeat thread last wrote
+    assert recover_dead_trials(study, storage) == []  # still within the grace period
+    time.sleep(3.1)  # grace 2 s; SQLite clocks the beats in whole seconds
+    assert recover_dead_trials(study, storage) == [0]
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL
+    assert trials[1].state == TrialState.WAITING and trials[1].system_attrs["failed_trial"] == 0
+    assert trials[1].params == trials[0].params
+    assert recover_dead_trials(study, storage) == []  # retried once, not again
+
+
+def test_resolve_reports_parser_errors_in_one_line():
+    with pytest.raises(ForecastError, match="Option 'nope' is not accepted"):
+        resolve(["--config", str(ROOT / "configs" / "demo.yaml"), "--model.net.init_args.nope=1"])
