@@ -45,11 +45,13 @@ demo: install ## the main job on the offline sample: data, a25 tier, fit, test (
 	  --trainer.logger.init_args.save_dir=$(LOG_DIR) --trainer.enable_progress_bar=false
 	@$(BIN)/python -m forecast.summary $(LOG_DIR)/demo
 
+# Tests train tiny models: one thread each is as fast, and two OpenMP threads spin badly
+# whenever the other core is busy (a test's subprocess, or a shared machine).
 test: install ## fast test suite (< 5 min on 2 cores)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 test-slow: install ## the slow tests too (real data end to end)
-	$(BIN)/python -m pytest -q -m "not gpu"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not gpu"
 
 verify: install ## check every manifest entry's file, md5 and columns
 	$(BIN)/forecast data verify --data-dir $(DATA_DIR)

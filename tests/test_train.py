@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -128,10 +129,21 @@ def base_args(data_dir: Path, logs: Path, epochs: int = 3) -> list[str]:
     ]
 
 
+class RecordTrainLoss(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.losses.append(float(trainer.callback_metrics["train/loss"]))
+
+
 @pytest.fixture(scope="module")
 def fitted(data_dir, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
-    cli = cli_main(["fit", *base_args(data_dir, logs, epochs=4)])
+    record = RecordTrainLoss()
+    cli = cli_main(["fit", *base_args(data_dir, logs, epochs=5), "--early_stopping.patience=100"],
+                   trainer_defaults={"callbacks": [record]})
+    cli.train_losses = record.losses
     return cli, logs
 
 
@@ -151,16 +163,10 @@ def test_fit_lowers_training_loss_and_saves_config_and_checkpoints(fitted):
     assert "val/auroc" in losses and "train/auroc" in losses and "val/prob_std" in losses
 
 
-def test_short_fit_lowers_training_loss(data_dir, tmp_path):
-    losses = []
-
-    class Record(__import__("lightning.pytorch", fromlist=["Callback"]).Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            losses.append(float(trainer.callback_metrics["train/loss"]))
-
-    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=6), "--early_stopping.patience=100"],
-                   trainer_defaults={"callbacks": [Record()]})
-    assert cli.trainer.current_epoch == 6
+def test_short_fit_lowers_training_loss(fitted):
+    cli, _ = fitted
+    losses = cli.train_losses
+    assert cli.trainer.current_epoch == 5 and len(losses) == 5
     assert losses[-1] < losses[0] - 0.01, losses
 
 
