@@ -1,0 +1,194 @@
+"""Retrain a study's best config with fresh seeds; test each once, from its best checkpoint.
+
+A retrain is one LightningCLI run of the best trial's complete config (`run=False`, then
+`trainer.fit`), logged to `<out>/runs/<study>/seed_<s>/`; it is then tested ONCE on the test split
+from its best-val checkpoint (`ckpt_path="best"`), and the same checkpoint's test probabilities
+are kept for the regime view. `result.json` in that folder records the outcome with a key of
+everything that decides it (config files' text, flags, seed, trial), so a rerun of the report
+reuses finished retrains and never tests a model twice.
+
+Seeds are 0..K-1: never the search's own seed (42 by default), so the best trial's lucky draw
+does not come back in its own confirmation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from forecast.errors import ForecastError
+from forecast.hpo.config import OPERATIONAL_DATA_KEYS, differences, resolve
+from forecast.io import write_json_atomic
+from forecast.report.collect import StudyEntry
+
+RESULT = "result.json"
+# Flags a retrain may add to the best config: how it runs, never what it measures. (Epochs are a
+# Trainer setting: shortening them is allowed and shown in the report's header.)
+ALLOWED_PREFIXES = ("trainer.", "planner.")
+ALLOWED_KEYS = tuple(f"data.{k}" for k in OPERATIONAL_DATA_KEYS)
+QUIET = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
+
+
+@dataclass
+class SeedRun:
+    """One retrain: its test metrics (best checkpoint), val curve and test probabilities."""
+
+    seed: int
+    folder: str
+    test: dict[str, float]
+    val_best: dict[str, float]  # the best epoch's val metrics (that checkpoint's)
+    history: list[dict[str, float]]  # val metrics per epoch
+    params: int
+    epochs_run: int
+    wall_s: float
+    probs: list[float] = field(repr=False)
+    key: str = ""
+    cached: bool = False
+
+
+@dataclass
+class Prepared:
+    """A study's best config, resolved and checked, with its data module (for baselines)."""
+
+    config: dict[str, Any]
+    datamodule: Any
+
+
+def check_overrides(args: Sequence[str]) -> None:
+    """Refuse flags that would change what the study measured (labels, splits, model).
+
+    Raises:
+        ForecastError: a flag outside `--trainer.*`, `--planner.*` and the operational data keys.
+    """
+    for arg in args:
+        if not arg.startswith("--"):
+            continue
+        key = arg[2:].split("=", 1)[0]
+        if not (key.startswith(ALLOWED_PREFIXES) or key in ALLOWED_KEYS):
+            raise ForecastError(f"--{key}: not an option of forecast report, and not a flag a retrain may add "
+                                f"(--trainer.*, --planner.*, --{', --'.join(ALLOWED_KEYS)}; flags that would "
+                                "change what a study measured are refused)")
+
+
+def prepare(entry: StudyEntry, overrides: Sequence[str]) -> Prepared:
+    """Resolve the best config through the real parser, check it against the study, build its data.
+
+    Raises:
+        ForecastError: the config no longer parses, its data settings differ from what the study
+            recorded, or its data files are gone.
+    """
+    from forecast.data.datamodule import ForecastDataModule
+
+    config = resolve([*entry.config_args, *overrides])
+    data = {k: v for k, v in config["data"].items() if k not in OPERATIONAL_DATA_KEYS}
+    diff = differences(entry.data, json.loads(json.dumps(data, default=str)), "data.")
+    if diff:
+        raise ForecastError(f"the best config's data differ from the study's ({diff[0]})")
+    return Prepared(config, ForecastDataModule(**config["data"]))
+
+
+def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int) -> str:
+    """md5 of everything that decides a retrain's outcome (config files by content)."""
+    parts: list[str] = [entry.name, str(entry.best.number), str(seed), *overrides]
+    args = entry.config_args
+    for i, arg in enumerate(args):
+        if i > 0 and args[i - 1] == "--config" and Path(arg).is_file():
+            parts.append(Path(arg).read_text())
+        else:
+            parts.append(arg)
+    return hashlib.md5("\0".join(parts).encode()).hexdigest()
+
+
+def retrain(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str] = (),
+            keep_checkpoints: bool = False) -> SeedRun:
+    """Fit the best config with `seed`, test it once from its best checkpoint (or reuse that result).
+
+    Args:
+        entry: the study.
+        seed: `seed_everything` of this retrain.
+        root: runs go to `<root>/<study>/seed_<seed>/`.
+        overrides: extra `--trainer.*` flags (checked by `check_overrides`).
+        keep_checkpoints: keep the checkpoint files (default: delete them once tested).
+    """
+    folder = root / entry.name / f"seed_{seed}"
+    key = run_key(entry, overrides, seed)
+    cached = _load(folder / RESULT, key)
+    if cached is not None:
+        return cached
+    if folder.exists():
+        shutil.rmtree(folder)  # an unfinished or outdated retrain of ours: start it clean
+    started = time.time()
+    run = _fit_and_test(entry, seed, root, overrides)
+    run.wall_s, run.key = round(time.time() - started, 3), key
+    if not keep_checkpoints:
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    write_json_atomic(folder / RESULT, asdict(run))
+    return run
+
+
+def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str]) -> SeedRun:
+    from forecast.train import cli_main
+
+    logger = "--trainer.logger.init_args."
+    args = [*entry.config_args, f"--seed_everything={seed}", *QUIET, f"{logger}save_dir={root}",
+            f"{logger}name={entry.name}", f"{logger}version=seed_{seed}", *overrides]
+    with _quiet():
+        cli = cli_main(args, run=False)
+        cli.trainer.fit(cli.model, cli.datamodule)
+        epochs_run = int(cli.trainer.current_epoch)
+        ckpt = cli.trainer.checkpoint_callback
+        if ckpt is None or not ckpt.best_model_path:
+            raise ForecastError("the config saves no best checkpoint (checkpointing is off or "
+                                f"{ckpt and ckpt.monitor} was never logged)")
+        test = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="best", verbose=False)[0]
+        # the same checkpoint's probabilities on the same split: the regime view slices them
+        probs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader(), ckpt_path="best")
+    best = cli.model.best_epoch() or {}
+    return SeedRun(seed=seed, folder=str(cli.trainer.log_dir), test={k: float(v) for k, v in test.items()},
+                   val_best={k: float(v) for k, v in best.items()}, history=list(cli.model.history),
+                   params=int(cli.model.num_parameters), epochs_run=epochs_run,
+                   wall_s=0.0, probs=[round(float(p), 6) for p in torch.cat(probs).float()])
+
+
+def _load(path: Path, key: str) -> SeedRun | None:
+    """A finished retrain's record, if it was made with exactly this key."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    try:
+        return SeedRun(**{**record, "cached": True})
+    except TypeError:  # written by an older version of the report
+        return None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep Lightning's INFO lines (seed, devices, split sizes) out of the report's progress."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        # stdout too: the module prints its parameter count at every fit start
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, not ours
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
