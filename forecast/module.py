@@ -11,6 +11,7 @@ import warnings
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -131,7 +132,7 @@ class Forecaster(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Record the real parameter count and register the HParams metric with a real value to come."""
-        print(f"model: {type(self.net).__name__} with {self.num_parameters:,} parameters")
+        rank_zero_info(f"model: {type(self.net).__name__} with {self.num_parameters:,} parameters")
         if self.logger is not None:
             hparams = {**self.hparams, "num_parameters": self.num_parameters}
             self.logger.log_hyperparams(hparams, {BEST_KEY: float("nan")})
