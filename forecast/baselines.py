@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from forecast.data.datamodule import ForecastDataModule
 
@@ -45,7 +46,8 @@ def baseline_scores(dm: ForecastDataModule, splits: tuple[str, ...] = ("val", "t
         _, y = last_day_features(dm, split)
         out["prior"][split] = scores(y, np.full(len(y), prior))
     for name, model in models.items():
-        model.fit(x_train, y_train)
+        with threadpool_limits(1):  # HistGB's threads spin-wait on a busy machine (48 s vs 0.7 s)
+            model.fit(x_train, y_train)
         out[name] = {}
         for split in splits:
             x, y = last_day_features(dm, split)

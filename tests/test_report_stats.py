@@ -101,7 +101,7 @@ def test_falling_rising_and_flat_curves(budgets):
     assert down.slope.hi < 0 < up.slope.lo and flat.slope.lo < 0 < flat.slope.hi
     assert down.difference.hi < 0 < up.difference.lo
     if len(budgets) < 4:  # too few points for 3 parameters: the slope test, said so
-        assert down.fit is None and "slope test" in down.method and "needs 4" in down.method
+        assert down.fit is None and "only the log-linear slope test" in down.method and "needs 4" in down.method
     else:
         assert down.fit is not None and not down.fit.degenerate
         assert down.alpha.lo < 0.3 < down.alpha.hi
@@ -114,6 +114,15 @@ def test_noise_as_large_as_the_effect_is_no_evidence():
     rng = np.random.default_rng(0)
     seeds = [0.69 - 0.003 * np.log10(n) + rng.normal(0, 0.02, 3) for n in BUDGETS[:2]]
     assert scaling(BUDGETS[:2], seeds).verdict == NO_EVIDENCE
+
+
+def test_a_pooled_slope_alone_does_not_decide():
+    # real case (SPY h=5, 2 seeds): the 20M seeds agree by luck, so the pooled slope interval
+    # excludes 0 while Welch's interval of the difference does not
+    seeds = [[0.6329, 0.6397], [0.6528, 0.6516]]
+    result = scaling([2.18e6, 1.91e7], seeds)
+    assert result.slope.lo > 0 and result.difference.lo < 0 < result.difference.hi
+    assert result.verdict == NO_EVIDENCE and "Welch interval includes 0" in result.method
 
 
 def test_one_budget_is_no_evidence():

@@ -36,11 +36,15 @@ def _header(report: Report) -> list[str]:
     o = report.options
     flags = f" with `{shlex.join(o.overrides)}`" if o.overrides else ""
     n = sum(len(r.studies) for r in report.series)
+    runs = [run for r in report.series for s in r.studies for run in s.runs]
+    reused = sum(run.cached for run in runs)
     return [
         "# Does a bigger model forecast better? Scaling report", "",
         f"- storage `{report.storage}`: {n} studies in {len(report.series)} series",
         f"- each study's best trial retrained with seeds {', '.join(map(str, report.seeds))}{flags}; "
         "each retrain tested once on the test split, from its best-validation checkpoint",
+        f"- {len(runs)} retrains took {sum(r.wall_s for r in runs):.0f} s of training and testing"
+        + (f" ({reused} reused from an earlier report)" if reused else ""),
         f"- written {datetime.now().isoformat(timespec='seconds')} in {report.wall_s:.0f} s; "
         f"`tensorboard --logdir {o.out}` shows the retrains and these figures", "",
     ]
@@ -73,9 +77,11 @@ def _how_to_read(report: Report) -> list[str]:
         f"**Student-t interval** (mean +- t(0.975, {k - 1}) x sd / sqrt({k}), kept inside the metric's range). With few seeds these "
         "intervals are wide on purpose: seed-to-seed spread is real and often as large as the effects."
         + (" With one seed there is no interval." if k < 2 else ""),
-        "- **Verdict**: the slope of test loss against log10(parameters), fitted by least squares to "
-        "every seed's run, with its t-interval. \"larger helps\" only if the whole interval is below 0, "
-        "\"larger hurts\" only if it is above 0, otherwise \"no evidence\" -- point estimates never decide.",
+        "- **Verdict** rests on two intervals: the slope of test loss against log10(parameters), fitted "
+        "by least squares to every seed's run (t-interval), and the largest minus the smallest budget's "
+        "mean test loss (Welch t-interval, no equal-spread assumption). \"larger helps\" only if both lie "
+        "entirely below 0, \"larger hurts\" only if both lie above 0, otherwise \"no evidence\" -- point "
+        "estimates never decide.",
         f"- **Power law** L(N) = L_inf + (N0/N)^alpha (scipy curve_fit on the per-budget means) needs "
         f"at least {MIN_BUDGETS_FOR_FIT} budgets; alpha's interval comes from resampling each budget's "
         "seeds with replacement and refitting. With fewer budgets only the slope test is done.",

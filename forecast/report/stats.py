@@ -4,7 +4,8 @@
   bootstrap of 3 values would be far too narrow).
 - `welch_difference`: the interval of a difference of two means with unequal variances.
 - `slope_interval`: ordinary least squares of a metric on log10(parameters) over EVERY seed's run,
-  with a t-interval for the slope. It decides the verdict at any number of budgets >= 2.
+  with a t-interval for the slope. With the Welch interval of largest minus smallest budget it
+  decides the verdict at any number of budgets >= 2 (both must exclude zero on one side).
 - `fit_power_law` / `bootstrap_alpha`: L(N) = L_inf + (N0 / N)^alpha with scipy's curve_fit, and
   a percentile interval for alpha from resampling the seeds within each budget. Three free
   parameters need at least `MIN_BUDGETS_FOR_FIT` budgets to leave a degree of freedom.
@@ -250,7 +251,8 @@ class Scaling:
     """What one series (symbol, tier, task, horizon) says about size.
 
     Attributes:
-        verdict: HELPS, HURTS or NO_EVIDENCE, from `slope`.
+        verdict: HELPS, HURTS or NO_EVIDENCE: a side only when `slope` and `difference` both
+            exclude zero on it (see `agreed_verdict`).
         slope: test loss change per 10x parameters, OLS over every seed's run, 95% t-interval.
         difference: mean test loss of the largest minus the smallest budget (Welch 95% interval).
         fit: the power law, when there were enough budgets and it converged.
@@ -264,6 +266,23 @@ class Scaling:
     fit: PowerLaw | None
     alpha: Interval
     method: str
+
+
+def agreed_verdict(slope: Interval, difference: Interval) -> tuple[str, str]:
+    """The verdict when two tests agree, and a clause saying how it was reached.
+
+    The slope test pools every seed's residual (it assumes equal spread at every size); Welch's
+    interval for largest minus smallest budget does not. With a handful of seeds one budget's
+    seeds can agree by luck and make the pooled test overconfident, so a side is taken only when
+    both intervals exclude zero on that side.
+    """
+    by_slope, by_difference = verdict(slope), verdict(difference)
+    if by_slope == by_difference:
+        return by_slope, "the slope test and the largest-vs-smallest Welch interval agree"
+    if by_slope == NO_EVIDENCE:
+        return NO_EVIDENCE, "the slope interval includes 0"
+    return NO_EVIDENCE, (f"the slope test alone says {by_slope!r}, but the largest-vs-smallest Welch "
+                         "interval includes 0 (unequal seed spread): not enough")
 
 
 def scaling(params: Sequence[float], seed_losses: Sequence[Sequence[float]], draws: int = 1000,
@@ -283,20 +302,19 @@ def scaling(params: Sequence[float], seed_losses: Sequence[Sequence[float]], dra
     flat_y = [v for s in seed_losses for v in s]
     slope = slope_interval(flat_n, flat_y)
     nan = Interval(math.nan, math.nan, math.nan, 0)
-    diff = welch_difference(seed_losses[-1], seed_losses[0]) if len(params) >= 2 else nan
     if len(params) < 2:
         why = "no budget could be reported" if not params else "one budget only: nothing to compare"
-        return Scaling(NO_EVIDENCE, slope, diff, None, nan, why)
+        return Scaling(NO_EVIDENCE, slope, nan, None, nan, why)
+    diff = welch_difference(seed_losses[-1], seed_losses[0])
+    answer, how = agreed_verdict(slope, diff)
     if len(params) < MIN_BUDGETS_FOR_FIT:
-        method = (f"{len(params)} budgets: too few for the 3-parameter power law (needs "
-                  f"{MIN_BUDGETS_FOR_FIT}); verdict from the log-linear slope test")
-        return Scaling(verdict(slope), slope, diff, None, nan, method)
+        method = (f"{how}; {len(params)} budgets are too few for the 3-parameter power law (needs "
+                  f"{MIN_BUDGETS_FOR_FIT}), so only the log-linear slope test was done")
+        return Scaling(answer, slope, diff, None, nan, method)
     fit = fit_power_law(params, [float(np.mean(s)) for s in seed_losses])
     if fit is None or fit.degenerate:
         why = "did not converge" if fit is None else "found no falling power law (flat or rising points)"
-        return Scaling(verdict(slope), slope, diff, fit, nan,
-                       f"verdict from the log-linear slope test; the power law fit {why}")
+        return Scaling(answer, slope, diff, fit, nan, f"{how}; the power law fit {why}")
     alpha, ok = bootstrap_alpha(params, seed_losses, draws, seed=seed)
-    method = (f"verdict from the log-linear slope test; power law fitted, alpha interval from "
-              f"{ok}/{draws} bootstrap resamples of the seeds that converged")
-    return Scaling(verdict(slope), slope, diff, fit, alpha, method)
+    method = f"{how}; power law fitted, alpha interval from {ok}/{draws} converged bootstrap resamples of the seeds"
+    return Scaling(answer, slope, diff, fit, alpha, method)
