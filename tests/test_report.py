@@ -180,6 +180,20 @@ def test_rerun_reuses_the_retrains_and_prints_the_verdict(report, studies, capsy
     assert runs.drop(columns="reused").equals(pd.read_csv(pd.io.common.StringIO(before)).drop(columns="reused"))
 
 
+def test_changed_data_retrains_instead_of_reusing(report, studies, tmp_path, monkeypatch):
+    """A rebuilt tier (another data fingerprint) must not pass for the retrains made on the old one."""
+    from forecast.data.datamodule import ForecastDataModule
+
+    _, out, _ = report
+    url, _ = studies
+    copy = tmp_path / "report"
+    shutil.copytree(out, copy)
+    monkeypatch.setattr(ForecastDataModule, "fingerprint", lambda self: "rebuilt")
+    make_report(ReportOptions(storage=url, seeds=1, out=copy, bootstrap=0), say=lambda _: None)
+    runs = pd.read_csv(copy / "runs.csv")
+    assert len(runs) == len(BUDGETS) and not runs["reused"].any()
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def _no_complete_trial(tmp_path: Path, url: str) -> str:
     """A study with the right records but only a failed trial."""

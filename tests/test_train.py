@@ -112,6 +112,20 @@ def test_scaler_never_sees_validation_or_test_rows(data_dir, tmp_path):
     assert abs(moved.features[~train_rows].mean()) > 10  # val/test were not refitted
 
 
+def test_fingerprint_follows_the_numbers_a_model_sees(data_dir, tmp_path):
+    """Same files and settings: same fingerprint; a rebuilt tier or other labels/splits: another."""
+    base = ForecastDataModule(**dm_kwargs(data_dir)).fingerprint()
+    assert ForecastDataModule(**dm_kwargs(data_dir, batch_size=7)).fingerprint() == base  # not data
+    assert ForecastDataModule(**dm_kwargs(data_dir, horizon=3)).fingerprint() != base  # labels
+    assert ForecastDataModule(**dm_kwargs(data_dir, val_start="2017-08-01")).fingerprint() != base  # splits
+    rebuilt = tmp_path / "data"
+    raw = synthetic_raw()
+    raw.loc[raw.index[-1], "High"] *= 1.05  # one revised price on the last day
+    write_raw(rebuilt, SYMBOL, raw, source="revised")
+    build_and_write(rebuilt, SYMBOL, "a25")
+    assert ForecastDataModule(**dm_kwargs(rebuilt)).fingerprint() != base
+
+
 # -- fit / test / predict through the CLI ----------------------------------------------------
 def base_args(data_dir: Path, logs: Path, epochs: int = 3) -> list[str]:
     return [

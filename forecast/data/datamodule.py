@@ -10,6 +10,7 @@ target (rows t+1..t+h) lie inside that split's dates, so nothing straddles a bou
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -181,6 +182,19 @@ class ForecastDataModule(L.LightningDataModule):
             out[f"data/{name}_windows"] = float(split.size)
             out[f"data/{name}_positive_rate"] = self.balance[name]
         return out
+
+    def fingerprint(self) -> str:
+        """md5 of exactly what a model sees: scaled features, targets and every split's window ends.
+
+        Two data modules with the same fingerprint train and evaluate on identical numbers, whatever
+        files or settings produced them; a re-downloaded or rebuilt tier changes it.
+        """
+        digest = hashlib.md5(self.features.numpy().tobytes())
+        digest.update(self.targets.numpy().tobytes())
+        for name in SPLITS:
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(self.splits[name].ends, dtype=np.int64).tobytes())
+        return digest.hexdigest()
 
     # -- loaders ----------------------------------------------------------------------------
     def dataset(self, split: str) -> WindowDataset:

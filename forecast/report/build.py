@@ -170,8 +170,9 @@ def _run_studies(entries: Sequence[StudyEntry], seeds: list[int], options: Repor
             continue
         if entry.series not in baselines:
             baselines[entry.series] = baselines_of(prepared.datamodule)
+        data = prepared.datamodule.fingerprint()
         for j, seed in enumerate(seeds):
-            run = _one_seed(result, seed, options)
+            run = _one_seed(result, seed, options, data)
             say(_progress(i * len(seeds) + j + 1, total, entry, seed, run, result.problem))
             if run is None:
                 break
@@ -189,9 +190,9 @@ def baselines_of(dm: Any) -> dict[str, dict[str, dict[str, float]]]:
         return baseline_scores(dm, splits=("val", "test"))
 
 
-def _one_seed(result: StudyResult, seed: int, options: ReportOptions) -> SeedRun | None:
+def _one_seed(result: StudyResult, seed: int, options: ReportOptions, data: str) -> SeedRun | None:
     try:
-        run = retrain(result.entry, seed, options.out / "runs", options.overrides, options.keep_checkpoints)
+        run = retrain(result.entry, seed, options.out / "runs", options.overrides, options.keep_checkpoints, data)
     except Exception as err:  # a failed retrain is a finding about this study, not the end of the report
         first = (str(err).strip().splitlines() or [""])[0]
         kind = "" if isinstance(err, ForecastError) else f"{type(err).__name__}: "  # ours say it plainly

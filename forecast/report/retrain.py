@@ -4,7 +4,8 @@ A retrain is one LightningCLI run of the best trial's complete config (`run=Fals
 `trainer.fit`), logged to `<out>/runs/<study>/seed_<s>/`; it is then tested ONCE on the test split
 from its best-val checkpoint (`ckpt_path="best"`), and the same checkpoint's test probabilities
 are kept for the regime view. `result.json` in that folder records the outcome with a key of
-everything that decides it (config files' text, flags, seed, trial), so a rerun of the report
+everything that decides it (config files' text, flags, seed, trial, and a fingerprint of the
+data the model sees), so a rerun of the report
 reuses finished retrains and never tests a model twice.
 
 Seeds are 0..K-1: never the search's own seed (42 by default), so the best trial's lucky draw
@@ -99,9 +100,10 @@ def prepare(entry: StudyEntry, overrides: Sequence[str]) -> Prepared:
     return Prepared(config, ForecastDataModule(**config["data"]))
 
 
-def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int) -> str:
-    """md5 of everything that decides a retrain's outcome (config files by content)."""
-    parts: list[str] = [entry.name, str(entry.best.number), str(seed), *overrides]
+def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int, data: str = "") -> str:
+    """md5 of everything that decides a retrain's outcome: config files by content, and `data`,
+    the data module's fingerprint, so a rebuilt or re-downloaded tier retrains instead of reusing."""
+    parts: list[str] = [entry.name, str(entry.best.number), str(seed), data, *overrides]
     args = entry.config_args
     for i, arg in enumerate(args):
         if i > 0 and args[i - 1] == "--config" and Path(arg).is_file():
@@ -112,7 +114,7 @@ def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int) -> str:
 
 
 def retrain(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str] = (),
-            keep_checkpoints: bool = False) -> SeedRun:
+            keep_checkpoints: bool = False, data: str = "") -> SeedRun:
     """Fit the best config with `seed`, test it once from its best checkpoint (or reuse that result).
 
     Args:
@@ -121,9 +123,11 @@ def retrain(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str] =
         root: runs go to `<root>/<study>/seed_<seed>/`.
         overrides: extra `--trainer.*` flags (checked by `check_overrides`).
         keep_checkpoints: keep the checkpoint files (default: delete them once tested).
+        data: fingerprint of the data the retrain will see (`ForecastDataModule.fingerprint()`);
+            part of the reuse key.
     """
     folder = root / entry.name / f"seed_{seed}"
-    key = run_key(entry, overrides, seed)
+    key = run_key(entry, overrides, seed, data)
     cached = _load(folder / RESULT, key)
     if cached is not None:
         return cached
