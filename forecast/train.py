@@ -88,6 +88,15 @@ class ForecastCLI(LightningCLI):
         if self.subcommand in ("validate", "test", "predict"):
             _point_at_run(config)
 
+    def instantiate_trainer(self, **kwargs: Any):
+        """As LightningCLI's, but `--trainer.enable_checkpointing=false` drops our ModelCheckpoint
+        (Lightning refuses a checkpoint callback with checkpointing off)."""
+        trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if trainer.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return self._instantiate_trainer(trainer, callbacks)
+
     # -- after each subcommand: say what happened and where ----------------------------------
     def after_fit(self) -> None:
         """Write fit_summary.json (the BEST epoch's val metrics) and say where everything is."""

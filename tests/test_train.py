@@ -229,6 +229,19 @@ def test_test_and_predict_use_the_best_checkpoint_not_the_last(fitted):
     assert set(preds["label"]) <= {0, 1}
 
 
+def test_checkpointing_off_fits_without_checkpoints_and_test_says_so(data_dir, tmp_path, capsys):
+    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.enable_checkpointing=false"])
+    assert cli.trainer.checkpoint_callback is None
+    assert any(isinstance(c, L.callbacks.EarlyStopping) for c in cli.trainer.callbacks)  # the rest stays
+    run = Path(cli.trainer.log_dir)
+    assert json.loads((run / "fit_summary.json").read_text())["best_checkpoint"] is None
+    assert not list(tmp_path.rglob("*.ckpt"))
+    capsys.readouterr()
+    assert forecast_main(["test", *base_args(data_dir, tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no finished run found" in err[0], err
+
+
 # -- bad configs: one line, non-zero exit, before training ------------------------------------
 @pytest.mark.parametrize(
     "override,message",
