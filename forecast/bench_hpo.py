@@ -21,12 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 
 SYMBOL = "SYN"
-VAL_START, TEST_START = "2016-10-03", "2017-10-02"  # data: 2013-10 (after warm-up) to 2018-09
+VAL_START, TEST_START = "2016-10-03", "2017-10-02"  # data: 2013-10 (after warm-up) to 2019-01
 # A 20K-parameter budget over a tiny grid: four architectures of 15-20K parameters for
 # 25 features, context 32, patches of 8 every 4 steps, so a trial takes seconds on a CPU.
 SPACE = """\
@@ -40,23 +38,12 @@ params:
 """
 
 
-def synthetic_raw(rows: int = 1500, seed: int = 0) -> pd.DataFrame:
-    """A random-walk OHLCV series (business days from 2013)."""
-    rng = np.random.default_rng(seed)
-    close = 100 * np.exp(np.cumsum(rng.normal(0.0003, 0.012, rows)))
-    open_ = close * np.exp(rng.normal(0, 0.004, rows))
-    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.008, rows)))
-    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.008, rows)))
-    return pd.DataFrame({"Date": pd.bdate_range("2013-01-01", periods=rows), "Open": open_, "High": high,
-                         "Low": low, "Close": close, "Adj Close": close,
-                         "Volume": rng.integers(1_000_000, 5_000_000, rows).astype(float)})
-
-
 def _tier(root: Path) -> Path:
     from forecast.data.raw import write_raw
+    from forecast.data.synthetic import synthetic_ohlcv
     from forecast.data.tiers import build_and_write
 
-    write_raw(root, SYMBOL, synthetic_raw(), source="synthetic bench series")
+    write_raw(root, SYMBOL, synthetic_ohlcv(n=1500, start="2013-01-01"), source="synthetic bench series")
     build_and_write(root, SYMBOL, "a25")
     return root
 

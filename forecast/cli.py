@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -100,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("forecast: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as err:
+        # Lightning ends a run on SIGTERM with SIGTERMException, a SystemExit whose code is 0;
+        # a killed run must not look like a finished one to the shell or a scheduler.
+        if type(err).__name__ != "SIGTERMException":
+            raise
+        print("forecast: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         # `forecast arch ... | head`: the reader left; say nothing more (Python docs' recipe).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

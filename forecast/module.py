@@ -38,6 +38,8 @@ class Forecaster(L.LightningModule):
         warmup_frac: Fraction of all optimizer steps spent warming the learning rate up linearly.
         min_lr_ratio: Floor of the cosine decay as a fraction of `lr`.
         pos_weight: Weight of positive samples in the loss (None = unweighted).
+        train_metrics: Also compute AUROC, AP, Brier... over the training batches of each epoch
+            (`train/*` in TensorBoard). Off, training tracks only its loss, which is a little faster.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Forecaster(L.LightningModule):
         warmup_frac: float = 0.05,
         min_lr_ratio: float = 0.0,
         pos_weight: float | None = None,
+        train_metrics: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -79,9 +82,10 @@ class Forecaster(L.LightningModule):
         x, y = batch  # [B, L, F], [B]
         logits = self(x).float()  # [B]; float so bf16 autocast never reaches the loss
         loss = self.loss_fn(logits, y)
-        probs = torch.sigmoid(logits.detach())
-        self.metrics[f"{split}_"].update(probs, y.long())
-        self.spread[f"{split}_"].update(probs)
+        if split != "train" or self.hparams.train_metrics:
+            probs = torch.sigmoid(logits.detach())
+            self.metrics[f"{split}_"].update(probs, y.long())
+            self.spread[f"{split}_"].update(probs)
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
@@ -100,7 +104,8 @@ class Forecaster(L.LightningModule):
 
     # -- epoch ends -------------------------------------------------------------------------
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+        if self.hparams.train_metrics:
+            self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

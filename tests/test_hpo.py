@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as L
-import numpy as np
 import optuna
 import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import synthetic_raw
 from optuna.trial import TrialState
 
 from forecast.cli import main as forecast_main
@@ -54,30 +54,15 @@ params:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def synthetic_raw(rows: int = 1000, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    close = 100 * np.exp(np.cumsum(rng.normal(0.0003, 0.012, rows)))
-    open_ = close * np.exp(rng.normal(0, 0.004, rows))
-    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.008, rows)))
-    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.008, rows)))
-    return pd.DataFrame({"Date": pd.bdate_range("2014-01-01", periods=rows), "Open": open_, "High": high,
-                         "Low": low, "Close": close, "Adj Close": close,
-                         "Volume": rng.integers(1_000_000, 5_000_000, rows).astype(float)})
-
-
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on a shared 2-core box run faster without contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs tiny models on one intra-op thread (conftest's `one_thread`)."""
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
-    write_raw(root, SYMBOL, synthetic_raw(), source="synthetic test series")
+    write_raw(root, SYMBOL, synthetic_raw(n=1000, start="2014-01-02"), source="synthetic test series")
     build_and_write(root, SYMBOL, "a25")
     return root
 

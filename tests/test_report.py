@@ -12,7 +12,6 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-import torch
 import yaml
 from conftest import synthetic_raw, synthetic_vix
 from optuna.trial import TrialState, create_trial
@@ -40,12 +39,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on a shared 2-core box run faster without contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test here runs tiny models on one intra-op thread (conftest's `one_thread`)."""
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -17,26 +20,19 @@ import yaml
 from forecast.cli import main as forecast_main
 from forecast.data.datamodule import ForecastDataModule
 from forecast.data.raw import forward_adjust, read_raw, write_raw
+from forecast.data.synthetic import synthetic_ohlcv
 from forecast.data.targets import threshold_targets
 from forecast.data.tiers import build_and_write
 from forecast.metrics import MONITOR
 from forecast.train import cli_main
 
+ROOT = Path(__file__).resolve().parents[1]
 SYMBOL = "SYN"
 VAL_START, TEST_START = "2017-07-03", "2018-04-02"
 
 
-def synthetic_raw(rows: int = 1300, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    dates = pd.bdate_range("2014-01-01", periods=rows)
-    close = 100 * np.exp(np.cumsum(rng.normal(0.0003, 0.012, rows)))
-    open_ = close * np.exp(rng.normal(0, 0.004, rows))
-    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.008, rows)))
-    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.008, rows)))
-    adj = close * np.exp(np.linspace(-0.05, 0.0, rows))  # dividends: adj/close rises over time
-    volume = rng.integers(1_000_000, 5_000_000, rows)
-    return pd.DataFrame({"Date": dates, "Open": open_, "High": high, "Low": low, "Close": close,
-                         "Adj Close": adj, "Volume": volume})
+def synthetic_raw():
+    return synthetic_ohlcv(n=1300, start="2014-01-01")
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +225,13 @@ def test_test_and_predict_use_the_best_checkpoint_not_the_last(fitted):
     assert set(preds["label"]) <= {0, 1}
 
 
+def test_train_metrics_off_keeps_the_training_loss_and_every_val_metric(data_dir, tmp_path):
+    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--model.train_metrics=false"])
+    logged = cli.trainer.callback_metrics
+    assert "train/loss" in logged and not any(k.startswith("train/") and k != "train/loss" for k in logged)
+    assert {"val/loss", "val/auroc", "val/ap", "val/prob_std"} <= set(logged)
+
+
 def test_checkpointing_off_fits_without_checkpoints_and_test_says_so(data_dir, tmp_path, capsys):
     cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.enable_checkpointing=false"])
     assert cli.trainer.checkpoint_callback is None
@@ -292,3 +295,20 @@ def test_every_run_config_is_accepted_by_the_cli(path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["net"]["class_path"] == "forecast.model.PatchTST"
     assert printed["early_stopping"]["monitor"] == MONITOR
+
+
+def test_sigterm_mid_fit_exits_143_with_one_line(data_dir, tmp_path):
+    """Lightning ends a fit on SIGTERM with a SystemExit of code 0; ours must not look finished."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "forecast", "fit", *base_args(data_dir, tmp_path, epochs=500),
+                             "--early_stopping.patience=1000"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(tmp_path.rglob("best-*.ckpt")):  # an epoch has finished: training is under way
+        assert proc.poll() is None and time.time() < deadline, "fit ended or never started"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "forecast: stopped by SIGTERM"
+
