@@ -8,8 +8,11 @@ version and the md5 of every source file). `verify` re-checks all of it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +52,20 @@ def load_manifest(data_dir: str | os.PathLike, kind: Kind) -> dict[str, dict[str
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ForecastError(f"{path}: not a readable manifest ({err}); fix or delete it") from err
     return files
+
+
+@contextlib.contextmanager
+def manifest_lock(data_dir: str | os.PathLike, kind: Kind) -> Iterator[None]:
+    """Hold the `kind` manifest exclusively (an flock on `<kind>/.manifest.lock`) between a read
+    and its rewrite, so two `forecast data` processes never drop each other's entries."""
+    lock = manifest_path(data_dir, kind).with_name(".manifest.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def manifest_json(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -181,7 +198,8 @@ def write_tracked(
     """Write `frame` to the parquet file `path` and record it in the `kind` manifest.
 
     Both go through temporary files renamed into place only once everything has succeeded,
-    so a failure leaves the old file and the old manifest as they were.
+    so a failure leaves the old file and the old manifest as they were; the manifest is locked
+    from read to rewrite, so concurrent writers keep each other's entries.
 
     Args:
         data_dir: the data directory.
@@ -193,10 +211,11 @@ def write_tracked(
     Returns:
         The manifest entry written.
     """
-    entries = load_manifest(data_dir, kind)  # a damaged manifest stops us before any write
-    with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, engine="pyarrow", index=False)
-        entry = file_entry(data_dir, path, frame, md5_file(tmp), **extra)
-        entries[entry["path"]] = entry
-        write_manifest(data_dir, kind, entries)
+    with manifest_lock(data_dir, kind):
+        entries = load_manifest(data_dir, kind)  # a damaged manifest stops us before any write
+        with atomic_path(path) as tmp:
+            frame.to_parquet(tmp, engine="pyarrow", index=False)
+            entry = file_entry(data_dir, path, frame, md5_file(tmp), **extra)
+            entries[entry["path"]] = entry
+            write_manifest(data_dir, kind, entries)
     return entry
