@@ -86,7 +86,7 @@ class Forecaster(L.LightningModule):
             probs = torch.sigmoid(logits.detach())
             self.metrics[f"{split}_"].update(probs, y.long())
             self.spread[f"{split}_"].update(probs)
-        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -116,18 +116,20 @@ class Forecaster(L.LightningModule):
         if MONITOR in metrics:
             best = self.best_epoch()[MONITOR]
             self.best_score = best
-            self.log(BEST_KEY, best)
+            self.log(BEST_KEY, best, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
     def _log_epoch(self, split: str) -> None:
         metrics, spread_metric = self.metrics[f"{split}_"], self.spread[f"{split}_"]
-        self.log_dict(metrics.compute())
+        # torchmetrics gathers every rank's state in compute(); sync_dist only tells Lightning so
+        # (and averages identical values), while the loss above is really averaged across ranks.
+        self.log_dict(metrics.compute(), sync_dist=True)
         metrics.reset()
         spread = spread_metric.compute()
         spread_metric.reset()
-        self.log_dict({f"{split}/{k}": v for k, v in spread.items()})
+        self.log_dict({f"{split}/{k}": v for k, v in spread.items()}, sync_dist=True)
         if spread["prob_std"] < COLLAPSE_STD and not self.trainer.sanity_checking:
             warnings.warn(
                 f"{split}: predicted probabilities collapsed (std {float(spread['prob_std']):.2e} < {COLLAPSE_STD}); "

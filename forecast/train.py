@@ -86,6 +86,7 @@ class ForecastCLI(LightningCLI):
         if config.data.batch_size == "auto":
             apply_memory_plan(config)
         if self.subcommand in ("validate", "test", "predict"):
+            _one_device(config)
             _point_at_run(config)
 
     def instantiate_trainer(self, **kwargs: Any):
@@ -141,6 +142,21 @@ def apply_memory_plan(config) -> None:
         f"memory plan ({device}): micro-batch {chosen.micro_batch} x accumulate {chosen.accumulate} "
         f"= {chosen.effective_batch}, estimated peak {chosen.peak_bytes / GB:.2f} GB"
     )
+
+
+def _one_device(config) -> None:
+    """Evaluate on one device. Under DDP a DistributedSampler pads the shards with repeated windows
+    (so metrics would count some twice) and every rank would hold only part of the predictions."""
+    devices = config.trainer.devices
+    if devices in ("auto", None):
+        config.trainer.devices = 1
+        return
+    if isinstance(devices, str):
+        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
+    count = len(devices) if isinstance(devices, list) else devices
+    if count != 1:
+        raise ForecastError(f"validate, test and predict run on one device (got --trainer.devices={config.trainer.devices}); "
+                            "train on several with `forecast fit`, evaluate with --trainer.devices=1")
 
 
 def _write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:

@@ -86,6 +86,30 @@ def test_batches_are_the_windows_they_claim(data_dir):
         assert y[i] == dm.targets[end]
 
 
+def test_ddp_resharding_keeps_whole_batches_of_true_windows(data_dir):
+    """What Lightning does to our loaders under DDP (a DistributedSampler swapped in, the rest
+    rebuilt): each rank gets [B, L, F] batches of the right windows, and the ranks cover the split."""
+    from lightning.pytorch.utilities.data import _update_dataloader  # Lightning's own re-sharding
+    from torch.utils.data import DistributedSampler
+
+    dm = ForecastDataModule(**dm_kwargs(data_dir))
+    loader, ends = dm.val_dataloader(), dm.splits["val"].ends
+    covered: set[int] = set()
+    for rank in (0, 1):
+        sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=False)
+        positions = list(sampler)  # this rank's share of the split's samples
+        xs, ys = zip(*_update_dataloader(loader, sampler), strict=True)
+        assert all(b.shape[1:] == (32, dm.n_features) and len(b) <= loader.batch_size for b in xs)
+        x, y = torch.cat(xs), torch.cat(ys)
+        assert len(x) == len(positions)
+        for i, p in enumerate(positions):
+            t = ends[p]
+            torch.testing.assert_close(x[i], dm.features[t - 31 : t + 1])
+            assert y[i] == dm.targets[t]
+        covered |= set(positions)
+    assert covered == set(range(len(ends)))
+
+
 def test_scaler_never_sees_validation_or_test_rows(data_dir, tmp_path):
     """Changing every val/test feature value must not move the scaler."""
     base = ForecastDataModule(**dm_kwargs(data_dir))
@@ -243,6 +267,26 @@ def test_checkpointing_off_fits_without_checkpoints_and_test_says_so(data_dir, t
     assert forecast_main(["test", *base_args(data_dir, tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no finished run found" in err[0], err
+
+
+def test_evaluation_on_several_devices_is_refused(fitted, capsys):
+    cli, _ = fitted
+    config = str(Path(cli.trainer.log_dir) / "config.yaml")
+    assert forecast_main(["test", "--config", config, "--trainer.devices=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run on one device" in err[0], err
+
+
+@pytest.mark.slow
+def test_ddp_fit_on_two_cpu_processes(data_dir, tmp_path):
+    """`forecast fit` under real DDP (gloo, two CPU processes) trains and saves its best checkpoint."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "forecast", "fit", *base_args(data_dir, tmp_path, epochs=2),
+                           "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(next(tmp_path.rglob("fit_summary.json")).read_text())
+    assert summary["epochs_run"] == 2 and Path(summary["best_checkpoint"]).is_file()
 
 
 # -- bad configs: one line, non-zero exit, before training ------------------------------------

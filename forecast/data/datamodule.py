@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from forecast.data.paths import raw_path, resolve_data_dir, tier_path
 from forecast.data.raw import forward_adjust, read_raw
@@ -45,12 +45,14 @@ class Split:
 
 
 class WindowDataset(Dataset):
-    """Windows gathered from one tensor. Indexed by a LIST of sample positions (a whole batch).
+    """Windows gathered from one tensor; a whole batch comes from one `__getitems__` call.
 
     The rows of the tier are contiguous in memory, so the window starting at row w is the
     contiguous run of L*F floats from w*F: an `as_strided` view [rows-L+1, L*F] over the same
     storage names every window without copying, and one `index_select` of B of its rows copies a
     batch (whole 4*L*F-byte runs, ~10x faster on CPU than fancy-indexing [B, L] row numbers).
+    The DataLoader hands `__getitems__` the batch sampler's list of positions (PyTorch's batched
+    fetch), so the loader stays a standard one that Lightning can re-shard for DDP.
     """
 
     def __init__(self, features: torch.Tensor, targets: torch.Tensor, ends: np.ndarray, context_length: int):
@@ -66,21 +68,28 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ends)
 
-    def __getitem__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sample: window [L, F] (a view) and target."""
+        return self.windows[self.starts[i]].view(self.shape), self.targets[self.ends[i]]
+
+    def __getitems__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch: windows [B, L, F] (one copy) and targets [B]."""
         index = torch.as_tensor(index, dtype=torch.long)  # [B]
-        x = torch.index_select(self.windows, 0, self.starts[index])  # [B, L*F], one copy
-        return x.view(len(index), *self.shape), self.targets[self.ends[index]]  # [B, L, F], [B]
+        x = torch.index_select(self.windows, 0, self.starts[index])  # [B, L*F]
+        return x.view(len(index), *self.shape), self.targets[self.ends[index]]
+
+
+def _as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """collate_fn: `WindowDataset.__getitems__` already returns the batch."""
+    return batch
 
 
 def batch_loader(dataset: WindowDataset, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
-    """A DataLoader whose sampler yields whole batches of indices, so each fetch is one gather."""
-    sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-    return DataLoader(
-        dataset,
-        sampler=BatchSampler(sampler, batch_size=batch_size, drop_last=False),
-        batch_size=None,  # the dataset already returns batches
-        num_workers=num_workers,
-    )
+    """A standard DataLoader (sampler + BatchSampler) whose every fetch is one gather.
+
+    Under DDP, Lightning swaps the sampler for a `DistributedSampler` and keeps the rest.
+    """
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, collate_fn=_as_is)
 
 
 class ForecastDataModule(L.LightningDataModule):
