@@ -33,6 +33,13 @@ def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     }
 
 
+def prior_scores(dm: ForecastDataModule, split: str) -> dict[str, float]:
+    """Scores of always predicting the training split's positive rate: the bar any model must clear."""
+    _, y_train = last_day_features(dm, "train")
+    _, y = last_day_features(dm, split)
+    return {"positive_rate": float(y_train.mean()), **scores(y, np.full(len(y), y_train.mean()))}
+
+
 def baseline_scores(dm: ForecastDataModule, splits: tuple[str, ...] = ("val", "test"), seed: int = 0) -> dict:
     """{baseline: {split: {auroc, ap, brier, loss}}}, each fitted on the train split only."""
     x_train, y_train = last_day_features(dm, "train")
@@ -41,10 +48,8 @@ def baseline_scores(dm: ForecastDataModule, splits: tuple[str, ...] = ("val", "t
         "hist_gb": HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=seed),
     }
     out: dict[str, dict[str, dict[str, float]]] = {"prior": {}}
-    prior = y_train.mean()
     for split in splits:
-        _, y = last_day_features(dm, split)
-        out["prior"][split] = scores(y, np.full(len(y), prior))
+        out["prior"][split] = {k: v for k, v in prior_scores(dm, split).items() if k != "positive_rate"}
     for name, model in models.items():
         with threadpool_limits(1):  # HistGB's threads spin-wait on a busy machine (48 s vs 0.7 s)
             model.fit(x_train, y_train)

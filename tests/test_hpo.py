@@ -24,7 +24,9 @@ import yaml
 from conftest import synthetic_raw
 from optuna.trial import TrialState
 
+from forecast.baselines import prior_scores
 from forecast.cli import main as forecast_main
+from forecast.data.datamodule import ForecastDataModule
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
 from forecast.errors import ForecastError
@@ -247,7 +249,7 @@ def three(data, space_file, tmp_path_factory):
     return outcome, load(logs), logs
 
 
-def test_a_three_trial_study_completes_with_its_records(three):
+def test_a_three_trial_study_completes_with_its_records(three, data):
     outcome, study, logs = three
     assert outcome.ending == "done" and outcome.finished == 3
     assert outcome.study == "SYN-a25-threshold0.01-h1-20K"  # horizon and target readable from the name
@@ -270,6 +272,11 @@ def test_a_three_trial_study_completes_with_its_records(three):
     assert len(csv) == 3 and {"value", "params_lr", "user_attrs_arch_id", "user_attrs_reason"} <= set(csv.columns)
     summary = (outcome.folder / "summary.md").read_text()
     assert "3/3 finished" in summary and "Best 3 complete trials" in summary
+    # the bar every trial must clear: the class prior's val loss on the same split and labels
+    dm = ForecastDataModule(**resolve(["--config", str(ROOT / "configs" / "demo.yaml"), *flags(data, 3)])["data"])
+    prior = prior_scores(dm, "val")["loss"]
+    assert f"val/loss = {prior:.6g}" in summary and "Class prior" in summary
+    assert f"The best trial is {abs(study.best_value - prior):.4g} " in summary
     # only the best trial keeps its checkpoint
     kept = [t.number for t in trials if list((Path(t.user_attrs["log_dir"]) / "checkpoints").glob("*.ckpt"))]
     assert kept == [study.best_trial.number]

@@ -69,6 +69,7 @@ class StudyInfo:
     budget: str
     target: int
     n_archs: int
+    prior: dict[str, float] | None = None  # the class prior's val scores (positive_rate, loss, ...)
 
 
 def write_all(study: optuna.Study, info: StudyInfo, keep_checkpoints: bool = False) -> None:
@@ -137,8 +138,23 @@ def summary(study: optuna.Study, trials: Sequence[FrozenTrial], best: FrozenTria
     if best is not None:
         lines += [f"Best: trial {best.number}, {MONITOR} = {best.value:.6g}. "
                   f"Retrain: `forecast fit --config {info.folder / 'best.yaml'}`", ""]
+    lines += _prior_line(best, info.prior)
     lines += _best_table(trials) + _failures(trials) + _importances(study, trials)
     return "\n".join(lines) + "\n"
+
+
+def _prior_line(best: FrozenTrial | None, prior: dict[str, float] | None) -> list[str]:
+    """How the best trial compares with always predicting the training positive rate."""
+    metric = MONITOR.split("/")[-1]
+    if not prior or metric not in prior:
+        return []
+    line = (f"Class prior (always the training positive rate, {prior['positive_rate']:.1%}): "
+            f"{MONITOR} = {prior[metric]:.6g}.")
+    if best is not None:
+        gap = best.value - prior[metric]
+        better = gap < 0 if MONITOR_MODE == "min" else gap > 0
+        line += f" The best trial is {abs(gap):.4g} {'better' if better else 'WORSE'}."
+    return [line, ""]
 
 
 def _best_table(trials: Sequence[FrozenTrial]) -> list[str]:

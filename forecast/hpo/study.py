@@ -77,6 +77,7 @@ class Plan:
     setup: TrialSetup
     fingerprint: dict[str, Any]
     max_epochs: int | None
+    prior: dict[str, float] | None = None  # the class prior's val scores: the bar to clear
 
     @property
     def space(self) -> SearchSpace:
@@ -126,7 +127,7 @@ def prepare(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) 
     base_args = [*config_args, *cfg.TRIAL_DEFAULTS, *options.overrides]  # configs first: flags win
     config = cfg.resolve(base_args)
     _check_model(config, spec)
-    n_features = _data_features(config)
+    n_features, prior = _data_reference(config)
     net = config["model"]["net"]["init_args"]
     space = bind(spec, size if label not in BUDGETS else label, n_features, config["data"]["context_length"],
                  net["patch_len"], net["stride"], net["patch_mode"])
@@ -140,7 +141,7 @@ def prepare(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) 
     fingerprint = _normalize(cfg.fingerprint(config, label, {**spec.as_dict(), "monitor": MONITOR,
                                                              "mode": MONITOR_MODE}))
     return Plan(options, name, options.log_dir / name, url, open_storage(url, options.heartbeat),
-                setup, fingerprint, config["trainer"].get("max_epochs"))
+                setup, fingerprint, config["trainer"].get("max_epochs"), prior)
 
 
 def _check_numbers(options: HpoOptions) -> None:
@@ -173,11 +174,14 @@ def _check_model(config: dict[str, Any], spec: Any) -> None:
                                 "optimizer, data and trainer have no argument for")
 
 
-def _data_features(config: dict[str, Any]) -> int:
-    """Build the data module once: bad data settings fail here, before any trial."""
+def _data_reference(config: dict[str, Any]) -> tuple[int, dict[str, float]]:
+    """Build the data module once (bad data settings fail here, before any trial): its feature
+    count, and the class prior's validation scores that every trial should beat."""
+    from forecast.baselines import prior_scores
     from forecast.data.datamodule import ForecastDataModule
 
-    return ForecastDataModule(**config["data"]).n_features
+    dm = ForecastDataModule(**config["data"])
+    return dm.n_features, prior_scores(dm, "val")
 
 
 def _normalize(obj: Any) -> Any:
@@ -351,7 +355,7 @@ def _running(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 def _write(study: optuna.Study, plan: Plan) -> None:
     info = StudyInfo(plan.name, plan.folder, describe(plan.url), plan.options.budget, plan.options.trials,
-                     len(plan.space.tree.archs))
+                     len(plan.space.tree.archs), plan.prior)
     write_all(study, info, keep_checkpoints=plan.options.keep_checkpoints)
 
 
