@@ -27,6 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info
 
 from forecast.data.datamodule import ForecastDataModule
+from forecast.devices import one_device
 from forecast.errors import ForecastError
 from forecast.io import atomic_path, write_json_atomic
 from forecast.metrics import MONITOR, MONITOR_MODE
@@ -145,18 +146,10 @@ def apply_memory_plan(config) -> None:
 
 
 def _one_device(config) -> None:
-    """Evaluate on one device. Under DDP a DistributedSampler pads the shards with repeated windows
-    (so metrics would count some twice) and every rank would hold only part of the predictions."""
-    devices = config.trainer.devices
-    if devices in ("auto", None):
+    """Evaluate on one device ("auto" becomes 1)."""
+    if str(config.trainer.devices) == "auto":
         config.trainer.devices = 1
-        return
-    if isinstance(devices, str):
-        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else int(devices)
-    count = len(devices) if isinstance(devices, list) else devices
-    if count != 1:
-        raise ForecastError(f"validate, test and predict run on one device (got --trainer.devices={config.trainer.devices}); "
-                            "train on several with `forecast fit`, evaluate with --trainer.devices=1")
+    one_device(config.trainer, "validate, test and predict")
 
 
 def _write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:
@@ -191,22 +184,27 @@ def _find_run(config) -> Path | None:
     """The run a config belongs to: the folder of a saved run config, else the newest run of its logger."""
     for cfg in reversed(config.get("config") or []):
         folder = Path(str(cfg)).resolve().parent
-        if (folder / "checkpoints").is_dir():
+        if _is_run(folder):
             return folder
     logger = config.trainer.get("logger")
     init = getattr(logger, "init_args", None)
     if init is None:
         return None
     experiment = Path(init.save_dir) / (init.name or "")
-    runs = sorted(
-        (p for p in experiment.glob("version_*") if (p / "checkpoints").is_dir()),
-        key=lambda p: p.stat().st_mtime,
-    )
+    runs = sorted((p for p in experiment.glob("version_*") if _is_run(p)), key=lambda p: p.stat().st_mtime)
     return runs[-1] if runs else None
+
+
+def _is_run(folder: Path) -> bool:
+    """A fit ran here: it saved checkpoints, or finished (with checkpointing off, only the summary)."""
+    return (folder / "checkpoints").is_dir() or (folder / "fit_summary.json").is_file()
 
 
 def _checkpoint_in(run: Path, which: str) -> Path:
     folder = run / "checkpoints"
+    if not folder.is_dir():
+        raise ForecastError(f"run {run} saved no checkpoints (trained with checkpointing off); "
+                            "pass --ckpt_path FILE")
     found = sorted(folder.glob(f"{BEST_PREFIX}-*.ckpt")) if which == "best" else [folder / "last.ckpt"]
     found = [p for p in found if p.is_file()]
     if not found:

@@ -378,6 +378,7 @@ def test_oom_nan_and_errors_are_recorded_and_the_study_goes_on(data, space_file,
     ({"trials": 0}, "--trials must be >= 1"),
     ({"extra": ["--model.lr=0.1"]}, "--model.lr is searched"),
     ({"extra": ["--data.val_start=1990-01-01"]}, "outside"),
+    ({"extra": ["--trainer.devices=2"]}, "search trials run on one device"),
 ])
 def test_bad_input_is_one_line_before_any_trial(data, space_file, tmp_path, capsys, change, message):
     space = space_file

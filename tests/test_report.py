@@ -207,6 +207,7 @@ def _no_complete_trial(tmp_path: Path, url: str) -> str:
     ("no_complete", "has no complete trial (1 failed)"),
     ("seeds", "--seeds must be >= 1"),
     ("flag", "--data.horizon: not an option"),
+    ("devices", "report retrains run on one device"),
 ])
 def test_bad_input_is_one_line(studies, tmp_path, capsys, case, message):
     url, _ = studies
@@ -214,7 +215,8 @@ def test_bad_input_is_one_line(studies, tmp_path, capsys, case, message):
             "empty": ["--storage", f"sqlite:///{tmp_path / 'empty.db'}"],
             "unknown": ["--storage", url, "--study", "nope"],
             "seeds": ["--storage", url, "--seeds", "0"],
-            "flag": ["--storage", url, "--data.horizon=3"]}.get(case)
+            "flag": ["--storage", url, "--data.horizon=3"],
+            "devices": ["--storage", url, "--trainer.devices", "2"]}.get(case)
     if case == "empty":
         optuna.delete_study(study_name=optuna.create_study(storage=args[1]).study_name, storage=args[1])
     if case == "no_complete":

@@ -257,24 +257,31 @@ def test_train_metrics_off_keeps_the_training_loss_and_every_val_metric(data_dir
 
 
 def test_checkpointing_off_fits_without_checkpoints_and_test_says_so(data_dir, tmp_path, capsys):
+    cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1)])  # an older run, with checkpoints
+    older = set(tmp_path.rglob("*.ckpt"))
+    time.sleep(0.05)  # a newer mtime for the next run
     cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.enable_checkpointing=false"])
     assert cli.trainer.checkpoint_callback is None
     assert any(isinstance(c, L.callbacks.EarlyStopping) for c in cli.trainer.callbacks)  # the rest stays
     run = Path(cli.trainer.log_dir)
     assert json.loads((run / "fit_summary.json").read_text())["best_checkpoint"] is None
-    assert not list(tmp_path.rglob("*.ckpt"))
+    assert set(tmp_path.rglob("*.ckpt")) == older
     capsys.readouterr()
-    assert forecast_main(["test", *base_args(data_dir, tmp_path)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no finished run found" in err[0], err
+    for config in ([], ["--config", str(run / "config.yaml")]):  # newest run, or that run's config
+        assert forecast_main(["test", *base_args(data_dir, tmp_path), *config]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"run {run} saved no checkpoints" in err[0], err  # never the older run
+    assert not list(run.glob("test_metrics.json"))
 
 
-def test_evaluation_on_several_devices_is_refused(fitted, capsys):
+@pytest.mark.parametrize("devices,message", [("2", "run on one device"), ("0,1", "run on one device"),
+                                             ("gpu", "expected a count")])
+def test_evaluation_on_several_devices_is_refused(fitted, capsys, devices, message):
     cli, _ = fitted
     config = str(Path(cli.trainer.log_dir) / "config.yaml")
-    assert forecast_main(["test", "--config", config, "--trainer.devices=2"]) == 2
+    assert forecast_main(["test", "--config", config, f"--trainer.devices={devices}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "run on one device" in err[0], err
+    assert len(err) == 1 and message in err[0], err
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ TRIAL_DEFAULTS = (
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
     "--checkpoint.save_last=false",
+    "--trainer.devices=1",  # a trial is one process: the pruning callback and the objective read one rank
 )
 # Data settings that do not change what a trial learns from (where files live, loader workers).
 OPERATIONAL_DATA_KEYS = ("data_dir", "num_workers", "eval_batch_size", "batch_size", "predict_split")

@@ -27,6 +27,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from forecast.budget import BUDGETS
+from forecast.devices import one_device
 from forecast.errors import ForecastError
 from forecast.hpo import config as cfg
 from forecast.hpo.display import Display
@@ -126,8 +127,11 @@ def prepare(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) 
     user_args = [*config_args, *options.overrides]
     base_args = [*config_args, *cfg.TRIAL_DEFAULTS, *options.overrides]  # configs first: flags win
     config = cfg.resolve(base_args)
+    one_device(config["trainer"], "search trials")
     _check_model(config, spec)
     n_features, prior = _data_reference(config)
+    if config["model"].get("pos_weight") is not None:
+        prior = None  # val/loss is then a weighted BCE: not comparable with the prior's log-loss
     net = config["model"]["net"]["init_args"]
     space = bind(spec, size if label not in BUDGETS else label, n_features, config["data"]["context_length"],
                  net["patch_len"], net["stride"], net["patch_mode"])

@@ -192,7 +192,7 @@ def baselines_of(dm: Any) -> dict[str, dict[str, dict[str, float]]]:
 
 def _one_seed(result: StudyResult, seed: int, options: ReportOptions, data: str) -> SeedRun | None:
     try:
-        run = retrain(result.entry, seed, options.out / "runs", options.overrides, options.keep_checkpoints, data)
+        run = retrain(result.entry, seed, options.out / "runs", data, options.overrides, options.keep_checkpoints)
     except Exception as err:  # a failed retrain is a finding about this study, not the end of the report
         first = (str(err).strip().splitlines() or [""])[0]
         kind = "" if isinstance(err, ForecastError) else f"{type(err).__name__}: "  # ours say it plainly

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from forecast.devices import one_device
 from forecast.errors import ForecastError
 from forecast.hpo.config import OPERATIONAL_DATA_KEYS, differences, resolve
 from forecast.io import write_json_atomic
@@ -40,6 +41,7 @@ RESULT = "result.json"
 ALLOWED_PREFIXES = ("trainer.", "planner.")
 ALLOWED_KEYS = tuple(f"data.{k}" for k in OPERATIONAL_DATA_KEYS)
 QUIET = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
+ONE_DEVICE = "--trainer.devices=1"  # before the user's flags; `prepare` refuses flags asking for more
 
 
 @dataclass
@@ -71,16 +73,21 @@ def check_overrides(args: Sequence[str]) -> None:
     """Refuse flags that would change what the study measured (labels, splits, model).
 
     Raises:
-        ForecastError: a flag outside `--trainer.*`, `--planner.*` and the operational data keys.
+        ForecastError: a flag outside `--trainer.*`, `--planner.*` and the operational data keys,
+            or device flags asking for more than one device.
     """
-    for arg in args:
+    values: dict[str, str] = {}
+    for i, arg in enumerate(args):
         if not arg.startswith("--"):
             continue
-        key = arg[2:].split("=", 1)[0]
+        key, eq, value = arg[2:].partition("=")
+        values[key] = value if eq else (args[i + 1] if i + 1 < len(args) else "")
         if not (key.startswith(ALLOWED_PREFIXES) or key in ALLOWED_KEYS):
             raise ForecastError(f"--{key}: not an option of forecast report, and not a flag a retrain may add "
                                 f"(--trainer.*, --planner.*, --{', --'.join(ALLOWED_KEYS)}; flags that would "
                                 "change what a study measured are refused)")
+    one_device({"devices": values.get("trainer.devices", 1), "num_nodes": values.get("trainer.num_nodes", 1)},
+               "report retrains")
 
 
 def prepare(entry: StudyEntry, overrides: Sequence[str]) -> Prepared:
@@ -92,7 +99,8 @@ def prepare(entry: StudyEntry, overrides: Sequence[str]) -> Prepared:
     """
     from forecast.data.datamodule import ForecastDataModule
 
-    config = resolve([*entry.config_args, *overrides])
+    config = resolve([*entry.config_args, ONE_DEVICE, *overrides])
+    one_device(config["trainer"], "report retrains")
     data = {k: v for k, v in config["data"].items() if k not in OPERATIONAL_DATA_KEYS}
     diff = differences(entry.data, json.loads(json.dumps(data, default=str)), "data.")
     if diff:
@@ -100,7 +108,7 @@ def prepare(entry: StudyEntry, overrides: Sequence[str]) -> Prepared:
     return Prepared(config, ForecastDataModule(**config["data"]))
 
 
-def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int, data: str = "") -> str:
+def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int, data: str) -> str:
     """md5 of everything that decides a retrain's outcome: config files by content, and `data`,
     the data module's fingerprint, so a rebuilt or re-downloaded tier retrains instead of reusing."""
     parts: list[str] = [entry.name, str(entry.best.number), str(seed), data, *overrides]
@@ -113,18 +121,18 @@ def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int, data: str = 
     return hashlib.md5("\0".join(parts).encode()).hexdigest()
 
 
-def retrain(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str] = (),
-            keep_checkpoints: bool = False, data: str = "") -> SeedRun:
+def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequence[str] = (),
+            keep_checkpoints: bool = False) -> SeedRun:
     """Fit the best config with `seed`, test it once from its best checkpoint (or reuse that result).
 
     Args:
         entry: the study.
         seed: `seed_everything` of this retrain.
         root: runs go to `<root>/<study>/seed_<seed>/`.
+        data: fingerprint of the data the retrain must see (`ForecastDataModule.fingerprint()` of
+            the prepared data module); part of the reuse key, and checked again after the fit.
         overrides: extra `--trainer.*` flags (checked by `check_overrides`).
         keep_checkpoints: keep the checkpoint files (default: delete them once tested).
-        data: fingerprint of the data the retrain will see (`ForecastDataModule.fingerprint()`);
-            part of the reuse key.
     """
     folder = root / entry.name / f"seed_{seed}"
     key = run_key(entry, overrides, seed, data)
@@ -134,7 +142,7 @@ def retrain(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str] =
     if folder.exists():
         shutil.rmtree(folder)  # an unfinished or outdated retrain of ours: start it clean
     started = time.time()
-    run = _fit_and_test(entry, seed, root, overrides)
+    run = _fit_and_test(entry, seed, root, overrides, data)
     run.wall_s, run.key = round(time.time() - started, 3), key
     if not keep_checkpoints:
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
@@ -142,14 +150,16 @@ def retrain(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str] =
     return run
 
 
-def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str]) -> SeedRun:
+def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str], data: str) -> SeedRun:
     from forecast.train import cli_main
 
     logger = "--trainer.logger.init_args."
-    args = [*entry.config_args, f"--seed_everything={seed}", *QUIET, f"{logger}save_dir={root}",
+    args = [*entry.config_args, ONE_DEVICE, f"--seed_everything={seed}", *QUIET, f"{logger}save_dir={root}",
             f"{logger}name={entry.name}", f"{logger}version=seed_{seed}", *overrides]
     with _quiet():
         cli = cli_main(args, run=False)
+        if cli.datamodule.fingerprint() != data:
+            raise ForecastError("the data changed on disk since the report began (rebuilt tier?); rerun the report")
         cli.trainer.fit(cli.model, cli.datamodule)
         epochs_run = int(cli.trainer.current_epoch)
         ckpt = cli.trainer.checkpoint_callback
