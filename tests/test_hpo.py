@@ -35,7 +35,7 @@ from forecast.hpo.outputs import is_finished
 from forecast.hpo.space import bind, load_space, parse_param
 from forecast.hpo.stop import AbortTrial, StopControl
 from forecast.hpo.storage import open_storage, recover_dead_trials
-from forecast.hpo.study import HpoOptions, open_study, parse_budget, prepare, run_study
+from forecast.hpo.study import HpoOptions, make_pruner, open_study, parse_budget, prepare, run_study
 from forecast.module import warmup_cosine
 from forecast.train import cli_main
 
@@ -156,6 +156,29 @@ def test_bad_search_space_entries_are_one_line(tmp_path, spec, message):
     path.write_text(yaml.safe_dump({"params": {"x": spec}}))
     with pytest.raises(ForecastError, match=message):
         load_space(path)
+
+
+@pytest.mark.parametrize("max_epochs,first_prunable", [(6, 2), (3, 1)])
+def test_median_pruner_prunes_after_warm_up_and_never_at_the_last_epoch(max_epochs, first_prunable):
+    last = max_epochs - 1
+    study = optuna.create_study(pruner=make_pruner("median", max_epochs))
+    for _ in range(5):  # the startup trials: 0.5 until their last epoch, then 0.1
+        done = study.ask()
+        for step in range(max_epochs):
+            done.report(0.1 if step == last else 0.5, step)
+        study.tell(done, 0.1)
+    bad = study.ask()  # worse than the median from the start
+    for step in range(first_prunable):
+        bad.report(0.9, step)
+        assert not bad.should_prune(), f"pruned in warm-up at epoch {step}"
+    bad.report(0.9, first_prunable)
+    assert bad.should_prune()
+    late = study.ask()  # level with the median until the last epoch, worse there
+    for step in range(last):
+        late.report(0.5, step)
+        assert not late.should_prune()
+    late.report(0.5, last)
+    assert not late.should_prune()  # the median pruner alone would prune here, after all the work
 
 
 def test_budgets_by_name_or_count():

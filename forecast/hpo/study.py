@@ -221,13 +221,30 @@ def make_sampler(seed: int) -> optuna.samplers.TPESampler:
 
 def make_pruner(kind: str, max_epochs: int | None) -> optuna.pruners.BasePruner:
     """`median`: stop a trial below the median of earlier trials at the same epoch (after 5
-    trials and from the 3rd epoch on); `hyperband`: successive halving over epochs; `none`."""
+    trials, from the 3rd epoch on, or the 2nd when there are only 3), never at its last epoch;
+    `hyperband`: successive halving over epochs; `none`."""
+    epochs = max_epochs if isinstance(max_epochs, int) and max_epochs > 0 else None
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    if kind == "hyperband":
-        top = max_epochs if isinstance(max_epochs, int) and max_epochs > 0 else "auto"
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=top, reduction_factor=3)
+        warmup = 2 if epochs is None else max(0, min(2, epochs - 2))
+        median = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup)
+        return median if epochs is None else NotAtTheLastEpoch(median, epochs)
+    if kind == "hyperband":  # its rungs lie below max_resource, so it never prunes at the end
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto", reduction_factor=3)
     return optuna.pruners.NopPruner()
+
+
+class NotAtTheLastEpoch(optuna.pruners.BasePruner):
+    """A pruner that never prunes at the last epoch: stopping there saves nothing and would throw
+    away a finished trial's score (a pruned trial can never be the study's best)."""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner, max_epochs: int) -> None:
+        self.pruner, self.max_epochs = pruner, max_epochs
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is not None and step >= self.max_epochs - 1:
+            return False
+        return self.pruner.prune(study, trial)
 
 
 def open_study(plan: Plan) -> optuna.Study:
