@@ -48,7 +48,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "machine, an RDB URL (postgresql://...) for many machines "
                         "(default: sqlite <log-dir>/optuna.db)")
     p.add_argument("--pruner", choices=PRUNERS, default="median",
-                   help="median (default), hyperband or none")
+                   help="median (default: after 5 trials, from the 3rd epoch, never at the last one), "
+                        "hyperband or none")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
     p.add_argument("--timeout", type=float, metavar="S",
                    help="start no new trial after S seconds (the running one finishes)")
