@@ -75,14 +75,11 @@ def _model(n_features: int, context_length: int):
 
 def _plain_loop(loader, steps: int, lr: float) -> float:
     """The same work written by hand: AdamW with the module's decay groups, its LR schedule, clipping."""
-    from forecast.module import warmup_cosine
+    from forecast.module import decay_groups, warmup_cosine
 
     torch.manual_seed(0)
     net = _model(25, 80)
-    decay = [p for p in net.parameters() if p.ndim >= 2]
-    no_decay = [p for p in net.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(decay_groups(net, 0.05), lr=lr, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, 0.05))
     loss_fn = torch.nn.BCEWithLogitsLoss()
     done, start = 0, None

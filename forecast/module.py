@@ -146,18 +146,21 @@ class Forecaster(L.LightningModule):
 
     # -- optimization -----------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            decay_groups(self.net, self.hparams.weight_decay),
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = warmup_cosine(total, self.hparams.warmup_frac, self.hparams.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+def decay_groups(net: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices only (norms, biases, dim < 2 get none)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
 def warmup_cosine(total_steps: int, warmup_frac: float, min_ratio: float = 0.0):

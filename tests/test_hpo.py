@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,7 +35,7 @@ from forecast.hpo.config import resolve
 from forecast.hpo.outputs import is_finished
 from forecast.hpo.space import bind, load_space, parse_param
 from forecast.hpo.stop import AbortTrial, StopControl
-from forecast.hpo.storage import open_storage, recover_dead_trials
+from forecast.hpo.storage import WORKER_ATTR, open_storage, recover_dead_trials
 from forecast.hpo.study import HpoOptions, make_pruner, open_study, parse_budget, prepare, run_study
 from forecast.module import warmup_cosine
 from forecast.train import cli_main
@@ -537,6 +538,20 @@ def test_heartbeat_fails_a_stale_trial_on_rdb_and_retries_it(tmp_path):
     assert trials[1].state == TrialState.WAITING and trials[1].system_attrs["failed_trial"] == 0
     assert trials[1].params == trials[0].params
     assert recover_dead_trials(study, storage) == []  # retried once, not again
+
+
+def test_a_trial_killed_before_recording_its_start_fails_as_interrupted(tmp_path):
+    """Killed between writing its worker id and its other start attributes: failed with a reason."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    storage = open_storage(f"sqlite:///{tmp_path / 'early.db'}", 0)
+    study = optuna.create_study(study_name="early", storage=storage)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{dead.pid}:0")
+    assert recover_dead_trials(study, storage) == [0]
+    failed = study.get_trials()[0]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["reason"] == "interrupted"
 
 
 def test_resolve_reports_parser_errors_in_one_line():

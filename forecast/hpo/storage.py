@@ -155,6 +155,9 @@ def _fail(study: optuna.Study, storage: BaseStorage, trial: FrozenTrial) -> bool
     study_id = storage.get_study_id_from_name(study.study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     try:
+        # killed before the trial recorded its start in full: say why it failed all the same
+        if trial.user_attrs.get("reason") is None:
+            storage.set_trial_user_attr(trial_id, "reason", "interrupted")
         if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
             return False
     except UpdateFinishedTrialError:  # another worker got there first

@@ -185,7 +185,7 @@ def _data_reference(config: dict[str, Any]) -> tuple[int, dict[str, float]]:
     from forecast.data.datamodule import ForecastDataModule
 
     dm = ForecastDataModule(**config["data"])
-    return dm.n_features, prior_scores(dm, "val")
+    return dm.n_features, {"positive_rate": dm.balance["train"], **prior_scores(dm, "val")}
 
 
 def _normalize(obj: Any) -> Any:

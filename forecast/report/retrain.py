@@ -41,7 +41,7 @@ RESULT = "result.json"
 ALLOWED_PREFIXES = ("trainer.", "planner.")
 ALLOWED_KEYS = tuple(f"data.{k}" for k in OPERATIONAL_DATA_KEYS)
 QUIET = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
-ONE_DEVICE = "--trainer.devices=1"  # before the user's flags; `prepare` refuses flags asking for more
+ONE_DEVICE = "--trainer.devices=1"  # before the user's flags, which `check_overrides` holds to one device
 
 
 @dataclass
@@ -100,7 +100,6 @@ def prepare(entry: StudyEntry, overrides: Sequence[str]) -> Prepared:
     from forecast.data.datamodule import ForecastDataModule
 
     config = resolve([*entry.config_args, ONE_DEVICE, *overrides])
-    one_device(config["trainer"], "report retrains")
     data = {k: v for k, v in config["data"].items() if k not in OPERATIONAL_DATA_KEYS}
     diff = differences(entry.data, json.loads(json.dumps(data, default=str)), "data.")
     if diff:
@@ -130,7 +129,7 @@ def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequ
         seed: `seed_everything` of this retrain.
         root: runs go to `<root>/<study>/seed_<seed>/`.
         data: fingerprint of the data the retrain must see (`ForecastDataModule.fingerprint()` of
-            the prepared data module); part of the reuse key, and checked again after the fit.
+            the prepared data module); part of the reuse key, and checked again when the retrain loads its data.
         overrides: extra `--trainer.*` flags (checked by `check_overrides`).
         keep_checkpoints: keep the checkpoint files (default: delete them once tested).
     """
