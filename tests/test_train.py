@@ -52,20 +52,21 @@ def dm_kwargs(data_dir: Path, **over) -> dict:
 
 # -- DataModule ----------------------------------------------------------------------------
 @pytest.mark.parametrize("horizon,gap", [(1, 0), (5, 0), (3, 7)])
-def test_no_window_or_target_crosses_a_split_boundary(data_dir, horizon, gap):
+def test_no_target_crosses_a_split_boundary_and_no_split_loses_its_first_days(data_dir, horizon, gap):
     dm = ForecastDataModule(**dm_kwargs(data_dir, horizon=horizon, gap=gap))
     bounds = {"train": (pd.Timestamp.min, pd.Timestamp(VAL_START)),
               "val": (pd.Timestamp(VAL_START), pd.Timestamp(TEST_START)),
               "test": (pd.Timestamp(TEST_START), pd.Timestamp.max)}
     for name, split in dm.splits.items():
         lo, hi = bounds[name]
-        first_window_day = dm.dates[split.ends - dm.context_length + 1]
-        last_target_day = dm.dates[split.ends + horizon]
-        assert (first_window_day >= lo).all() and (last_target_day < hi).all(), name
+        prediction_day, last_target_day = dm.dates[split.ends], dm.dates[split.ends + horizon]
+        assert (prediction_day >= lo).all() and (last_target_day < hi).all(), name
         assert split.size >= 20
-    # the boundaries are tight: the first val window starts on the first val day (+ gap)
+    # the context reaches back: the first val sample is the first val day (+ gap), not L days later
     val_rows = np.flatnonzero(dm.dates >= pd.Timestamp(VAL_START))
-    assert dm.splits["val"].ends[0] == val_rows[0] + gap + dm.context_length - 1
+    assert dm.splits["val"].ends[0] == val_rows[0] + gap
+    # purged: the last training sample's last target day is the day before validation begins
+    assert dm.splits["train"].ends[-1] + horizon == val_rows[0] - 1
 
 
 def test_targets_come_from_unscaled_forward_adjusted_prices(data_dir):

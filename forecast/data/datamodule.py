@@ -4,8 +4,13 @@ All rows of the tier live in ONE float32 tensor [rows, features]; a sample is th
 where its window ends. A batch is gathered in one indexing op (`X[t - L + 1 .. t]` for every t
 in the batch), so there is no per-sample Python anywhere in the loop.
 
-Split rule: a sample belongs to a split only if its whole window (rows t-L+1..t) AND its whole
-target (rows t+1..t+h) lie inside that split's dates, so nothing straddles a boundary.
+Split rule (`split_bounds`, `split_samples`): a SAMPLE belongs to the split that holds its
+prediction day t and all of its target days t+1..t+h; its context rows t-L+1..t may reach back into
+earlier splits (the past is known at t), so no split loses its first `context_length` days. A
+training sample whose target days reach into validation is purged, and likewise validation into
+test. Walk-forward folds (`folds`, `fold`) cut the test period into consecutive blocks; fold k
+tests on block k, validates on the validation length right before it and trains on everything
+earlier. The scaler is fitted on training rows only.
 """
 
 from __future__ import annotations
@@ -105,9 +110,15 @@ class ForecastDataModule(L.LightningDataModule):
         horizon: Days ahead the target looks (h >= 1).
         threshold: The rise the threshold task asks for (0.01 = +1%).
         val_start: First date of the validation split.
-        test_start: First date of the test split.
+        test_start: First date of the test period.
+        test_end: Last date of the test period (default: the last date of the data).
+        folds: Walk-forward folds: the test period [test_start, test_end] is cut into this many
+            consecutive blocks of (almost) equal trading days. 1 = one test split.
+        fold: Which fold this run is (0 .. folds-1): it tests on block `fold`, validates on the
+            trading days right before it (as many as [val_start, test_start) holds) and trains on
+            every day before those (expanding window). Fold 0 validates on the study's own val period.
         gap: Trading days dropped at the start of val and test (extra distance from the
-            previous split; 0 = none needed, since no window or target crosses a boundary).
+            previous split; 0 = none needed, since no target crosses a boundary).
         scaler: `standard` scales each feature by mean/std of the TRAINING rows only; `none` keeps raw values.
         batch_size: Micro-batch size, or `auto` to let the memory planner choose it (`forecast fit`).
         eval_batch_size: Batch size for val/test/predict (default: 4 x batch_size).
@@ -127,6 +138,9 @@ class ForecastDataModule(L.LightningDataModule):
         threshold: float = 0.01,
         val_start: str = "2018-01-01",
         test_start: str = "2021-01-01",
+        test_end: str | None = None,
+        folds: int = 1,
+        fold: int = 0,
         gap: int = 0,
         scaler: Literal["standard", "none"] = "standard",
         batch_size: int | Literal["auto"] = 64,
@@ -138,6 +152,7 @@ class ForecastDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows)
+        _check_folds(folds, fold, test_start, test_end)
         self.symbol, self.tier = symbol, tier
         self.data_dir = resolve_data_dir(data_dir)
         self.context_length, self.task, self.horizon, self.threshold = context_length, task, horizon, threshold
@@ -145,34 +160,39 @@ class ForecastDataModule(L.LightningDataModule):
         self.predict_split = predict_split
         self.n_features = len(TIERS[tier].columns)
         self.feature_names = list(TIERS[tier].columns)
-        self._load(pd.Timestamp(val_start), pd.Timestamp(test_start), gap, scaler, min_windows)
+        self.folds, self.fold = folds, fold
+        test_end_ts = None if test_end is None else pd.Timestamp(test_end)
+        self._load(pd.Timestamp(val_start), pd.Timestamp(test_start), test_end_ts, gap, scaler, min_windows)
 
     # -- building ---------------------------------------------------------------------------
-    def _load(self, val_start: pd.Timestamp, test_start: pd.Timestamp, gap: int, scaler: str, min_windows: int) -> None:
+    def _load(self, val_start: pd.Timestamp, test_start: pd.Timestamp, test_end: pd.Timestamp | None,
+              gap: int, scaler: str, min_windows: int) -> None:
         frame = _read_tier(self.data_dir, self.symbol, self.tier)
         prices = _read_prices(self.data_dir, self.symbol, frame["Date"])
         self.dates = pd.DatetimeIndex(frame["Date"])
-        _check_dates(self.dates, val_start, test_start, self.symbol, self.tier)
+        _check_dates(self.dates, val_start, test_start, test_end, self.symbol, self.tier)
 
         y = make_targets(prices["High"].to_numpy(), prices["Close"].to_numpy(), self.task, self.horizon, self.threshold)
-        split_of_row = np.searchsorted(np.array([val_start, test_start], dtype="datetime64[ns]"),
-                                       self.dates.values.astype("datetime64[ns]"), side="right")  # 0/1/2 per row
-        self.splits = {
-            name: _split_samples(name, k, split_of_row, self.dates, y, self.context_length, self.horizon, gap)
-            for k, name in enumerate(SPLITS)
-        }
+        self.bounds = split_bounds(self.dates, val_start, test_start, test_end, self.folds, self.fold)
+        ends = split_samples(self.bounds, y, self.context_length, self.horizon, gap)
+        self.splits = {name: Split(name, ends[name], self.dates[ends[name]]) for name in SPLITS}
         for split in self.splits.values():
             if split.size < min_windows:
                 raise ForecastError(
-                    f"{split.name} split has {split.size} windows (< min_windows={min_windows}); "
-                    f"move val_start/test_start or shorten context_length/horizon"
+                    f"{split.name} split{self._fold_text()} has {split.size} samples (< min_windows={min_windows}); "
+                    f"move val_start/test_start/test_end, use fewer folds or lower data.min_windows"
                 )
 
-        x = frame[self.feature_names].to_numpy(dtype=np.float64)
-        self.scale_mean, self.scale_std = _fit_scaler(x, split_of_row == 0, scaler)
-        self.features = torch.from_numpy(((x - self.scale_mean) / self.scale_std).astype(np.float32))  # [rows, F]
+        self.raw_features = frame[self.feature_names].to_numpy(dtype=np.float64)  # [rows, F] unscaled
+        train_rows = np.arange(len(self.dates)) < self.bounds["train"][1]
+        self.scale_mean, self.scale_std = _fit_scaler(self.raw_features, train_rows, scaler)
+        scaled = (self.raw_features - self.scale_mean) / self.scale_std
+        self.features = torch.from_numpy(scaled.astype(np.float32))  # [rows, F]
         self.targets = torch.from_numpy(np.nan_to_num(y, nan=-1.0).astype(np.float32))  # [rows]; -1 never sampled
         self.balance = {name: float(y[s.ends].mean()) for name, s in self.splits.items()}
+
+    def _fold_text(self) -> str:
+        return f" of fold {self.fold}/{self.folds}" if self.folds > 1 else ""
 
     def setup(self, stage: str | None = None) -> None:
         logger = self.trainer.logger if self.trainer is not None else None
@@ -180,8 +200,8 @@ class ForecastDataModule(L.LightningDataModule):
             logger.log_metrics(self.split_summary(), step=0)  # sizes and balance, in TensorBoard too
         for name, split in self.splits.items():
             rank_zero_info(
-                f"{name:>5}: {split.size:5d} windows {split.dates[0].date()}..{split.dates[-1].date()}, "
-                f"{100 * self.balance[name]:.1f}% positive"
+                f"{name:>5}: {split.size:5d} samples {split.dates[0].date()}..{split.dates[-1].date()}, "
+                f"{100 * self.balance[name]:.1f}% positive{self._fold_text()}"
             )
 
     def split_summary(self) -> dict[str, float]:
@@ -274,24 +294,69 @@ def _read_prices(data_dir: Path, symbol: str, dates: pd.Series) -> pd.DataFrame:
     return prices.loc[pd.DatetimeIndex(dates)]
 
 
-def _check_dates(dates: pd.DatetimeIndex, val_start, test_start, symbol: str, tier: str) -> None:
+def _check_folds(folds: int, fold: int, test_start, test_end) -> None:
+    if folds < 1 or not 0 <= fold < folds:
+        raise ForecastError(f"folds must be >= 1 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+    if test_end is not None:
+        try:
+            end = pd.Timestamp(test_end)
+        except (ValueError, TypeError) as err:
+            raise ForecastError(f"test_end must be a date (YYYY-MM-DD): {err}") from None
+        if not pd.Timestamp(test_start) < end:
+            raise ForecastError(f"test_end ({end.date()}) must be after test_start ({pd.Timestamp(test_start).date()})")
+
+
+def _check_dates(dates: pd.DatetimeIndex, val_start, test_start, test_end, symbol: str, tier: str) -> None:
     first, last = dates[0], dates[-1]
-    for name, when in (("val_start", val_start), ("test_start", test_start)):
-        if not first < when <= last:
+    for name, when in (("val_start", val_start), ("test_start", test_start), ("test_end", test_end)):
+        if when is not None and not first < when <= last:
             raise ForecastError(
                 f"{name} {when.date()} lies outside the {symbol} {tier} data ({first.date()}..{last.date()})"
             )
 
 
-def _split_samples(name, k, split_of_row, dates, y, context_length, horizon, gap) -> Split:
-    """Window ends t whose window rows [t-L+1, t] and target rows [t+1, t+h] all lie in split k."""
-    rows = np.flatnonzero(split_of_row == k)
-    if len(rows) == 0:
-        return Split(name, np.empty(0, dtype=np.int64), pd.DatetimeIndex([]))
-    first, last = rows[0] + (gap if k > 0 else 0), rows[-1]  # splits are contiguous row ranges
-    ends = np.arange(first + context_length - 1, last - horizon + 1, dtype=np.int64)
-    ends = ends[~np.isnan(y[ends])]
-    return Split(name, ends, dates[ends])
+def split_bounds(dates: pd.DatetimeIndex, val_start: pd.Timestamp, test_start: pd.Timestamp,
+                 test_end: pd.Timestamp | None = None, folds: int = 1, fold: int = 0) -> dict[str, tuple[int, int]]:
+    """Row ranges [start, stop) of train, val and test (a pure function of dates).
+
+    One fold: train < val_start <= val < test_start <= test <= test_end. With K folds the test
+    period's trading days are cut into K consecutive blocks (`np.array_split`: sizes differ by at
+    most one day); fold k tests on block k, validates on the V days right before it, V being the
+    trading days in [val_start, test_start), and trains on every day before those.
+
+    Raises:
+        ForecastError: a fold with no test days, or no training days left before its validation.
+    """
+    stamps = dates.values.astype("datetime64[ns]")
+    val0 = int(np.searchsorted(stamps, np.datetime64(val_start, "ns"), side="left"))
+    test0 = int(np.searchsorted(stamps, np.datetime64(test_start, "ns"), side="left"))
+    stop = len(dates) if test_end is None else int(np.searchsorted(stamps, np.datetime64(test_end, "ns"), side="right"))
+    blocks = np.array_split(np.arange(test0, stop), folds)
+    block = blocks[fold]
+    if len(block) == 0:
+        raise ForecastError(f"the test period has {stop - test0} trading days: too few for {folds} folds")
+    start = int(block[0])
+    val_len = test0 - val0
+    if start - val_len <= 0:
+        raise ForecastError(f"fold {fold}/{folds} leaves no training days before its validation period")
+    return {"train": (0, start - val_len), "val": (start - val_len, start), "test": (start, int(block[-1]) + 1)}
+
+
+def split_samples(bounds: dict[str, tuple[int, int]], y: np.ndarray, context_length: int, horizon: int,
+                  gap: int = 0) -> dict[str, np.ndarray]:
+    """Prediction days t of each split (int64 rows), for the split's row range [a, b).
+
+    t belongs to a split when a <= t and its target days t+1..t+h lie in the split (t + h < b):
+    the last h days of train and val are purged, since their targets reach into the next split.
+    Its context t-L+1..t may reach back before a (the past is known at t) but not before row 0.
+    `gap` drops the first days of val and test; samples without a label (NaN) are left out.
+    """
+    out = {}
+    for name, (a, b) in bounds.items():
+        first = max(a + (gap if name != "train" else 0), context_length - 1)
+        ends = np.arange(first, b - horizon, dtype=np.int64)
+        out[name] = ends[~np.isnan(y[ends])]
+    return out
 
 
 def _fit_scaler(x: np.ndarray, train_rows: np.ndarray, scaler: str) -> tuple[np.ndarray, np.ndarray]:
