@@ -64,7 +64,7 @@ def _sweep(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    from forecast.report import main
+    from forecast.report.cli import main
 
     return main(argv)
 

@@ -1,6 +1,7 @@
 """`forecast report` end to end on tiny real studies: a synthetic tier with VIX (tier c), two
 budgets ("6K" and "20K" on a test grid of d_model 16/32), one 1-epoch trial each in a real
-SQLite storage, then a report with two seeds per best config (real retrains, one epoch each).
+SQLite storage, then a report over two walk-forward folds x two seeds per best config (real
+retrains, one epoch each).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -21,8 +23,10 @@ from forecast.cli import main as forecast_main
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
 from forecast.hpo.study import HpoOptions, run_study
-from forecast.report.build import ReportOptions, make_report
-from forecast.report.stats import HELPS, HURTS, NO_EVIDENCE
+from forecast.metrics import MONITOR
+from forecast.report.build import ReportOptions
+from forecast.report.outputs import make_report
+from forecast.report.stats import NO_EVIDENCE
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOL = "SYN"
@@ -35,6 +39,8 @@ params:
 """
 BUDGETS = ("6K", "20K")
 SEEDS = 2
+FOLDS = 2
+VAL_START, TEST_START = "2016-07-01", "2017-03-01"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -56,7 +62,7 @@ def studies(tmp_path_factory) -> tuple[str, Path]:
     space.write_text(SPACE)
     logs = root / "logs"
     flags = [f"--data.data_dir={data}", f"--data.symbol={SYMBOL}", "--data.tier=c", "--data.context_length=32",
-             "--data.val_start=2016-07-01", "--data.test_start=2017-03-01", "--data.min_windows=20",
+             f"--data.val_start={VAL_START}", f"--data.test_start={TEST_START}", "--data.min_windows=20",
              "--data.batch_size=64", "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4",
              "--trainer.max_epochs=1"]
     for budget in BUDGETS:
@@ -70,7 +76,8 @@ def report(studies, tmp_path_factory):
     url, _ = studies
     out = tmp_path_factory.mktemp("report")
     said: list[str] = []
-    result = make_report(ReportOptions(storage=url, seeds=SEEDS, out=out, bootstrap=20), say=said.append)
+    result = make_report(ReportOptions(storage=url, seeds=SEEDS, folds=FOLDS, out=out, bootstrap=200),
+                         say=said.append)
     return result, out, said
 
 
@@ -78,74 +85,93 @@ def _study(url: str, budget: str) -> optuna.Study:
     return optuna.load_study(study_name=f"{SYMBOL}-c-threshold0.01-h1-{budget}", storage=url)
 
 
-# -- tables --------------------------------------------------------------------------------------
-def test_scaling_table_has_one_row_per_budget_with_seed_intervals(report, studies):
-    _, out, _ = report
-    url, _ = studies
-    table = pd.read_csv(out / "scaling.csv")
-    assert list(table["budget"]) == list(BUDGETS) and set(table["status"]) == {"ok"}
-    assert {"symbol", "tier", "task", "horizon", "study", "trial", "params", "arch", "search_val_loss",
-            "seeds", "retrain_val_loss_mean"} <= set(table.columns)
-    for metric in ("loss", "auroc", "ap", "brier"):
-        lo, mean, hi = (table[f"test_{metric}_{k}"] for k in ("lo", "mean", "hi"))
-        assert (lo <= mean).all() and (mean <= hi).all()
-    assert (table[["test_auroc_lo", "test_ap_lo", "test_brier_lo"]] >= 0).all().all()
-    assert (table["seeds"] == SEEDS).all() and (table["horizon"] == 1).all()
-    base = pd.read_csv(out / "baselines.csv").query("split == 'test'").set_index("baseline")["loss"]
-    assert (table["best_baseline"] == base.idxmin()).all()  # the strongest on test: conservative
-    gap = table["test_loss_mean"] - base.min()
-    assert table["test_loss_minus_baseline_mean"].to_numpy() == pytest.approx(gap.to_numpy(), abs=1e-5)
-    for _, row in table.iterrows():  # read from the storage, not re-derived
-        best = _study(url, row["budget"]).best_trial
-        assert row["params"] == best.user_attrs["params"] and row["arch"] == best.user_attrs["arch_id"]
-        assert row["search_val_loss"] == pytest.approx(best.value)
-
-
-def test_runs_are_tested_once_from_their_best_checkpoint(report):
+# -- folds, retrains, predictions -----------------------------------------------------------------
+def test_folds_cut_the_test_period_and_every_fold_x_seed_is_tested_once(report, studies):
     result, out, said = report
+    url, _ = studies
+    folds = pd.read_csv(out / "folds.csv")
+    periods = folds.drop_duplicates("fold").sort_values("fold")
+    assert list(periods["fold"]) == list(range(FOLDS))
+    assert (pd.to_datetime(periods["test_start"]).iloc[0] >= pd.Timestamp(TEST_START))
+    assert (pd.to_datetime(periods["test_start"]).iloc[1:].values > pd.to_datetime(periods["test_end"]).iloc[:-1].values).all()
+    assert (pd.to_datetime(periods["val_start"]) > pd.to_datetime(periods["train_end"])).all()
     runs = pd.read_csv(out / "runs.csv")
-    assert len(runs) == len(BUDGETS) * SEEDS and sorted(set(runs["seed"])) == list(range(SEEDS))
-    assert not runs["reused"].any()
+    assert len(runs) == len(BUDGETS) * FOLDS * SEEDS and not runs["reused"].any()
     for _, run in runs.iterrows():
         folder = Path(run["folder"])
-        assert folder == out / "runs" / run["study"] / f"seed_{run['seed']}"
+        assert folder == out / "runs" / run["study"] / f"fold{run['fold']}-seed{run['seed']}"
         record = json.loads((folder / "result.json").read_text())
-        assert record["test"]["test/loss"] == pytest.approx(run["test_loss"])
-        assert (folder / "config.yaml").is_file() and list(folder.glob("events.out.tfevents.*"))
         assert not list(folder.rglob("*.ckpt"))  # deleted once tested
         config = yaml.safe_load((folder / "config.yaml").read_text())
         assert config["seed_everything"] == run["seed"]
-        assert len(record["probs"]) > 0 and record["history"][0]["epoch"] == 0
+        assert (config["data"]["folds"], config["data"]["fold"]) == (FOLDS, run["fold"])  # replayable by hand
+        # tested once, from the BEST checkpoint: the logged test loss is that of the kept predictions,
+        # and the best epoch is the one with the lowest val/loss of the run's history
+        fold = folds[(folds["fold"] == run["fold"]) & (folds["budget"] == run["budget"]) & (folds["seed"] == run["seed"])]
+        assert fold["loss"].item() == pytest.approx(record["test"]["test/loss"], abs=1e-4)
+        history = [h[MONITOR] for h in record["history"]]
+        assert record["val_best"]["epoch"] == int(np.argmin(history))
     assert sum(line.startswith("[") for line in said) == len(runs)  # one progress line per retrain
-    # the two seeds really differ (fresh seeds, not one run copied)
-    first = runs[runs["budget"] == BUDGETS[0]]["test_loss"]
-    assert first.nunique() == SEEDS
+    assert runs.groupby("budget")["test_loss"].nunique().eq(FOLDS * SEEDS).all()  # fresh seeds, not copies
+    table = pd.read_csv(out / "scaling.csv").set_index("budget")
+    for budget in BUDGETS:
+        best = _study(url, budget).best_trial
+        assert table.loc[budget, "params"] == best.user_attrs["params"]
+        assert table.loc[budget, "search_val_loss"] == pytest.approx(best.value)
 
 
-def test_fits_baselines_and_regimes_tables(report):
+def test_predictions_are_kept_for_every_retrain_and_baseline_on_the_same_samples(report):
     _, out, _ = report
-    fits = pd.read_csv(out / "fits.csv")
-    assert len(fits) == 1 and fits.loc[0, "verdict"] in (HELPS, HURTS, NO_EVIDENCE)
-    assert fits.loc[0, "budgets"] == 2 and "slope test" in fits.loc[0, "method"]
-    assert pd.isna(fits.loc[0, "alpha_mean"])  # two budgets: no power law, said in `method`
-    base = pd.read_csv(out / "baselines.csv")
-    assert set(base["baseline"]) == {"prior", "logistic", "hist_gb"} and set(base["split"]) == {"val", "test"}
-    assert (base[base["baseline"] == "prior"]["auroc"] == 0.5).all()
+    pred = pd.read_csv(out / "predictions.csv")
+    assert set(pred["model"]) == {*BUDGETS, "prior", "logistic", "hist_gb"}
+    samples = pred.groupby(["model", "seed"])[["date", "label"]].apply(lambda f: tuple(map(tuple, f.values)))
+    assert samples.nunique() == 1  # identical dates and labels for every model, seed and baseline
+    assert len(pred[(pred["model"] == BUDGETS[0]) & (pred["seed"] == 0)]) == pd.read_csv(out / "folds.csv").drop_duplicates("fold")["windows"].sum()
+    one = pred[(pred["model"] == "logistic")]
+    assert one["date"].is_monotonic_increasing and one["date"].is_unique
+
+
+def test_verdicts_are_date_paired_bootstrap_claims(report):
+    result, out, _ = report
+    v = pd.read_csv(out / "verdicts.csv")
+    assert {"horizon", "comparison", "metric", "estimate", "lo", "hi", "method", "verdict"} <= set(v.columns)
+    big, small = BUDGETS[-1], BUDGETS[0]
+    claims = set(zip(v["comparison"], v["metric"], strict=True))
+    for metric in ("loss", "auroc"):
+        assert {("slope per 10x params", metric), (f"{big} - {small}", metric), (f"{big} - logistic", metric),
+                (f"{small} - prior", metric)} <= claims
+    assert (v["lo"] <= v["estimate"] + 1e-12).all() and (v["estimate"] <= v["hi"] + 1e-12).all()
+    assert v["method"].str.contains("stationary block bootstrap").all()
+    # the estimate of larger - smaller is exactly the difference of the pooled losses from predictions.csv
+    pred = pd.read_csv(out / "predictions.csv")
+    def pooled(model):
+        p = pred[pred["model"] == model]
+        y, q = p["label"].to_numpy(), np.clip(p["probability"].to_numpy(), 1e-7, 1 - 1e-7)
+        return float(np.mean(-(y * np.log(q) + (1 - y) * np.log(1 - q))))
+    row = v[(v["comparison"] == f"{big} - {small}") & (v["metric"] == "loss")].iloc[0]
+    assert row["estimate"] == pytest.approx(pooled(big) - pooled(small), abs=1e-6)
+    slope = v[(v["comparison"] == "slope per 10x params") & (v["metric"] == "loss")].iloc[0]
+    assert slope["verdict"] == result.series[0].verdict
+    # one-epoch models on 2 folds: the interval is honest about how little this shows
+    if slope["lo"] < 0 < slope["hi"]:
+        assert slope["verdict"] == NO_EVIDENCE
+
+
+def test_regimes_partition_the_pooled_test_samples(report):
+    _, out, _ = report
     regimes = pd.read_csv(out / "regimes.csv")
     assert list(regimes["regime"].unique()) == ["VIX < 15", "VIX 15-25", "VIX > 25"]
-    assert len(regimes) == 3 * len(BUDGETS)
-    test_windows = pd.read_csv(out / "runs.csv")  # levels partition the test split
-    n_test = len(json.loads((Path(test_windows.loc[0, "folder"]) / "result.json").read_text())["probs"])
+    n_test = pd.read_csv(out / "folds.csv").drop_duplicates("fold")["windows"].sum()
     assert regimes.groupby("budget")["windows"].sum().eq(n_test).all()
 
 
 def test_report_md_reads_without_the_code(report):
     result, out, _ = report
     text = (out / "report.md").read_text()
-    for needle in ("## Answer", "## How to read this", "Student-t interval", "SYN c threshold0.01 h=1",
+    for needle in ("## Answer", "## How to read this", "Walk-forward folds", "SYN c threshold0.01 h=1",
+                   "### Per fold", "### Pooled paired differences", "stationary block bootstrap",
                    "class prior", "logistic regression", "HistGradientBoosting", "Test AUROC by VIX level",
-                   "too few for the 3-parameter power law", f"**{result.series[0].scaling.verdict}**",
-                   "scaling.png", "learning_6K.png"):
+                   f"**{result.series[0].verdict}**", "folds.png", "verdicts.csv", "Block length"):
         assert needle in text, needle
     assert "Could not be reported" not in text and not list(out.glob(".*.tmp"))
 
@@ -153,12 +179,12 @@ def test_report_md_reads_without_the_code(report):
 # -- plots ---------------------------------------------------------------------------------------
 def test_plots_are_written_and_logged_to_tensorboard(report):
     _, out, _ = report
-    for name in ("scaling.png", *(f"learning_{b}.png" for b in BUDGETS)):
+    for name in ("folds.png", "scaling.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    assert set(events.Tags()["images"]) == {"report/scaling", *(f"report/learning_{b}" for b in BUDGETS)}
+    assert set(events.Tags()["images"]) == {"report/folds", "report/scaling"}
 
 
 # -- a rerun reuses every retrain; the command line --------------------------------------------
@@ -166,8 +192,8 @@ def test_rerun_reuses_the_retrains_and_prints_the_verdict(report, studies, capsy
     _, out, _ = report
     url, _ = studies
     before = (out / "runs.csv").read_text()
-    assert forecast_main(["report", "--storage", url, "--seeds", str(SEEDS), "--out", str(out),
-                          "--bootstrap", "20"]) == 0
+    assert forecast_main(["report", "--storage", url, "--seeds", str(SEEDS), "--folds", str(FOLDS),
+                          "--out", str(out), "--bootstrap", "50"]) == 0
     printed = capsys.readouterr().out
     assert "reused" in printed and "SYN c threshold0.01 h=1: " in printed
     runs = pd.read_csv(out / "runs.csv")
@@ -184,9 +210,34 @@ def test_changed_data_retrains_instead_of_reusing(report, studies, tmp_path, mon
     copy = tmp_path / "report"
     shutil.copytree(out, copy)
     monkeypatch.setattr(ForecastDataModule, "fingerprint", lambda self: "rebuilt")
-    make_report(ReportOptions(storage=url, seeds=1, out=copy, bootstrap=0), say=lambda _: None)
+    make_report(ReportOptions(storage=url, seeds=1, folds=FOLDS, out=copy, bootstrap=0), say=lambda _: None)
     runs = pd.read_csv(copy / "runs.csv")
-    assert len(runs) == len(BUDGETS) and not runs["reused"].any()
+    assert len(runs) == len(BUDGETS) * FOLDS and not runs["reused"].any()
+
+
+def test_folds_that_would_test_on_the_searched_validation_period_are_refused(studies, tmp_path, capsys):
+    url, _ = studies
+    out = tmp_path / "out"
+    assert forecast_main(["report", "--storage", url, "--test-start", VAL_START, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the validation period the search chose its configs on" in err[0], err
+    assert not out.exists()
+
+
+def test_a_fold_can_be_reproduced_by_hand_with_fit(report, studies, tmp_path):
+    """`forecast fit --data.folds K --data.fold k` with the best config trains on the fold's data:
+    the same data fingerprint the report's retrain of that fold checked."""
+    from forecast.train import cli_main
+
+    _, out, _ = report
+    runs = pd.read_csv(out / "runs.csv")
+    run = runs[(runs["fold"] == 1)].iloc[0]
+    saved = Path(run["folder"]) / "config.yaml"
+    cli = cli_main(["--config", str(saved)], run=False)
+    again = cli_main(["--config", str(saved), "--data.fold=0"], run=False)
+    assert cli.datamodule.fold == 1 and again.datamodule.fold == 0
+    tested = pd.read_csv(out / "folds.csv").query("fold == 1").iloc[0]
+    assert str(cli.datamodule.splits["test"].dates[0].date()) == tested["test_start"]
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -205,7 +256,8 @@ def _no_complete_trial(tmp_path: Path, url: str) -> str:
     ("empty", "holds no study"),
     ("unknown", "no study named 'nope'"),
     ("no_complete", "has no complete trial (1 failed)"),
-    ("seeds", "--seeds must be >= 1"),
+    ("seeds", "--seeds and --folds must be >= 1"),
+    ("folds", "--seeds and --folds must be >= 1"),
     ("flag", "--data.horizon: not an option"),
     ("devices", "report retrains run on one device"),
 ])
@@ -215,6 +267,7 @@ def test_bad_input_is_one_line(studies, tmp_path, capsys, case, message):
             "empty": ["--storage", f"sqlite:///{tmp_path / 'empty.db'}"],
             "unknown": ["--storage", url, "--study", "nope"],
             "seeds": ["--storage", url, "--seeds", "0"],
+            "folds": ["--storage", url, "--folds", "0"],
             "flag": ["--storage", url, "--data.horizon=3"],
             "devices": ["--storage", url, "--trainer.devices", "2"]}.get(case)
     if case == "empty":
@@ -238,7 +291,8 @@ def test_a_best_config_that_no_longer_loads_is_reported_not_skipped(studies, tmp
     try:
         best_yaml.write_text(original + "not_an_option: 1\n")
         out = tmp_path / "out"
-        assert forecast_main(["report", "--storage", f"sqlite:///{copy}", "--study", name, "--out", str(out)]) == 1
+        assert forecast_main(["report", "--storage", f"sqlite:///{copy}", "--study", name, "--out", str(out),
+                              "--folds", "2"]) == 1
     finally:
         best_yaml.write_text(original)
     err = capsys.readouterr().err
@@ -257,7 +311,8 @@ def test_without_best_yaml_the_trials_replay_command_rebuilds_the_config(studies
     moved = best_yaml.rename(tmp_path / "best.yaml")  # as when the best trial ran on another machine
     try:
         out = tmp_path / "out"
-        assert forecast_main(["report", "--storage", url, "--study", name, "--seeds", "1", "--out", str(out)]) == 0
+        assert forecast_main(["report", "--storage", url, "--study", name, "--seeds", "1", "--folds", "1",
+                              "--out", str(out)]) == 0
     finally:
         moved.rename(best_yaml)
     text = (out / "report.md").read_text()
@@ -270,7 +325,8 @@ def test_a_failed_retrain_is_reported_with_its_reason(studies, tmp_path, capsys)
     url, _ = studies
     name = f"{SYMBOL}-c-threshold0.01-h1-{BUDGETS[0]}"
     out = tmp_path / "out"
-    args = ["report", "--storage", url, "--study", name, "--seeds", "1", "--out", str(out), "--trainer.max_epochs=0"]
+    args = ["report", "--storage", url, "--study", name, "--seeds", "1", "--folds", "2", "--out", str(out),
+            "--trainer.max_epochs=0"]
     assert forecast_main(args) == 1
-    assert "retrain with seed 0 failed" in capsys.readouterr().err
-    assert pd.read_csv(out / "scaling.csv").loc[0, "status"].startswith("retrain with seed 0 failed")
+    assert "retrain of fold 0 with seed 0 failed" in capsys.readouterr().err
+    assert pd.read_csv(out / "scaling.csv").loc[0, "status"].startswith("retrain of fold 0 with seed 0 failed")

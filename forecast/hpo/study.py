@@ -42,6 +42,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "spy.yaml"
 DEFAULT_SPACE = CONFIG_DIR / "hpo" / "search_space.yaml"
 PRUNERS = ("median", "hyperband", "none")
+DATA_FINGERPRINT = "data_fingerprint"  # key of the study fingerprint: md5 of what the trials train on
 WAIT_S = 2.0  # how often a process waiting for other workers' trials looks again
 Ending = Literal["done", "stopped", "timeout", "aborted"]
 
@@ -129,7 +130,7 @@ def prepare(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) 
     config = cfg.resolve(base_args)
     one_device(config["trainer"], "search trials")
     _check_model(config, spec)
-    n_features, prior = _data_reference(config)
+    n_features, prior, data_fingerprint = _data_reference(config)
     if config["model"].get("pos_weight") is not None:
         prior = None  # val/loss is then a weighted BCE: not comparable with the prior's log-loss
     net = config["model"]["net"]["init_args"]
@@ -144,6 +145,7 @@ def prepare(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) 
     setup = TrialSetup(base_args, user_args, space, options.log_dir, name, extra_callbacks)
     fingerprint = _normalize(cfg.fingerprint(config, label, {**spec.as_dict(), "monitor": MONITOR,
                                                              "mode": MONITOR_MODE}))
+    fingerprint[DATA_FINGERPRINT] = data_fingerprint  # the exact numbers trials see, not only settings
     return Plan(options, name, options.log_dir / name, url, open_storage(url, options.heartbeat),
                 setup, fingerprint, config["trainer"].get("max_epochs"), prior)
 
@@ -178,14 +180,14 @@ def _check_model(config: dict[str, Any], spec: Any) -> None:
                                 "optimizer, data and trainer have no argument for")
 
 
-def _data_reference(config: dict[str, Any]) -> tuple[int, dict[str, float]]:
+def _data_reference(config: dict[str, Any]) -> tuple[int, dict[str, float], str]:
     """Build the data module once (bad data settings fail here, before any trial): its feature
-    count, and the class prior's validation scores that every trial should beat."""
+    count, the class prior's validation scores that every trial should beat, and its fingerprint."""
     from forecast.baselines import prior_scores
     from forecast.data.datamodule import ForecastDataModule
 
     dm = ForecastDataModule(**config["data"])
-    return dm.n_features, {"positive_rate": dm.balance["train"], **prior_scores(dm, "val")}
+    return dm.n_features, {"positive_rate": dm.balance["train"], **prior_scores(dm, "val")}, dm.fingerprint()
 
 
 def _normalize(obj: Any) -> Any:
@@ -277,6 +279,12 @@ def _check_same_study(study: optuna.Study, plan: Plan) -> None:
             return
         raise ForecastError(f"{plan.folder} holds {leftovers[0].name} from an earlier study of this name "
                             "that the storage does not know; move the folder away or pass --study-name")
+    if isinstance(stored, dict) and stored.get(DATA_FINGERPRINT) != plan.fingerprint[DATA_FINGERPRINT] \
+            and {k: v for k, v in stored.items() if k != DATA_FINGERPRINT} == \
+            {k: v for k, v in plan.fingerprint.items() if k != DATA_FINGERPRINT}:
+        raise ForecastError(f"study {plan.name} in {describe(plan.url)} was run on other data (data fingerprint "
+                            f"{str(stored.get(DATA_FINGERPRINT))[:8]}, now {plan.fingerprint[DATA_FINGERPRINT][:8]}: "
+                            "a rebuilt or re-imported tier); restore that data or start a new --study-name")
     if stored != plan.fingerprint:
         diff = cfg.differences(stored, plan.fingerprint)
         raise ForecastError(f"study {plan.name} in {describe(plan.url)} was run with other settings "

@@ -1,8 +1,17 @@
-"""The report, step by step: studies -> retrains -> baselines and regimes -> statistics -> files.
+"""The report, step by step: studies -> walk-forward folds -> retrains and baselines -> paired
+statistics -> files.
 
-`make_report` is what `forecast report` runs. A study that cannot be reported (its best config
-no longer loads, a retrain fails) stays in the report with the reason, and the command exits 1;
-mistakes in the command itself (storage, study names, flags) raise `ForecastError` before any
+`build_report` computes what `forecast report` writes (`outputs.make_report`). For each series (symbol, tier, task, horizon) the
+studies' test period [test_start, test_end] is cut into K folds (`--folds`); every budget's best
+config is retrained per fold x seed and tested once on the fold's block, and the baselines are
+fitted on the same fold's train split and tuned on its validation period. Every sample's
+prediction is kept, and the claims (larger vs smaller, model vs baseline, the slope against
+log10 parameters) are differences per date, pooled over the folds, with joint block-bootstrap
+intervals (`forecast.report.stats`).
+
+A study that cannot be reported (its best config no longer loads, a retrain fails) stays in the
+report with the reason, and the command exits 1; mistakes in the command itself (storage, study
+names, flags, folds overlapping the searched validation period) raise `ForecastError` before any
 retrain.
 """
 
@@ -15,26 +24,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from threadpoolctl import threadpool_limits
+import numpy as np
+import pandas as pd
 
-from forecast.baselines import baseline_scores
+from forecast.baselines import BASELINES, fit_baselines, labels
 from forecast.errors import ForecastError
-from forecast.hpo.objective import release_memory
-from forecast.hpo.storage import describe
-from forecast.metrics import MONITOR
+from forecast.hpo.api import describe, release_memory
 from forecast.report.collect import Series, StudyEntry, collect
 from forecast.report.regimes import Regime, regimes, vix_at_test_windows
-from forecast.report.retrain import Prepared, SeedRun, check_overrides, prepare, retrain
-from forecast.report.stats import Interval, Scaling, clipped, scaling, slope_interval, t_interval
-
-# metric -> (logged key, lower is better, highest possible value; every metric is >= 0)
-METRICS: dict[str, tuple[str, bool, float]] = {
-    "loss": ("test/loss", True, math.inf),
-    "auroc": ("test/auroc", False, 1.0),
-    "ap": ("test/ap", False, 1.0),
-    "brier": ("test/brier", True, 1.0),
-}
-BASELINES = ("prior", "logistic", "hist_gb")
+from forecast.report.retrain import FOLD_KEYS, SeedRun, check_overrides, fold_args, prepare, retrain
+from forecast.report.stats import (
+    MIN_BUDGETS_FOR_FIT,
+    Arm,
+    Comparison,
+    Draws,
+    PowerLaw,
+    compare,
+    fit_power_law,
+    paired_bootstrap,
+    scaling_verdict,
+)
 
 
 @dataclass
@@ -43,7 +52,10 @@ class ReportOptions:
 
     storage: str
     studies: list[str] = field(default_factory=list)
-    seeds: int = 3
+    seeds: int = 2
+    folds: int = 4
+    test_start: str | None = None
+    test_end: str | None = None
     out: Path = Path("logs/report")
     overrides: list[str] = field(default_factory=list)
     keep_checkpoints: bool = False
@@ -51,8 +63,27 @@ class ReportOptions:
 
 
 @dataclass
+class Fold:
+    """One walk-forward fold of a series: its data module's dates, labels and the baselines on it."""
+
+    index: int
+    dates: pd.DatetimeIndex  # test prediction days
+    labels: np.ndarray
+    fingerprint: str
+    train: tuple[str, str]
+    val: tuple[str, str]
+    baselines: dict[str, np.ndarray]  # baseline -> test probabilities
+    chosen: dict[str, str]  # baseline -> setting chosen on the fold's validation period
+    vix: np.ndarray | None
+
+    @property
+    def test(self) -> tuple[str, str]:
+        return str(self.dates[0].date()), str(self.dates[-1].date())
+
+
+@dataclass
 class StudyResult:
-    """One study's best config after its retrains, or why it could not be retrained."""
+    """One study's best config after its fold x seed retrains, or why it could not be retrained."""
 
     entry: StudyEntry
     runs: list[SeedRun] = field(default_factory=list)
@@ -64,48 +95,31 @@ class StudyResult:
     def ok(self) -> bool:
         return self.problem is None and bool(self.runs)
 
-    def metric(self, name: str) -> Interval:
-        """Mean and 95% t-interval over seeds of a test metric ("loss", "auroc", "ap", "brier"),
-        kept inside the metric's range."""
-        return clipped(t_interval(self.values(name)), 0.0, METRICS[name][2])
-
-    def values(self, name: str) -> list[float]:
-        return [r.test.get(METRICS[name][0], math.nan) for r in self.runs]
-
-    def val_retrained(self) -> Interval:
-        """The retrains' best-epoch val/loss (compare with the search's: the winner's curse)."""
-        return t_interval([r.val_best.get(MONITOR, math.nan) for r in self.runs])
+    def probs(self, seeds: Sequence[int], folds: Sequence[Fold]) -> np.ndarray:
+        """[seeds, dates]: each seed's test probabilities over the folds, in date order."""
+        by = {(r.fold, r.seed): r for r in self.runs}
+        return np.array([np.concatenate([by[(f.index, s)].probs for f in folds]) for s in seeds], dtype=float)
 
 
 @dataclass
 class SeriesResult:
-    """One scaling curve: its studies by size, baselines and the verdict."""
+    """One scaling curve: its studies by size, folds, joint draws, claims and the verdict."""
 
     series: Series
     studies: list[StudyResult]
-    baselines: dict[str, dict[str, dict[str, float]]] | None
-    scaling: Scaling
-    auroc_slope: Interval
+    folds: list[Fold]
+    draws: Draws | None
+    comparisons: list[Comparison]
+    verdict: str
+    method: str
+    fit: PowerLaw | None = None
 
     @property
     def reported(self) -> list[StudyResult]:
         return [s for s in self.studies if s.ok]
 
-    @property
-    def best_baseline(self) -> str | None:
-        """The baseline with the lowest TEST loss: the conservative yardstick (choosing it on test
-        favours the baselines, so a model that still beats it has really learned something)."""
-        scored = {b: baseline_metric(self.baselines, b, "loss") for b in BASELINES}
-        scored = {b: v for b, v in scored.items() if math.isfinite(v)}
-        return min(scored, key=scored.get) if scored else None
-
-    def versus_baseline(self, study: StudyResult) -> Interval:
-        """Test loss minus the best baseline's, over seeds (the baseline is deterministic)."""
-        best = self.best_baseline
-        if best is None:
-            return Interval(math.nan, math.nan, math.nan, 0)
-        base = baseline_metric(self.baselines, best, "loss")
-        return t_interval([v - base for v in study.values("loss")])
+    def claim(self, comparison: str, metric: str) -> Comparison | None:
+        return next((c for c in self.comparisons if c.comparison == comparison and c.metric == metric), None)
 
 
 @dataclass
@@ -129,83 +143,114 @@ class Report:
 Say = Callable[[str], None]
 
 
-def make_report(options: ReportOptions, say: Say = print) -> Report:
-    """Collect, retrain, compare and judge; write every output under `options.out`.
+def build_report(options: ReportOptions, say: Say = print) -> Report:
+    """Collect, retrain per fold x seed, compare by date and judge (`outputs.make_report` also writes).
 
     Raises:
-        ForecastError: a mistake in the command (storage, study names, flags, seed count).
+        ForecastError: a mistake in the command (storage, study names, flags, seeds, folds).
     """
-    from forecast.report.outputs import write_outputs  # here: outputs import this module
-
     started = time.time()
-    if options.seeds < 1:
-        raise ForecastError(f"--seeds must be >= 1, got {options.seeds}")
-    if options.bootstrap < 0:
-        raise ForecastError(f"--bootstrap must be >= 0, got {options.bootstrap}")
+    if options.seeds < 1 or options.folds < 1 or options.bootstrap < 0:
+        raise ForecastError(f"--seeds and --folds must be >= 1 and --bootstrap >= 0, got {options.seeds}, "
+                            f"{options.folds}, {options.bootstrap}")
     check_overrides(options.overrides)
     entries = collect(options.storage, options.studies)
     seeds = list(range(options.seeds))
-    say(f"report: {len(entries)} studies x {len(seeds)} seeds from {describe(options.storage)} -> {options.out}")
-    studies, baselines = _run_studies(entries, seeds, options, say)
-    series = [_series(s, [r for r in studies if r.entry.series == s], baselines.get(s), options.bootstrap)
-              for s in dict.fromkeys(e.series for e in entries)]
-    report = Report(options, series, round(time.time() - started, 1), seeds)
-    write_outputs(report, options.out)
-    return report
+    say(f"report: {len(entries)} studies x {options.folds} folds x {len(seeds)} seeds from "
+        f"{describe(options.storage)} -> {options.out}")
+    series = []
+    for s in dict.fromkeys(e.series for e in entries):
+        members = [e for e in entries if e.series == s]
+        series.append(_series(s, members, seeds, options, say))
+    return Report(options, series, round(time.time() - started, 1), seeds)
 
 
-def _run_studies(entries: Sequence[StudyEntry], seeds: list[int], options: ReportOptions,
-                 say: Say) -> tuple[list[StudyResult], dict[Series, Any]]:
-    results: list[StudyResult] = []
-    baselines: dict[Series, Any] = {}
-    total = len(entries) * len(seeds)
-    for i, entry in enumerate(entries):
-        result = StudyResult(entry)
-        results.append(result)
+def _series(series: Series, entries: Sequence[StudyEntry], seeds: list[int], options: ReportOptions,
+            say: Say) -> SeriesResult:
+    results = [StudyResult(e) for e in entries]
+    configs: dict[str, dict[str, Any]] = {}
+    for r in results:
         try:
-            prepared = prepare(entry, options.overrides)
+            configs[r.entry.name] = prepare(r.entry, options.overrides)
         except ForecastError as err:
-            result.problem = f"best config does not load: {err}"
-            say(f"study {entry.name}: {result.problem}")
+            r.problem = f"best config does not load: {err}"
+            say(f"study {r.entry.name}: {r.problem}")
+    if not configs:
+        return SeriesResult(series, results, [], None, [], *scaling_verdict([], 0))
+    first = next(iter(configs.values()))["data"]  # every study of a series has the same data (collect)
+    folds = make_folds(first, options)
+    say(f"{series.label}: {len(folds)} folds, test {folds[0].test[0]}..{folds[-1].test[1]}, "
+        f"{sum(len(f.dates) for f in folds)} test samples")
+    total = len(configs) * len(folds) * len(seeds)
+    done = 0
+    for r in results:
+        if r.entry.name not in configs:
             continue
-        if entry.series not in baselines:
-            baselines[entry.series] = baselines_of(prepared.datamodule)
-        data = prepared.datamodule.fingerprint()
-        for j, seed in enumerate(seeds):
-            run = _one_seed(result, seed, options, data)
-            say(_progress(i * len(seeds) + j + 1, total, entry, seed, run, result.problem))
-            if run is None:
+        for f in folds:
+            extra = fold_args(options.folds, f.index, *_period(first, options))
+            for seed in seeds:
+                done += 1
+                run = _one_run(r, seed, f, options, extra)
+                say(_progress(done, total, r.entry, f, seed, run, r.problem))
+                if run is None:
+                    break
+            if r.problem:
                 break
-        _finish(result, prepared)
-    return results, baselines
+        _check_runs(r, folds, seeds)
+    return judge(series, results, folds, seeds, options.bootstrap)
 
 
-def baselines_of(dm: Any) -> dict[str, dict[str, dict[str, float]]]:
-    """Prior, logistic regression and HistGB on the data module's own val and test windows.
+def _period(data: dict[str, Any], options: ReportOptions) -> tuple[str, str | None]:
+    """The test period the folds cut: the study's test_start (or a later --test-start) to --test-end."""
+    return str(options.test_start or data["test_start"]), options.test_end or data.get("test_end")
 
-    One OpenMP thread: HistGB on a few thousand rows takes a second alone, but its threads
-    spin-wait on a busy machine (a minute on a shared 2-core box).
+
+def make_folds(data: dict[str, Any], options: ReportOptions) -> list[Fold]:
+    """The series' K folds: each fold's data module, its labels and its baselines.
+
+    Raises:
+        ForecastError: the folds would test inside the period the search validated on, or the
+            data cannot make K folds.
     """
-    with threadpool_limits(1):
-        return baseline_scores(dm, splits=("val", "test"))
+    from forecast.data.datamodule import ForecastDataModule
+
+    test_start, test_end = _period(data, options)
+    searched = (pd.Timestamp(data["val_start"]), pd.Timestamp(data["test_start"]))
+    if pd.Timestamp(test_start) < searched[1]:
+        raise ForecastError(f"--test-start {test_start} would test on {searched[0].date()}..{searched[1].date()}, "
+                            "the validation period the search chose its configs on; use a date on or after "
+                            f"{searched[1].date()}")
+    base = {k: v for k, v in data.items() if k not in FOLD_KEYS}
+    folds = []
+    for k in range(options.folds):
+        dm = ForecastDataModule(**{**base, "test_start": test_start, "test_end": test_end,
+                                   "folds": options.folds, "fold": k})
+        fitted = fit_baselines(dm, splits=("test",))
+        span = {name: (str(dm.splits[name].dates[0].date()), str(dm.splits[name].dates[-1].date()))
+                for name in ("train", "val")}
+        folds.append(Fold(k, dm.splits["test"].dates, labels(dm, "test"), dm.fingerprint(), span["train"],
+                          span["val"], {b: fitted.probs[b]["test"] for b in BASELINES}, fitted.chosen,
+                          vix_at_test_windows(dm)))
+    return folds
 
 
-def _one_seed(result: StudyResult, seed: int, options: ReportOptions, data: str) -> SeedRun | None:
+def _one_run(result: StudyResult, seed: int, fold: Fold, options: ReportOptions, extra: list[str]) -> SeedRun | None:
     try:
-        run = retrain(result.entry, seed, options.out / "runs", data, options.overrides, options.keep_checkpoints)
+        run = retrain(result.entry, seed, options.out / "runs", fold.fingerprint, [*extra, *options.overrides],
+                      options.keep_checkpoints, fold=fold.index)
     except Exception as err:  # a failed retrain is a finding about this study, not the end of the report
         first = (str(err).strip().splitlines() or [""])[0]
         kind = "" if isinstance(err, ForecastError) else f"{type(err).__name__}: "  # ours say it plainly
-        result.problem = f"retrain with seed {seed} failed: {kind}{first}"
+        result.problem = f"retrain of fold {fold.index} with seed {seed} failed: {kind}{first}"
         release_memory()  # e.g. after an out-of-memory error, before the next study's model
         return None
     result.runs.append(run)
     return run
 
 
-def _progress(done: int, total: int, entry: StudyEntry, seed: int, run: SeedRun | None,
+def _progress(done: int, total: int, entry: StudyEntry, fold: Fold, seed: int, run: SeedRun | None,
               problem: str | None) -> str:
-    head = f"[{done}/{total}] {entry.name} seed {seed}: "
+    head = f"[{done}/{total}] {entry.name} fold {fold.index} seed {seed}: "
     if run is None:
         return head + str(problem)
     loss, auroc = run.test.get("test/loss", math.nan), run.test.get("test/auroc", math.nan)
@@ -213,39 +258,38 @@ def _progress(done: int, total: int, entry: StudyEntry, seed: int, run: SeedRun 
     return head + f"test loss {loss:.4f}, AUROC {auroc:.3f} ({run.epochs_run} epochs, {how})"
 
 
-def _finish(result: StudyResult, prepared: Prepared) -> None:
-    """Regime view and consistency notes, once a study's seeds are done."""
-    if not result.runs:
-        return
-    recorded = result.entry.best.params
-    counted = {r.params for r in result.runs}
-    if counted != {recorded}:
-        result.notes.append(f"retrained models have {sorted(counted)} parameters; the trial recorded {recorded:,}")
+def _check_runs(result: StudyResult, folds: Sequence[Fold], seeds: Sequence[int]) -> None:
+    """Every fold x seed ran on exactly the fold's test samples; the parameter count is the trial's."""
     if result.problem is not None:
         return
-    dm = prepared.datamodule
-    vix = vix_at_test_windows(dm)
-    labels = dm.targets[dm.splits["test"].ends].numpy()
-    if any(len(r.probs) != len(labels) for r in result.runs):
-        result.notes.append("test predictions do not match the test split; regime view left out")
-    elif vix is not None:
-        result.regimes = regimes(vix, labels, [r.probs for r in result.runs])
+    for run in result.runs:
+        fold = folds[run.fold]
+        if run.dates != [str(d.date()) for d in fold.dates] or run.labels != fold.labels.tolist():
+            result.problem = f"fold {run.fold} seed {run.seed} was tested on other samples than the baselines"
+            return
+    counted = {r.params for r in result.runs}
+    if counted != {result.entry.best.params}:
+        result.notes.append(f"retrained models have {sorted(counted)} parameters; the trial recorded "
+                            f"{result.entry.best.params:,}")
 
 
-def _series(series: Series, studies: list[StudyResult], baselines: Any, draws: int) -> SeriesResult:
-    studies = sorted(studies, key=lambda s: s.entry.best.params)
-    ok = [s for s in studies if s.ok]
-    params = [float(s.entry.best.params) for s in ok]
-    losses = [s.values("loss") for s in ok]
-    flat_n = [n for n, s in zip(params, ok, strict=True) for _ in s.runs]
-    auroc = slope_interval(flat_n, [v for s in ok for v in s.values("auroc")])
-    return SeriesResult(series, studies, baselines, scaling(params, losses, draws=draws), auroc)
-
-
-def baseline_metric(baselines: Any, name: str, metric: str, split: str = "test") -> float:
-    """A baseline's score, NaN when absent."""
-    try:
-        return float(baselines[name][split][metric])
-    except (KeyError, TypeError):
-        return math.nan
-
+def judge(series: Series, results: list[StudyResult], folds: list[Fold], seeds: list[int],
+          draws: int) -> SeriesResult:
+    """Joint draws over the pooled test dates, every claim, the verdict, the regime view and the fit."""
+    ok = sorted((r for r in results if r.ok), key=lambda r: r.entry.best.params)
+    results = sorted(results, key=lambda r: r.entry.best.params)
+    if not ok:
+        return SeriesResult(series, results, folds, None, [], *scaling_verdict([], 0))
+    y = np.concatenate([f.labels for f in folds]).astype(float)
+    models = [Arm(r.entry.budget, r.probs(seeds, folds), float(r.entry.best.params)) for r in ok]
+    baselines = [Arm(b, np.concatenate([f.baselines[b] for f in folds])[None, :]) for b in BASELINES]
+    d = paired_bootstrap(y, [*models, *baselines], draws=draws)
+    claims = compare(d, models, baselines)
+    verdict, method = scaling_verdict(claims, len(models))
+    if folds[0].vix is not None:
+        vix = np.concatenate([f.vix for f in folds])
+        for r, arm in zip(ok, models, strict=True):
+            r.regimes = regimes(vix, y, list(arm.probs))
+    fit = fit_power_law([m.params for m in models], list(d.loss[: len(models)])) \
+        if len(models) >= MIN_BUDGETS_FOR_FIT else None
+    return SeriesResult(series, results, folds, d, claims, verdict, method, fit)

@@ -7,7 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from forecast.report.build import ReportOptions, make_report
+from forecast.report.build import ReportOptions
+from forecast.report.outputs import make_report
 
 PARTIAL_EXIT = 1  # the report was written, but some study could not be reported
 
@@ -27,21 +28,29 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="forecast report", allow_abbrev=False, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Scaling report from finished `forecast hpo` studies: each budget's best config "
-                    "retrained with K seeds and tested once, baselines on the same splits, the scaling "
+        description="Scaling report from finished `forecast hpo` studies: the studies' test period cut "
+                    "into walk-forward folds, each budget's best config retrained per fold x seed and tested "
+                    "once, baselines on the same samples, date-paired block-bootstrap intervals, the scaling "
                     "verdict per horizon, tables and plots.")
     p.add_argument("--storage", required=True, metavar="URL",
                    help="the Optuna storage the studies live in (sqlite:///logs/hpo/optuna.db, a *.journal "
                         "file, postgresql://...)")
     p.add_argument("--study", nargs="+", default=[], metavar="NAME",
                    help="studies to report (default: every study in the storage)")
-    p.add_argument("--seeds", type=int, default=3, metavar="K",
-                   help="retrains of each best config, seeds 0..K-1 (default: 3)")
+    p.add_argument("--seeds", type=int, default=2, metavar="S",
+                   help="retrains of each best config per fold, seeds 0..S-1 (default: 2; a verdict needs >= 2)")
+    p.add_argument("--folds", type=int, default=4, metavar="K",
+                   help="walk-forward folds the test period is cut into (default: 4)")
+    p.add_argument("--test-start", metavar="DATE",
+                   help="first day of the folds' test period (default: the studies' test_start; never earlier, "
+                        "since the search validated on the days before it)")
+    p.add_argument("--test-end", metavar="DATE",
+                   help="last day of the folds' test period (default: the studies' test_end, else the data's end)")
     p.add_argument("--out", type=Path, default=Path("logs/report"), metavar="DIR",
                    help="where report.md, the CSVs, plots, TensorBoard events and retrain runs go "
                         "(default: logs/report)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
-                   help="bootstrap resamples for the power-law exponent (default: 1000)")
+                   help="joint block-bootstrap resamples of dates and seeds (default: 1000)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the retrains' checkpoints (default: deleted once tested)")
     return p
@@ -50,11 +59,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `forecast report`; returns the exit status (see the epilog)."""
     args, extra = parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    options = ReportOptions(storage=args.storage, studies=args.study, seeds=args.seeds, out=args.out,
-                            overrides=extra, keep_checkpoints=args.keep_checkpoints, bootstrap=args.bootstrap)
+    options = ReportOptions(storage=args.storage, studies=args.study, seeds=args.seeds, folds=args.folds,
+                            test_start=args.test_start, test_end=args.test_end, out=args.out, overrides=extra,
+                            keep_checkpoints=args.keep_checkpoints, bootstrap=args.bootstrap)
     report = make_report(options)
     for r in report.series:
-        print(f"{r.series.label}: {r.scaling.verdict}")
+        print(f"{r.series.label}: {r.verdict}")
     print(f"report: {options.out / 'report.md'} ({report.wall_s:.0f} s)")
     for name, problem in report.problems:
         print(f"forecast report: study {name} not reported: {problem}", file=sys.stderr)

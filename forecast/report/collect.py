@@ -21,10 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from forecast.errors import ForecastError
-from forecast.hpo.config import differences
-from forecast.hpo.outputs import counts
-from forecast.hpo.storage import describe, journal_path, open_storage
-from forecast.hpo.study import parse_budget
+from forecast.hpo.api import counts, describe, differences, journal_path, open_storage, parse_budget
 
 SHOWN_NAMES = 8  # study names listed in an "unknown study" message
 _HEADER = re.compile(r"#\s*Best trial (\d+) of study")

@@ -5,16 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from forecast.io import atomic_path, write_text_atomic
-from forecast.report.build import Report
+from forecast.report.build import Report, ReportOptions, Say, build_report
 from forecast.report.markdown import render
-from forecast.report.plots import budgets, learning_figure, save_png, scaling_figure
+from forecast.report.plots import folds_figure, save_png, scaling_figure
 from forecast.report.tables import TABLES
 
 TENSORBOARD = "tensorboard"
 
 
+def make_report(options: ReportOptions, say: Say = print) -> Report:
+    """`forecast report`: build the report (`build.build_report`) and write every file under `options.out`."""
+    report = build_report(options, say)
+    write_outputs(report, options.out)
+    return report
+
+
 def write_outputs(report: Report, out: Path) -> list[Path]:
-    """report.md, the CSVs, scaling.png, learning_<budget>.png and TensorBoard figures.
+    """report.md, the CSVs, folds.png, scaling.png and TensorBoard figures.
 
     Returns:
         The files written, report.md last (it lists the others).
@@ -28,12 +35,11 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
         written.append(out / name)
-    figures = {"scaling": scaling_figure(report)}
-    figures.update({f"learning_{b}": learning_figure(report, b) for b in budgets(report)})
+    figures = {"folds": folds_figure(report), "scaling": scaling_figure(report)}
     for name, fig in figures.items():
         save_png(fig, out / f"{name}.png")
         written.append(out / f"{name}.png")
-    text = render(report, [p.name for p in written] + [f"{TENSORBOARD}/", "runs/<study>/seed_<s>/"])
+    text = render(report, [p.name for p in written] + [f"{TENSORBOARD}/", "runs/<study>/fold<k>-seed<s>/"])
     _tensorboard(out / TENSORBOARD, figures, text)
     write_text_atomic(out / "report.md", text)
     return [*written, out / "report.md"]

@@ -1,129 +1,91 @@
 """The report's figures, drawn with matplotlib's Agg canvas (no display, no pyplot state).
 
-- `scaling_figure`: test loss and test AUROC against exact parameter count (log axis), one line
-  per series (horizon), error bars = 95% t-interval over seeds; each series' baselines as a band
-  in its colour, from the class prior (dotted) to the best of prior, logistic and HistGB.
-- `learning_figure`: val/loss per epoch of every retrain of one budget, one colour per series;
-  the search's own trial (its pruner curve) dashed; dots mark the best (tested) epochs.
+- `folds_figure`: test AUROC per walk-forward fold, one line per budget (mean over seeds, each
+  seed a dot) and one dashed line per baseline; one panel per series.
+- `scaling_figure`: pooled test loss and AUROC against exact parameter count (log axis), one line
+  per series, error bars = the joint block-bootstrap interval; the baselines as horizontal lines.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator
 
+from forecast.baselines import BASELINES
 from forecast.io import atomic_path
-from forecast.metrics import MONITOR
-from forecast.report.build import BASELINES, METRICS, Report, SeriesResult, baseline_metric
+from forecast.report.build import Report
+from forecast.report.tables import folds_frame
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
           "tab:olive", "tab:cyan", "tab:gray")
-PANELS = (("loss", "test loss (BCE, lower is better)"), ("auroc", "test AUROC (higher is better)"))
+BASELINE_STYLE = {"prior": ":", "logistic": "--", "hist_gb": "-."}
+PANELS = (("loss", "pooled test loss (BCE, lower is better)"), ("auroc", "pooled test AUROC (higher is better)"))
 
 
 def _figure(width: float, height: float, cols: int = 1) -> tuple[Figure, list]:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # Agg canvas: savefig and TensorBoard's add_figure render through it
-    axes = fig.subplots(1, cols, squeeze=False)[0]
-    return fig, list(axes)
+    return fig, list(fig.subplots(1, cols, squeeze=False)[0])
+
+
+def folds_figure(report: Report) -> Figure:
+    """Per-fold test AUROC by budget, with the baselines, one panel per series."""
+    frame = folds_frame(report)
+    fig, axes = _figure(5.5 * max(len(report.series), 1), 4.5, cols=max(len(report.series), 1))
+    for ax, r in zip(axes, report.series, strict=False):
+        if not r.folds:
+            ax.set_title(f"{r.series.label}: not reported", fontsize=10)
+            continue
+        rows = frame[(frame["horizon"] == r.series.horizon) & (frame["task"] == r.series.task)
+                     & (frame["tier"] == r.series.tier) & (frame["symbol"] == r.series.symbol)]
+        models = [s.entry.budget for s in r.reported]
+        for i, budget in enumerate(models):
+            own = rows[rows["budget"] == budget]
+            mean = own.groupby("fold")["auroc"].mean()
+            ax.plot(mean.index, mean.values, color=COLORS[i % len(COLORS)], marker="o", label=f"PatchTST {budget}")
+            ax.plot(own["fold"], own["auroc"], ".", color=COLORS[i % len(COLORS)], alpha=0.5)
+        for b in BASELINES:
+            own = rows[rows["budget"] == b].sort_values("fold")
+            ax.plot(own["fold"], own["auroc"], color="black", ls=BASELINE_STYLE[b], lw=1, label=b)
+        ax.set_xticks([f.index for f in r.folds], [f"{f.index}\n{f.test[0][:7]}" for f in r.folds], fontsize=8)
+        ax.set_xlabel("fold (first test month)")
+        ax.set_ylabel("test AUROC")
+        ax.set_title(r.series.label, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Walk-forward folds: test AUROC per fold (line: mean over seeds, dots: seeds)")
+    return fig
 
 
 def scaling_figure(report: Report) -> Figure:
-    """Test loss and AUROC vs parameters, every series with its baselines."""
+    """Pooled test loss and AUROC vs parameters, every series with its baselines."""
     fig, axes = _figure(12, 4.8, cols=len(PANELS))
     for i, r in enumerate(report.series):
+        if r.draws is None:
+            continue
         color = COLORS[i % len(COLORS)]
+        ok = r.reported
         for ax, (metric, _) in zip(axes, PANELS, strict=True):
-            _series_line(ax, r, metric, color)
-            _baselines(ax, r, metric, color)
+            x = [s.entry.best.params for s in ok]
+            y = np.array([r.draws.column(metric, s.entry.budget) for s in ok])
+            drawn = [np.asarray(r.draws.column(metric, s.entry.budget, draws=True)) for s in ok]
+            lo = np.array([np.nanquantile(v, 0.025) if np.isfinite(v).any() else np.nan for v in drawn])
+            hi = np.array([np.nanquantile(v, 0.975) if np.isfinite(v).any() else np.nan for v in drawn])
+            err = np.nan_to_num(np.stack([y - lo, hi - y]))
+            ax.errorbar(x, y, yerr=err, color=color, marker="o", capsize=4, label=r.series.label)
+            for b in BASELINES:
+                ax.axhline(r.draws.column(metric, b), color=color, ls=BASELINE_STYLE[b], lw=1, alpha=0.7)
     for ax, (_, title) in zip(axes, PANELS, strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("parameters (exact count of each budget's best model)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    handles = [Line2D([], [], color=COLORS[i % len(COLORS)], marker="o", label=r.series.label)
-               for i, r in enumerate(report.series)]
-    handles += [Patch(color="gray", alpha=0.2, label="baselines: prior .. best of prior/logistic/HistGB"),
-                Line2D([], [], color="gray", ls=":", label="class prior")]
-    axes[0].legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle(f"Scaling: mean and 95% t-interval over {len(report.seeds)} seeds per budget")
+    axes[0].legend(fontsize=8, title="baselines: prior ':', logistic '--', HistGB '-.'", title_fontsize=7)
+    fig.suptitle("Scaling over all folds: 95% joint block-bootstrap intervals (dates x seeds)")
     return fig
-
-
-def _series_line(ax, r: SeriesResult, metric: str, color: str) -> None:
-    ok = r.reported
-    if not ok:
-        return
-    x = [s.entry.best.params for s in ok]
-    iv = [s.metric(metric) for s in ok]
-    y = [v.estimate for v in iv]
-    # a missing interval (one seed) draws no bar rather than a made-up one
-    low = [v.estimate - v.lo if math.isfinite(v.lo) else 0.0 for v in iv]
-    high = [v.hi - v.estimate if math.isfinite(v.hi) else 0.0 for v in iv]
-    ax.errorbar(x, y, yerr=[low, high], color=color, marker="o", capsize=4)
-    for s, xi, yi in zip(ok, x, y, strict=True):
-        ax.annotate(s.entry.budget, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
-
-
-def _baselines(ax, r: SeriesResult, metric: str, color: str) -> None:
-    """The class prior as a dotted line, and a band from it to the best of the three baselines:
-    the range that simple models already reach on these windows."""
-    lower_is_better = METRICS[metric][1]
-    scores = [baseline_metric(r.baselines, b, metric) for b in BASELINES]
-    scores = [v for v in scores if math.isfinite(v)]
-    prior = baseline_metric(r.baselines, "prior", metric)
-    if not scores or not math.isfinite(prior):
-        return
-    best = min(scores) if lower_is_better else max(scores)
-    pad = 0.002 * max(abs(prior), 1.0)  # keep the band visible when the prior is the best
-    ax.axhspan(min(prior, best) - pad, max(prior, best) + pad, color=color, alpha=0.15, lw=0)
-    ax.axhline(prior, color=color, ls=":", lw=1)
-
-
-def learning_figure(report: Report, budget: str) -> Figure:
-    """val/loss per epoch of each retrain of `budget` (and the search's trial), all series."""
-    fig, (ax,) = _figure(7, 4.5)
-    for i, r in enumerate(report.series):
-        color = COLORS[i % len(COLORS)]
-        for s in r.studies:
-            if s.entry.budget != budget:
-                continue
-            curve = s.entry.best.curve
-            if curve:
-                epochs = sorted(curve)
-                ax.plot(epochs, [curve[e] for e in epochs], color=color, ls="--", marker="x", lw=1, alpha=0.8)
-            for run in s.runs:
-                points = [(h["epoch"], h[MONITOR]) for h in run.history if MONITOR in h]
-                if points:
-                    ax.plot(*zip(*points, strict=True), color=color, lw=1.2, alpha=0.7)
-                if MONITOR in run.val_best:
-                    ax.plot(run.val_best["epoch"], run.val_best[MONITOR], "o", color=color, ms=4)
-    handles = [Line2D([], [], color=COLORS[i % len(COLORS)], label=r.series.label) for i, r in enumerate(report.series)]
-    handles += [Line2D([], [], color="gray", ls="--", marker="x", label="search trial"),
-                Line2D([], [], color="gray", marker="o", ls="", label="best epoch (tested)")]
-    ax.legend(handles=handles, fontsize=8)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(MONITOR)
-    ax.set_title(f"Learning curves, budget {budget}: one line per seed")
-    ax.grid(True, alpha=0.3)
-    return fig
-
-
-def budgets(report: Report) -> list[str]:
-    """Budget labels that have a learning curve, smallest first."""
-    seen: dict[str, int] = {}
-    for r in report.series:
-        for s in r.studies:
-            if s.runs:
-                seen.setdefault(s.entry.budget, s.entry.budget_size)
-    return sorted(seen, key=seen.get)
 
 
 def save_png(fig: Figure, path: Path) -> None:

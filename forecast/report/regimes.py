@@ -34,13 +34,11 @@ def vix_at_test_windows(dm) -> np.ndarray | None:
     """Unscaled VIX close on each test window's last day, or None when the tier has no VIX.
 
     Args:
-        dm: a `ForecastDataModule` (features are stored scaled: x * std + mean undoes it).
+        dm: a `ForecastDataModule` (its unscaled `raw_features`).
     """
     if VIX_COLUMN not in dm.feature_names:
         return None
-    j = dm.feature_names.index(VIX_COLUMN)
-    ends = dm.splits["test"].ends
-    return dm.features[ends, j].double().numpy() * dm.scale_std[j] + dm.scale_mean[j]
+    return dm.raw_features[dm.splits["test"].ends, dm.feature_names.index(VIX_COLUMN)]
 
 
 def level_masks(vix: np.ndarray) -> list[np.ndarray]:

@@ -1,12 +1,17 @@
-"""Retrain a study's best config with fresh seeds; test each once, from its best checkpoint.
+"""Retrain a study's best config per walk-forward fold and seed; test each once, from its best checkpoint.
 
 A retrain is one LightningCLI run of the best trial's complete config (`run=False`, then
-`trainer.fit`), logged to `<out>/runs/<study>/seed_<s>/`; it is then tested ONCE on the test split
-from its best-val checkpoint (`ckpt_path="best"`), and the same checkpoint's test probabilities
-are kept for the regime view. `result.json` in that folder records the outcome with a key of
-everything that decides it (config files' text, flags, seed, trial, and a fingerprint of the
-data the model sees), so a rerun of the report
+`trainer.fit`) with the fold's data flags (`--data.folds K --data.fold k --data.test_end ...`),
+logged to `<out>/runs/<study>/fold<k>-seed<s>/`; it is then tested ONCE on the fold's test block
+from its best-val checkpoint (`ckpt_path="best"`), and the same checkpoint's per-sample test
+probabilities are kept (with their dates and labels) for the paired statistics. `result.json` in
+that folder records the outcome with a key of everything that decides it (config files' text,
+flags, fold, seed, trial, and a fingerprint of the data the model sees), so a rerun of the report
 reuses finished retrains and never tests a model twice.
+
+No search per fold: each budget's configuration was chosen once, on the study's validation
+period, which lies before every fold's test block; searching again per fold would multiply the
+cost by K and choose on data that later folds test on.
 
 Seeds are 0..K-1: never the search's own seed (42 by default), so the best trial's lucky draw
 does not come back in its own confirmation.
@@ -31,7 +36,7 @@ import torch
 
 from forecast.devices import one_device
 from forecast.errors import ForecastError
-from forecast.hpo.config import OPERATIONAL_DATA_KEYS, differences, resolve
+from forecast.hpo.api import OPERATIONAL_DATA_KEYS, differences, resolve
 from forecast.io import write_json_atomic
 from forecast.report.collect import StudyEntry
 
@@ -46,7 +51,7 @@ ONE_DEVICE = "--trainer.devices=1"  # before the user's flags, which `check_over
 
 @dataclass
 class SeedRun:
-    """One retrain: its test metrics (best checkpoint), val curve and test probabilities."""
+    """One retrain: its test metrics (best checkpoint), val curve and per-sample test predictions."""
 
     seed: int
     folder: str
@@ -57,16 +62,14 @@ class SeedRun:
     epochs_run: int
     wall_s: float
     probs: list[float] = field(repr=False)
+    dates: list[str] = field(default_factory=list, repr=False)  # test prediction days t, ISO
+    labels: list[int] = field(default_factory=list, repr=False)
+    fold: int = 0
     key: str = ""
     cached: bool = False
 
 
-@dataclass
-class Prepared:
-    """A study's best config, resolved and checked, with its data module (for baselines)."""
-
-    config: dict[str, Any]
-    datamodule: Any
+FOLD_KEYS = ("folds", "fold", "test_end")  # set by the report per fold, not by the study
 
 
 def check_overrides(args: Sequence[str]) -> None:
@@ -90,21 +93,27 @@ def check_overrides(args: Sequence[str]) -> None:
                "report retrains")
 
 
-def prepare(entry: StudyEntry, overrides: Sequence[str]) -> Prepared:
-    """Resolve the best config through the real parser, check it against the study, build its data.
+def prepare(entry: StudyEntry, overrides: Sequence[str]) -> dict[str, Any]:
+    """Resolve the best config through the real parser and check it against the study.
 
     Raises:
-        ForecastError: the config no longer parses, its data settings differ from what the study
-            recorded, or its data files are gone.
+        ForecastError: the config no longer parses, or its data settings differ from what the
+            study recorded.
     """
-    from forecast.data.datamodule import ForecastDataModule
-
     config = resolve([*entry.config_args, ONE_DEVICE, *overrides])
-    data = {k: v for k, v in config["data"].items() if k not in OPERATIONAL_DATA_KEYS}
-    diff = differences(entry.data, json.loads(json.dumps(data, default=str)), "data.")
+    skip = (*OPERATIONAL_DATA_KEYS, *FOLD_KEYS)
+    data = {k: v for k, v in config["data"].items() if k not in skip}
+    recorded = {k: v for k, v in entry.data.items() if k not in FOLD_KEYS}
+    diff = differences(recorded, json.loads(json.dumps(data, default=str)), "data.")
     if diff:
         raise ForecastError(f"the best config's data differ from the study's ({diff[0]})")
-    return Prepared(config, ForecastDataModule(**config["data"]))
+    return config
+
+
+def fold_args(folds: int, fold: int, test_start: str, test_end: str | None) -> list[str]:
+    """The data flags that make a run fold `fold` of `folds` (what `forecast fit` takes too)."""
+    args = [f"--data.folds={folds}", f"--data.fold={fold}", f"--data.test_start={test_start}"]
+    return args + ([f"--data.test_end={test_end}"] if test_end else [])
 
 
 def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int, data: str) -> str:
@@ -121,19 +130,22 @@ def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int, data: str) -
 
 
 def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequence[str] = (),
-            keep_checkpoints: bool = False) -> SeedRun:
+            keep_checkpoints: bool = False, fold: int = 0) -> SeedRun:
     """Fit the best config with `seed`, test it once from its best checkpoint (or reuse that result).
 
     Args:
         entry: the study.
         seed: `seed_everything` of this retrain.
-        root: runs go to `<root>/<study>/seed_<seed>/`.
+        root: runs go to `<root>/<study>/fold<fold>-seed<seed>/`.
         data: fingerprint of the data the retrain must see (`ForecastDataModule.fingerprint()` of
             the prepared data module); part of the reuse key, and checked again when the retrain loads its data.
-        overrides: extra `--trainer.*` flags (checked by `check_overrides`).
+        overrides: the fold's data flags (`fold_args`) and extra `--trainer.*` flags (checked by
+            `check_overrides`).
         keep_checkpoints: keep the checkpoint files (default: delete them once tested).
+        fold: the fold index (names the folder; the fold itself is in `overrides`).
     """
-    folder = root / entry.name / f"seed_{seed}"
+    version = f"fold{fold}-seed{seed}"
+    folder = root / entry.name / version
     key = run_key(entry, overrides, seed, data)
     cached = _load(folder / RESULT, key)
     if cached is not None:
@@ -141,7 +153,8 @@ def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequ
     if folder.exists():
         shutil.rmtree(folder)  # an unfinished or outdated retrain of ours: start it clean
     started = time.time()
-    run = _fit_and_test(entry, seed, root, overrides, data)
+    run = _fit_and_test(entry, seed, root, overrides, data, version)
+    run.fold = fold
     run.wall_s, run.key = round(time.time() - started, 3), key
     if not keep_checkpoints:
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
@@ -149,12 +162,13 @@ def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequ
     return run
 
 
-def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str], data: str) -> SeedRun:
+def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str], data: str,
+                  version: str) -> SeedRun:
     from forecast.train import cli_main
 
     logger = "--trainer.logger.init_args."
     args = [*entry.config_args, ONE_DEVICE, f"--seed_everything={seed}", *QUIET, f"{logger}save_dir={root}",
-            f"{logger}name={entry.name}", f"{logger}version=seed_{seed}", *overrides]
+            f"{logger}name={entry.name}", f"{logger}version={version}", *overrides]
     with _quiet():
         cli = cli_main(args, run=False)
         if cli.datamodule.fingerprint() != data:
@@ -169,10 +183,13 @@ def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[
         # the same checkpoint's probabilities on the same split: the regime view slices them
         probs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader(), ckpt_path="best")
     best = cli.model.best_epoch() or {}
+    split = cli.datamodule.splits["test"]
     return SeedRun(seed=seed, folder=str(cli.trainer.log_dir), test={k: float(v) for k, v in test.items()},
                    val_best={k: float(v) for k, v in best.items()}, history=list(cli.model.history),
                    params=int(cli.model.num_parameters), epochs_run=epochs_run,
-                   wall_s=0.0, probs=[round(float(p), 6) for p in torch.cat(probs).float()])
+                   wall_s=0.0, probs=[round(float(p), 6) for p in torch.cat(probs).float()],
+                   dates=[d.date().isoformat() for d in split.dates],
+                   labels=[int(v) for v in cli.datamodule.targets[split.ends].tolist()])
 
 
 def _load(path: Path, key: str) -> SeedRun | None:

@@ -1,15 +1,22 @@
 """The report's statistics, as pure functions of numbers (no files, no models).
 
-- `t_interval`: mean and 95% t-interval over seeds (seeds are few: a normal interval or a
-  bootstrap of 3 values would be far too narrow).
-- `welch_difference`: the interval of a difference of two means with unequal variances.
-- `slope_interval`: ordinary least squares of a metric on log10(parameters) over EVERY seed's run,
-  with a t-interval for the slope. With the Welch interval of largest minus smallest budget it
-  decides the verdict at any number of budgets >= 2 (both must exclude zero on one side).
-- `fit_power_law` / `bootstrap_alpha`: L(N) = L_inf + (N0 / N)^alpha with scipy's curve_fit, and
-  a percentile interval for alpha from resampling the seeds within each budget. Three free
-  parameters need at least `MIN_BUDGETS_FOR_FIT` budgets to leave a degree of freedom.
-- `verdict`: "larger helps" / "larger hurts" only when an interval excludes zero.
+Claims are PAIRED BY DATE: every model (budget) and baseline is scored on the same test samples,
+pooled over the walk-forward folds, so a comparison is a difference per date and its noise is the
+test set's own sampling noise plus the seeds' spread.
+
+- `paired_bootstrap`: B joint resamples. Dates come from a stationary block bootstrap
+  (`arch.bootstrap.StationaryBootstrap`, block length from `arch.bootstrap.optimal_block_length`
+  of the per-date loss differences: overlapping h > 1 targets and volatility clusters make
+  neighbouring days' errors alike); within each draw every model's seeds are resampled with
+  replacement as well, so an interval holds both sources of noise. The same draw serves every
+  comparison and the slope, so they are joint.
+- `compare`: model vs model, model vs baseline and the slope of loss (or AUROC) against
+  log10(parameters), each with its percentile interval; a verdict only where that interval
+  excludes 0 and every model in it has at least two seeds (`MIN_SEEDS`): never from a zero-width
+  or one-seed interval.
+- `t_interval`: mean and t-interval over seeds, for descriptive per-fold tables only.
+- `fit_power_law`: L(N) = L_inf + (N0 / N)^alpha with scipy's curve_fit, fitted only with at least
+  `MIN_BUDGETS_FOR_FIT` budgets and shown as descriptive.
 """
 
 from __future__ import annotations
@@ -20,12 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from arch.bootstrap import StationaryBootstrap, optimal_block_length
 from scipy import optimize
 from scipy import stats as sps
 
 LEVEL = 0.95
 MIN_BUDGETS_FOR_FIT = 4  # L_inf, N0, alpha: 3 parameters; 4 budgets leave one degree of freedom
+MIN_SEEDS = 2  # a verdict needs seed spread in every model it compares
+EPS = 1e-7
 HELPS, HURTS, NO_EVIDENCE = "larger helps", "larger hurts", "no evidence"
+BETTER, WORSE = "model better", "model worse"
+LOWER_IS_BETTER = {"loss": True, "auroc": False}
 
 
 @dataclass(frozen=True)
@@ -72,72 +84,6 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 def clipped(iv: Interval, low: float = -math.inf, high: float = math.inf) -> Interval:
     """`iv` with its bounds kept inside a metric's range (an AUROC interval never passes 1)."""
     return Interval(iv.estimate, max(iv.lo, low), min(iv.hi, high), iv.n) if math.isfinite(iv.lo) else iv
-
-
-def welch_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Interval:
-    """mean(a) - mean(b) with Welch's t-interval (no equal-variance assumption).
-
-    A sample of one value contributes no variance; two such samples give no interval.
-    """
-    x, y = (np.asarray([v for v in s if math.isfinite(v)], dtype=float) for s in (a, b))
-    if len(x) == 0 or len(y) == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    diff = float(x.mean() - y.mean())
-    vx = x.var(ddof=1) / len(x) if len(x) > 1 else 0.0
-    vy = y.var(ddof=1) / len(y) if len(y) > 1 else 0.0
-    n = len(x) + len(y)
-    dfs = [(v, len(s) - 1) for v, s in ((vx, x), (vy, y)) if len(s) > 1]
-    if not dfs:  # one value each: no spread to measure
-        return Interval(diff, math.nan, math.nan, n)
-    if vx + vy == 0:  # replicates agree exactly: the difference carries no noise
-        return Interval(diff, diff, diff, n)
-    dof = (vx + vy) ** 2 / sum(v**2 / d for v, d in dfs)  # Welch-Satterthwaite
-    half = float(sps.t.ppf((1 + level) / 2, dof) * math.sqrt(vx + vy))
-    return Interval(diff, diff - half, diff + half, n)
-
-
-def slope_interval(params: Sequence[float], values: Sequence[float], level: float = LEVEL) -> Interval:
-    """Slope of `values` per decade of parameters (OLS on log10 N) with its t-interval.
-
-    Args:
-        params: parameter count of each run (one entry per seed per budget).
-        values: the metric of each run.
-        level: coverage.
-
-    Returns:
-        The slope (metric change per 10x parameters); lo/hi NaN without two distinct sizes and
-        at least three runs (one residual degree of freedom).
-    """
-    pairs = [(math.log10(n), v) for n, v in zip(params, values, strict=True) if math.isfinite(v) and n > 0]
-    x = np.asarray([p[0] for p in pairs])
-    y = np.asarray([p[1] for p in pairs])
-    if len(x) < 2 or np.ptp(x) == 0:
-        return Interval(math.nan, math.nan, math.nan, len(x))
-    xc = x - x.mean()
-    slope = float((xc * (y - y.mean())).sum() / (xc**2).sum())
-    if len(x) < 3:
-        return Interval(slope, math.nan, math.nan, len(x))
-    resid = y - y.mean() - slope * xc
-    se = math.sqrt(float((resid**2).sum()) / (len(x) - 2) / float((xc**2).sum()))
-    half = float(sps.t.ppf((1 + level) / 2, len(x) - 2) * se)
-    return Interval(slope, slope - half, slope + half, len(x))
-
-
-def verdict(change: Interval, lower_is_better: bool = True) -> str:
-    """Read an interval of "metric change as models grow" as a plain answer.
-
-    Args:
-        change: interval of a slope over log N, or of (largest - smallest budget).
-        lower_is_better: True for losses and the Brier score, False for AUROC and AP.
-
-    Returns:
-        HELPS or HURTS when the interval lies entirely on one side of zero, else NO_EVIDENCE
-        (also when there is no interval at all): a point estimate alone never decides.
-    """
-    if not change.excludes_zero():
-        return NO_EVIDENCE
-    improves = change.hi < 0 if lower_is_better else change.lo > 0
-    return HELPS if improves else HURTS
 
 
 # ------------------------------------------------------------------------------ power law
@@ -212,109 +158,200 @@ def fit_power_law(params: Sequence[float], loss: Sequence[float],
     return PowerLaw(float(best[0]), float(math.exp(best[1])), float(best[2]), degenerate)
 
 
-def bootstrap_alpha(params: Sequence[float], seed_losses: Sequence[Sequence[float]], draws: int = 1000,
-                    level: float = LEVEL, seed: int = 0) -> tuple[Interval, int]:
-    """Percentile interval for alpha: resample each budget's seeds with replacement, refit.
-
-    Args:
-        params: parameter count per budget.
-        seed_losses: per budget, the test loss of each seed.
-        draws: bootstrap resamples.
-        level: coverage.
-        seed: random seed (the report is reproducible).
-
-    Returns:
-        (interval around the fit on the full data, number of resamples whose fit converged).
-    """
-    full = fit_power_law(params, [float(np.mean(s)) for s in seed_losses])
-    if full is None:
-        return Interval(math.nan, math.nan, math.nan, 0), 0
-    rng = np.random.default_rng(seed)
-    samples = [np.asarray(s, dtype=float) for s in seed_losses]
-    alphas = []
-    for _ in range(draws):
-        means = [float(rng.choice(s, size=len(s), replace=True).mean()) for s in samples]
-        fit = fit_power_law(params, means)
-        if fit is not None:
-            alphas.append(fit.alpha)
-    if len(alphas) < 2:
-        return Interval(full.alpha, math.nan, math.nan, len(alphas)), len(alphas)
-    lo, hi = np.quantile(alphas, [(1 - level) / 2, (1 + level) / 2])
-    return Interval(full.alpha, float(lo), float(hi), len(alphas)), len(alphas)
 
 
-# --------------------------------------------------------------------------- the answer
+# ------------------------------------------------------------------------- paired by date
 
 
 @dataclass(frozen=True)
-class Scaling:
-    """What one series (symbol, tier, task, horizon) says about size.
+class Arm:
+    """One model (a budget, several seeds) or baseline (one row) on the common test dates.
 
     Attributes:
-        verdict: HELPS, HURTS or NO_EVIDENCE: a side only when `slope` and `difference` both
-            exclude zero on it (see `agreed_verdict`).
-        slope: test loss change per 10x parameters, OLS over every seed's run, 95% t-interval.
-        difference: mean test loss of the largest minus the smallest budget (Welch 95% interval).
-        fit: the power law, when there were enough budgets and it converged.
-        alpha: alpha with its bootstrap interval (NaN without a fit).
-        method: one sentence saying which of these was possible and why.
+        name: "2M", "logistic", ...
+        probs: [seeds, dates] predicted probabilities.
+        params: exact parameter count (models); None for a baseline.
     """
 
-    verdict: str
-    slope: Interval
-    difference: Interval
-    fit: PowerLaw | None
-    alpha: Interval
-    method: str
+    name: str
+    probs: np.ndarray
+    params: float | None = None
+
+    @property
+    def seeds(self) -> int:
+        return int(self.probs.shape[0])
 
 
-def agreed_verdict(slope: Interval, difference: Interval) -> tuple[str, str]:
-    """The verdict when two tests agree, and a clause saying how it was reached.
-
-    The slope test pools every seed's residual (it assumes equal spread at every size); Welch's
-    interval for largest minus smallest budget does not. With a handful of seeds one budget's
-    seeds can agree by luck and make the pooled test overconfident, so a side is taken only when
-    both intervals exclude zero on that side.
-    """
-    by_slope, by_difference = verdict(slope), verdict(difference)
-    if by_slope == by_difference:
-        return by_slope, "the slope test and the largest-vs-smallest Welch interval agree"
-    if by_slope == NO_EVIDENCE:
-        return NO_EVIDENCE, "the slope interval includes 0"
-    return NO_EVIDENCE, (f"the slope test alone says {by_slope!r}, but the largest-vs-smallest Welch "
-                         "interval includes 0 (unequal seed spread): not enough")
+def log_loss_per_date(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Binary cross-entropy of every row of `probs` [S, D] at every date: [S, D]."""
+    p = np.clip(probs, EPS, 1 - EPS)
+    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
 
 
-def scaling(params: Sequence[float], seed_losses: Sequence[Sequence[float]], draws: int = 1000,
-            seed: int = 0) -> Scaling:
-    """The verdict and its evidence for one series.
+def auroc_rows(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """AUROC of every row of `probs` [S, D] against labels y [D] (Mann-Whitney, ties halved): [S]."""
+    pos = y == 1
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        return np.full(probs.shape[0], np.nan)
+    ranks = sps.rankdata(probs, axis=1)
+    return (ranks[:, pos].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def block_length(differences: Sequence[np.ndarray]) -> int:
+    """Stationary-bootstrap block length for the per-date series: the largest of
+    `optimal_block_length` (Politis-White) over the given differences, rounded up, at least 1."""
+    found = [float(optimal_block_length(np.asarray(d, dtype=float))["stationary"].iloc[0])
+             for d in differences if len(d) > 8 and np.std(d) > 0]
+    return max([1, *(math.ceil(b) for b in found if math.isfinite(b))])
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Full-sample values and bootstrap draws of each arm's mean loss and AUROC."""
+
+    names: list[str]
+    loss: np.ndarray  # [A] full sample (seeds averaged)
+    auroc: np.ndarray  # [A]
+    loss_draws: np.ndarray  # [B, A]
+    auroc_draws: np.ndarray  # [B, A] (NaN when not computed)
+    block: int
+    dates: int
+
+    def column(self, metric: str, name: str, draws: bool = False) -> np.ndarray | float:
+        i = self.names.index(name)
+        if metric == "loss":
+            return self.loss_draws[:, i] if draws else float(self.loss[i])
+        return self.auroc_draws[:, i] if draws else float(self.auroc[i])
+
+
+def paired_bootstrap(y: np.ndarray, arms: Sequence[Arm], draws: int = 1000, block: int | None = None,
+                     seed: int = 0, auroc: bool = True) -> Draws:
+    """Joint resamples of dates (stationary blocks) and, per model, of its seeds.
 
     Args:
-        params: exact parameter count of each budget's best model.
-        seed_losses: per budget, the test loss of each retrained seed.
-        draws: bootstrap resamples for alpha.
-        seed: bootstrap seed.
+        y: labels per date [D], the same for every arm.
+        arms: models and baselines, each [S, D] probabilities on those dates.
+        draws: bootstrap resamples B.
+        block: mean block length (default: `block_length` of the per-date loss differences of
+            every arm against the first).
+        seed: random seed (the report is reproducible).
+        auroc: resample AUROC too (slower: one rank per seed per draw).
     """
-    order = np.argsort(params)
-    params = [float(params[i]) for i in order]
-    seed_losses = [list(seed_losses[i]) for i in order]
-    flat_n = [n for n, s in zip(params, seed_losses, strict=True) for _ in s]
-    flat_y = [v for s in seed_losses for v in s]
-    slope = slope_interval(flat_n, flat_y)
-    nan = Interval(math.nan, math.nan, math.nan, 0)
-    if len(params) < 2:
-        why = "no budget could be reported" if not params else "one budget only: nothing to compare"
-        return Scaling(NO_EVIDENCE, slope, nan, None, nan, why)
-    diff = welch_difference(seed_losses[-1], seed_losses[0])
-    answer, how = agreed_verdict(slope, diff)
-    if len(params) < MIN_BUDGETS_FOR_FIT:
-        method = (f"{how}; {len(params)} budgets are too few for the 3-parameter power law (needs "
-                  f"{MIN_BUDGETS_FOR_FIT}), so only the log-linear slope test was done")
-        return Scaling(answer, slope, diff, None, nan, method)
-    fit = fit_power_law(params, [float(np.mean(s)) for s in seed_losses])
-    if fit is None or fit.degenerate:
-        why = "did not converge" if fit is None else "found no falling power law (flat or rising points)"
-        return Scaling(answer, slope, diff, fit, nan, f"{how}; the power law fit {why}")
-    alpha, ok = bootstrap_alpha(params, seed_losses, draws, seed=seed)
-    method = f"{how}; power law fitted, alpha interval from {ok}/{draws} converged bootstrap resamples of the seeds"
-    return Scaling(answer, slope, diff, fit, alpha, method)
+    y = np.asarray(y, dtype=float)
+    losses = [log_loss_per_date(y, a.probs) for a in arms]  # each [S, D]
+    if block is None:
+        ref = losses[0].mean(axis=0)
+        block = block_length([l.mean(axis=0) - ref for l in losses[1:]] or [ref])
+    rng = np.random.default_rng(seed)
+    dates = StationaryBootstrap(block, np.arange(len(y)), seed=np.random.default_rng(seed + 1))
+    full_loss = np.array([l.mean() for l in losses])
+    full_auroc = np.array([np.nanmean(auroc_rows(y, a.probs)) for a in arms])
+    loss_draws = np.empty((draws, len(arms)))
+    auroc_draws = np.full((draws, len(arms)), np.nan)
+    for b in range(draws):
+        idx = dates.update_indices()
+        yb = y[idx]
+        for j, (arm, loss) in enumerate(zip(arms, losses, strict=True)):
+            chosen = rng.integers(0, arm.seeds, arm.seeds)  # seeds with replacement
+            loss_draws[b, j] = loss[:, idx].mean(axis=1)[chosen].mean()
+            if auroc:
+                auroc_draws[b, j] = auroc_rows(yb, arm.probs[:, idx])[chosen].mean()
+    return Draws([a.name for a in arms], full_loss, full_auroc, loss_draws, auroc_draws, block, len(y))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One claim with its interval: `estimate` of `comparison` on `metric`, and the verdict."""
+
+    comparison: str
+    kind: str  # "scaling" (slope or larger-smaller) or "baseline"
+    metric: str
+    estimate: float
+    lo: float
+    hi: float
+    verdict: str
+    method: str
+
+    @property
+    def interval(self) -> Interval:
+        return Interval(self.estimate, self.lo, self.hi)
+
+
+def _percentiles(values: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return math.nan, math.nan
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def decide(lo: float, hi: float, seeds_ok: bool, lower_is_better: bool, words: tuple[str, str]) -> str:
+    """words[0] ("helps"/"better") or words[1] where [lo, hi] lies wholly on one side of 0 with real
+    width and enough seeds; otherwise NO_EVIDENCE. A negative change is an improvement when lower
+    is better."""
+    iv = Interval(math.nan, lo, hi)
+    if not seeds_ok or not iv.excludes_zero() or not hi > lo:
+        return NO_EVIDENCE
+    improves = hi < 0 if lower_is_better else lo > 0
+    return words[0] if improves else words[1]
+
+
+def slope(log_params: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """OLS slope of `values` [..., M] against log10 parameters [M] (per decade), over the last axis."""
+    x = log_params - log_params.mean()
+    return ((values - values.mean(axis=-1, keepdims=True)) * x).sum(axis=-1) / (x**2).sum()
+
+
+def compare(d: Draws, models: Sequence[Arm], baselines: Sequence[Arm], metrics: Sequence[str] = ("loss", "auroc"),
+            level: float = LEVEL) -> list[Comparison]:
+    """Every claim the report makes for one series, from one set of joint draws.
+
+    - "slope per 10x params" (with >= 2 budgets): OLS of the metric on log10(parameters).
+    - "<largest> - <smallest>": the largest budget minus the smallest.
+    - "<model> - <baseline>": each budget minus each baseline.
+    """
+    models = sorted(models, key=lambda a: a.params)
+    method = (f"stationary block bootstrap over {d.dates} test dates (mean block {d.block} days) x seeds "
+              f"resampled within each budget, {len(d.loss_draws)} draws, {level:.0%} percentile interval")
+    out = []
+    for metric in metrics:
+        lower = LOWER_IS_BETTER[metric]
+        if metric == "auroc" and not np.isfinite(d.auroc_draws).any():
+            continue
+        if len(models) >= 2:
+            x = np.log10([m.params for m in models])
+            names = [m.name for m in models]
+            full = slope(x, np.array([d.column(metric, n) for n in names]))
+            drawn = slope(x, np.stack([d.column(metric, n, draws=True) for n in names], axis=1))
+            lo, hi = _percentiles(drawn, level)
+            seeds_ok = all(m.seeds >= MIN_SEEDS for m in models)
+            out.append(Comparison("slope per 10x params", "scaling", metric, float(full), lo, hi,
+                                  decide(lo, hi, seeds_ok, lower, (HELPS, HURTS)), method))
+            big, small = models[-1].name, models[0].name
+            diff = d.column(metric, big, True) - d.column(metric, small, True)
+            lo, hi = _percentiles(diff, level)
+            out.append(Comparison(f"{big} - {small}", "scaling", metric,
+                                  d.column(metric, big) - d.column(metric, small), lo, hi,
+                                  decide(lo, hi, seeds_ok, lower, (HELPS, HURTS)), method))
+        for m in models:
+            for b in baselines:
+                diff = d.column(metric, m.name, True) - d.column(metric, b.name, True)
+                lo, hi = _percentiles(diff, level)
+                out.append(Comparison(f"{m.name} - {b.name}", "baseline", metric,
+                                      d.column(metric, m.name) - d.column(metric, b.name), lo, hi,
+                                      decide(lo, hi, m.seeds >= MIN_SEEDS, lower, (BETTER, WORSE)), method))
+    return out
+
+
+def scaling_verdict(comparisons: Sequence[Comparison], budgets: int) -> tuple[str, str]:
+    """The series' answer: the verdict of the loss slope, and a sentence saying how it was reached."""
+    if budgets < 2:
+        return NO_EVIDENCE, "no budget could be reported" if not budgets else "one budget only: nothing to compare"
+    found = [c for c in comparisons if c.comparison == "slope per 10x params" and c.metric == "loss"]
+    if not found:
+        return NO_EVIDENCE, "no slope could be formed"
+    c = found[0]
+    why = ("its interval excludes 0" if c.verdict != NO_EVIDENCE
+           else "its interval includes 0, or a budget has fewer than 2 seeds")
+    return c.verdict, f"slope of pooled test loss per 10x parameters, {c.method}: {why}"

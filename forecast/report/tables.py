@@ -1,10 +1,13 @@
 """The report's numbers as tidy tables (one CSV each; report.md shows the same numbers).
 
-  scaling.csv    one row per study (series x budget): best trial, seeds' test metrics mean/lo/hi
-  fits.csv       one row per series: verdict, slope and difference intervals, power law, alpha
-  baselines.csv  one row per series x baseline x split
-  runs.csv       one row per retrain (seed): its test metrics and where its logs are
-  regimes.csv    one row per study x VIX level (tiers with VIX only)
+  verdicts.csv     one row per series x claim x metric: estimate, lo, hi, method, verdict
+  folds.csv        one row per series x fold x model (budget, seed) or baseline: test period,
+                   samples, positive rate, AUROC, loss
+  scaling.csv      one row per study (series x budget): best trial, pooled test loss and AUROC
+                   with their bootstrap intervals
+  runs.csv         one row per retrain (fold x seed): its test metrics and where its logs are
+  predictions.csv  one row per test sample x model seed or baseline: date, probability, label
+  regimes.csv      one row per study x VIX level (tiers with VIX only)
 """
 
 from __future__ import annotations
@@ -12,20 +15,61 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from forecast.baselines import BASELINES, scores
 from forecast.metrics import MONITOR
-from forecast.report.build import BASELINES, METRICS, Report, SeriesResult, StudyResult
+from forecast.report.build import Report, SeriesResult
 from forecast.report.collect import Series
-from forecast.report.stats import Interval
+from forecast.report.stats import LEVEL
 
 
 def _series_cols(s: Series) -> dict[str, Any]:
     return {"symbol": s.symbol, "tier": s.tier, "task": s.task, "horizon": s.horizon}
 
 
-def _interval_cols(prefix: str, iv: Interval) -> dict[str, float]:
-    return {f"{prefix}_mean": iv.estimate, f"{prefix}_lo": iv.lo, f"{prefix}_hi": iv.hi}
+def verdicts_frame(report: Report) -> pd.DataFrame:
+    """verdicts.csv: every claim with its interval and how it was made."""
+    rows = [{**_series_cols(r.series), "comparison": c.comparison, "kind": c.kind, "metric": c.metric,
+             "estimate": c.estimate, "lo": c.lo, "hi": c.hi, "method": c.method, "verdict": c.verdict}
+            for r in report.series for c in r.comparisons]
+    return pd.DataFrame(rows)
+
+
+def _scored(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    s = scores(y.astype(int), p)
+    return {"auroc": s["auroc"], "loss": s["loss"]}
+
+
+def folds_frame(report: Report) -> pd.DataFrame:
+    """folds.csv: each fold's test period and every model seed's and baseline's score on it."""
+    return pd.concat([series_folds(r) for r in report.series], ignore_index=True) if report.series else pd.DataFrame()
+
+
+def series_folds(r: SeriesResult) -> pd.DataFrame:
+    """The folds.csv rows of one series."""
+    rows = []
+    for f in r.folds:
+        head = {**_series_cols(r.series), "fold": f.index, "test_start": f.test[0], "test_end": f.test[1],
+                "train_end": f.train[1], "val_start": f.val[0], "windows": len(f.dates),
+                "positive_rate": float(f.labels.mean())}
+        for s in r.reported:
+            for run in sorted((x for x in s.runs if x.fold == f.index), key=lambda x: x.seed):
+                rows.append({**head, "budget": s.entry.budget, "params": s.entry.best.params, "seed": run.seed,
+                             **_scored(f.labels, np.asarray(run.probs)), "epochs_run": run.epochs_run})
+        for b in BASELINES:
+            rows.append({**head, "budget": b, "params": math.nan, "seed": math.nan,
+                         **_scored(f.labels, f.baselines[b]), "chosen": f.chosen.get(b, "")})
+    return pd.DataFrame(rows)
+
+
+def _pooled_interval(r: SeriesResult, metric: str, name: str) -> dict[str, float]:
+    d = r.draws
+    drawn = np.asarray(d.column(metric, name, draws=True))
+    drawn = drawn[np.isfinite(drawn)]
+    lo, hi = np.quantile(drawn, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]) if len(drawn) > 1 else (math.nan, math.nan)
+    return {f"test_{metric}": d.column(metric, name), f"test_{metric}_lo": float(lo), f"test_{metric}_hi": float(hi)}
 
 
 def scaling_frame(report: Report) -> pd.DataFrame:
@@ -33,50 +77,21 @@ def scaling_frame(report: Report) -> pd.DataFrame:
     rows = []
     for r in report.series:
         for s in r.studies:
-            rows.append({**_study_row(r.series, s), "best_baseline": r.best_baseline,
-                         **_interval_cols("test_loss_minus_baseline", r.versus_baseline(s))})
-    return pd.DataFrame(rows)
-
-
-def _study_row(series: Series, s: StudyResult) -> dict[str, Any]:
-    e, b = s.entry, s.entry.best
-    row: dict[str, Any] = {
-        **_series_cols(series), "budget": e.budget, "study": e.name,
-        "status": "ok" if s.ok else (s.problem or "no retrain"),
-        "trial": b.number, "params": b.params, "arch": b.arch,
-        f"search_{MONITOR.replace('/', '_')}": b.value, "seeds": len(s.runs),
-        **_interval_cols("retrain_" + MONITOR.replace("/", "_"), s.val_retrained()),
-    }
-    for name in METRICS:
-        row.update(_interval_cols(f"test_{name}", s.metric(name)))
-    return row
-
-
-def fits_frame(report: Report) -> pd.DataFrame:
-    """fits.csv: the verdict of each series with the intervals it rests on."""
-    return pd.DataFrame([_fit_row(r) for r in report.series])
-
-
-def _fit_row(r: SeriesResult) -> dict[str, Any]:
-    sc, fit = r.scaling, r.scaling.fit
-    usable = fit is not None and not fit.degenerate
-    return {
-        **_series_cols(r.series), "budgets": len(r.reported), "verdict": sc.verdict,
-        **_interval_cols("loss_slope_per_decade", sc.slope),
-        **_interval_cols("loss_largest_minus_smallest", sc.difference),
-        **_interval_cols("auroc_slope_per_decade", r.auroc_slope),
-        "l_inf": fit.l_inf if usable else math.nan, "n0": fit.n0 if usable else math.nan,
-        **_interval_cols("alpha", sc.alpha), "method": sc.method,
-    }
-
-
-def baselines_frame(report: Report) -> pd.DataFrame:
-    """baselines.csv: prior, logistic regression and HistGB on the model's exact splits."""
-    rows = []
-    for r in report.series:
-        for name in BASELINES:
-            for split, scores in ((r.baselines or {}).get(name) or {}).items():
-                rows.append({**_series_cols(r.series), "baseline": name, "split": split, **scores})
+            e, b = s.entry, s.entry.best
+            row: dict[str, Any] = {
+                **_series_cols(r.series), "budget": e.budget, "study": e.name,
+                "status": "ok" if s.ok else (s.problem or "no retrain"), "trial": b.number, "params": b.params,
+                "arch": b.arch, f"search_{MONITOR.replace('/', '_')}": b.value,
+                "folds": len({x.fold for x in s.runs}), "seeds": len({x.seed for x in s.runs}),
+            }
+            if s.ok and r.draws is not None:
+                row.update(_pooled_interval(r, "loss", e.budget))
+                row.update(_pooled_interval(r, "auroc", e.budget))
+            rows.append(row)
+        if r.draws is not None:
+            for b in BASELINES:
+                rows.append({**_series_cols(r.series), "budget": b, "study": "", "status": "baseline",
+                             **_pooled_interval(r, "loss", b), **_pooled_interval(r, "auroc", b)})
     return pd.DataFrame(rows)
 
 
@@ -87,31 +102,50 @@ def runs_frame(report: Report) -> pd.DataFrame:
         for s in r.studies:
             for run in s.runs:
                 rows.append({
-                    **_series_cols(r.series), "budget": s.entry.budget, "study": s.entry.name, "seed": run.seed,
-                    "params": run.params, "epochs_run": run.epochs_run, "best_epoch": run.val_best.get("epoch"),
-                    "val_" + MONITOR.split("/")[-1]: run.val_best.get(MONITOR),
-                    **{f"test_{m}": run.test.get(key) for m, (key, *_) in METRICS.items()},
-                    "wall_s": run.wall_s, "reused": run.cached, "folder": run.folder,
+                    **_series_cols(r.series), "budget": s.entry.budget, "study": s.entry.name, "fold": run.fold,
+                    "seed": run.seed, "params": run.params, "epochs_run": run.epochs_run,
+                    "best_epoch": run.val_best.get("epoch"), "val_" + MONITOR.split("/")[-1]: run.val_best.get(MONITOR),
+                    "test_loss": run.test.get("test/loss"), "test_auroc": run.test.get("test/auroc"),
+                    "windows": len(run.probs), "wall_s": run.wall_s, "reused": run.cached, "folder": run.folder,
                 })
     return pd.DataFrame(rows)
 
 
+def predictions_frame(report: Report) -> pd.DataFrame:
+    """predictions.csv: every test sample's probability from every model seed and baseline."""
+    frames = []
+    for r in report.series:
+        for f in r.folds:
+            base = {**_series_cols(r.series), "fold": f.index}
+            dates = f.dates.date
+            for s in r.studies:
+                for run in (x for x in s.runs if x.fold == f.index):
+                    frames.append(pd.DataFrame({**base, "model": s.entry.budget, "seed": run.seed, "date": dates,
+                                                "probability": run.probs, "label": f.labels}))
+            for b in BASELINES:
+                frames.append(pd.DataFrame({**base, "model": b, "seed": -1, "date": dates,
+                                            "probability": f.baselines[b], "label": f.labels}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def regimes_frame(report: Report) -> pd.DataFrame:
-    """regimes.csv: test AUROC per VIX level, per study."""
+    """regimes.csv: test AUROC per VIX level, per study, pooled over folds (mean over seeds)."""
     rows = []
     for r in report.series:
         for s in r.studies:
             for g in s.regimes:
                 rows.append({**_series_cols(r.series), "budget": s.entry.budget, "regime": g.name,
                              "windows": g.windows, "positive_rate": g.positive_rate,
-                             **_interval_cols("test_auroc", g.auroc)})
+                             "test_auroc_mean": g.auroc.estimate, "test_auroc_lo": g.auroc.lo,
+                             "test_auroc_hi": g.auroc.hi})
     return pd.DataFrame(rows)
 
 
 TABLES = {
+    "verdicts.csv": verdicts_frame,
+    "folds.csv": folds_frame,
     "scaling.csv": scaling_frame,
-    "fits.csv": fits_frame,
-    "baselines.csv": baselines_frame,
     "runs.csv": runs_frame,
+    "predictions.csv": predictions_frame,
     "regimes.csv": regimes_frame,
 }
