@@ -22,9 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     fit = json.loads((run / "fit_summary.json").read_text())
     print(f"run: {run}  ({fit['num_parameters']:,} parameters, best epoch {fit['best_epoch']})")
     print(f"validation (best epoch): auroc {fit.get('val/auroc', float('nan')):.4f}  loss {fit.get('val/loss'):.4f}")
-    test_file = run / "test_metrics.json"
-    if test_file.is_file():
-        test = json.loads(test_file.read_text())
+    tests = sorted(run.glob("test_*.json"), key=lambda p: p.stat().st_mtime)
+    if tests:
+        test = json.loads(tests[-1].read_text())
         print(f"test (best checkpoint):  auroc {test['test/auroc']:.4f}  loss {test['test/loss']:.4f}")
     print(f"see it: tensorboard --logdir {experiment.parent}")
     return 0

@@ -4,9 +4,11 @@
 configs, then `cli.trainer.fit(cli.model, cli.datamodule)`.
 
 Every run lives in one folder, `<save_dir>/<name>/version_N/`: TensorBoard events, the resolved
-`config.yaml`, `checkpoints/best-*.ckpt` and `checkpoints/last.ckpt`, and what `test` and
-`predict` write (`test_metrics.json`, `predictions_<split>.csv`). `test`, `validate` and
-`predict` default to the BEST checkpoint of that run and log into the same folder.
+`config.yaml`, `checkpoints/best-*.ckpt` and `checkpoints/last.ckpt`, and what `test`, `validate`
+and `predict` write, named by split, date range and data fingerprint and never overwritten
+(`test_<first>_<last>_<md5[:8]>.json`, `predictions_<split>_<first>_<last>_<md5[:8]>.csv`; a second
+evaluation of the same samples gets `-2`, `-3`, ...). `test`, `validate` and `predict` default to
+the BEST checkpoint of that run and log into the same folder.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ BEST_PREFIX = "best"
 
 
 class PredictionCSV(BasePredictionWriter):
-    """Writes `predictions_<split>.csv` (date, probability, label) into the run folder."""
+    """Writes `predictions_<split>_<first>_<last>_<md5[:8]>.csv` (date, probability, label) into the run folder."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="epoch")
@@ -50,7 +52,7 @@ class PredictionCSV(BasePredictionWriter):
         probs = torch.cat(predictions).float().numpy()  # sequential sampler: rows in split order
         labels = dm.targets[torch.as_tensor(split.ends)].numpy()
         frame = pd.DataFrame({"date": split.dates.date, "probability": probs, "label": labels.astype(int)})
-        path = Path(trainer.log_dir) / f"predictions_{dm.predict_split}.csv"
+        path = evaluation_path(Path(trainer.log_dir), "predictions", dm, dm.predict_split, ".csv")
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6f")
         rank_zero_info(f"predictions: {path} ({len(frame)} rows)")
@@ -152,10 +154,29 @@ def _one_device(config) -> None:
     one_device(config.trainer, "validate, test and predict")
 
 
+def evaluation_path(run: Path, kind: str, dm: ForecastDataModule, split: str, suffix: str) -> Path:
+    """`<run>/<kind>_<first>_<last>_<md5[:8]><suffix>` for the samples of `split` (kind "test"
+    and "val" name the split already), with `-2`, `-3`, ... when that name is taken: an earlier
+    evaluation is never overwritten."""
+    dates = dm.splits[split].dates
+    kind = kind if kind in ("test", "val") else f"{kind}_{split}"
+    stem = f"{kind}_{dates[0].date()}_{dates[-1].date()}_{dm.fingerprint()[:8]}"
+    path, n = run / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = run / f"{stem}-{n}{suffix}"
+    return path
+
+
 def _write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:
+    dm: ForecastDataModule = trainer.datamodule
+    split = "val" if stage == "validate" else "test"
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    path = Path(trainer.log_dir) / f"{stage}_metrics.json"
-    write_json_atomic(path, {"checkpoint": ckpt_path, **metrics})
+    path = evaluation_path(Path(trainer.log_dir), split, dm, split, ".json")
+    dates = dm.splits[split].dates
+    write_json_atomic(path, {"checkpoint": ckpt_path, "split": split, "first": str(dates[0].date()),
+                             "last": str(dates[-1].date()), "samples": dm.splits[split].size,
+                             "folds": dm.folds, "fold": dm.fold, "data_fingerprint": dm.fingerprint(), **metrics})
     rank_zero_info(f"{stage} metrics: {path}")
 
 

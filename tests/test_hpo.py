@@ -326,6 +326,21 @@ def test_resuming_with_other_settings_is_refused(three, data, space_file):
         open_study(prepare(changed))
 
 
+def test_resuming_on_a_rebuilt_tier_is_refused_in_one_line(three, data, space_file, tmp_path, capsys):
+    """Same settings, other numbers (a re-imported series, the tier rebuilt): the study's data
+    fingerprint no longer matches and the resume is refused before any trial."""
+    _, study, logs = three
+    other = tmp_path / "data"
+    write_raw(other, SYMBOL, synthetic_raw(n=1000, start="2014-01-02", seed=7), source="another series")
+    build_and_write(other, SYMBOL, "a25")
+    args = cli_args(data, space_file, logs, 4)
+    args[args.index(f"--data.data_dir={data}")] = f"--data.data_dir={other}"  # an operational key: allowed
+    assert forecast_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was run on other data (data fingerprint" in err[0], err
+    assert len(load(logs).get_trials()) == len(study.get_trials())
+
+
 def test_a_study_already_at_n_runs_nothing(three, data, space_file):
     _, study, logs = three
     outcome = run_study(options(data, space_file, logs, trials=3, epochs=3))

@@ -237,13 +237,23 @@ def test_test_and_predict_use_the_best_checkpoint_not_the_last(fitted):
 
     config = str(run / "config.yaml")
     test_cli = cli_main(["test", "--config", config, "--trainer.enable_progress_bar=false"])
-    metrics = json.loads((run / "test_metrics.json").read_text())
+    (written,) = run.glob("test_*.json")
+    metrics = json.loads(written.read_text())
+    split = cli.datamodule.splits["test"]
+    assert written.name == f"test_{split.dates[0].date()}_{split.dates[-1].date()}_{cli.datamodule.fingerprint()[:8]}.json"
+    assert (metrics["first"], metrics["samples"]) == (str(split.dates[0].date()), split.size)
+    assert metrics["data_fingerprint"] == cli.datamodule.fingerprint()
     assert metrics["checkpoint"] == str(best)
     assert Path(test_cli.trainer.log_dir) == run  # logged into the same run
     assert 0 < metrics["test/auroc"] < 1 and metrics["test/prob_std"] > 1e-4  # zeroed weights give std 0
 
+    cli_main(["test", "--config", config, "--trainer.enable_progress_bar=false"])  # again: kept beside the first
+    assert {p.name for p in run.glob("test_*.json")} == {written.name, written.stem + "-2.json"}
+    assert json.loads(written.read_text()) == metrics  # the earlier evaluation is untouched
+
     cli_main(["predict", "--config", config, "--trainer.enable_progress_bar=false"])
-    preds = pd.read_csv(run / "predictions_test.csv")
+    (predictions,) = run.glob("predictions_test_*.csv")
+    preds = pd.read_csv(predictions)
     assert list(preds.columns) == ["date", "probability", "label"]
     assert len(preds) == cli.datamodule.splits["test"].size
     assert preds["probability"].std() > 1e-4
@@ -272,7 +282,7 @@ def test_checkpointing_off_fits_without_checkpoints_and_test_says_so(data_dir, t
         assert forecast_main(["test", *base_args(data_dir, tmp_path), *config]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"run {run} saved no checkpoints" in err[0], err  # never the older run
-    assert not list(run.glob("test_metrics.json"))
+    assert not list(run.glob("test_*.json"))
 
 
 @pytest.mark.parametrize("devices,message", [("2", "run on one device"), ("0,1", "run on one device"),
