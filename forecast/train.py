@@ -13,7 +13,11 @@ the BEST checkpoint of that run and log into the same folder.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +275,26 @@ def _build(args, run, subcommand, trainer_defaults, **kwargs) -> ForecastCLI:
         parser_kwargs=_parser_kwargs(run),
         **kwargs,
     )
+
+
+@contextlib.contextmanager
+def quiet_lightning(stdout: bool = False) -> Iterator[None]:
+    """Runs inside a search or a report: Lightning's INFO lines (seed, devices, split sizes) and
+    third-party warnings that are not ours stay out of the caller's own progress lines.
+
+    Args:
+        stdout: also swallow what the run prints (the module's parameter count at fit start).
+    """
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), (contextlib.redirect_stdout(io.StringIO()) if stdout
+                                         else contextlib.nullcontext()):
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, not ours
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

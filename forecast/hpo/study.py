@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import re
 import time
 import warnings
@@ -309,7 +308,7 @@ def run_study(options: HpoOptions, stop: StopControl | None = None,
     stop = stop or StopControl(plan.folder / STOP_FILE)
     stop.watch(plan.folder / STOP_FILE)
     hint = f"q, Ctrl-C or `touch {plan.folder / STOP_FILE}` stops after the running trial"
-    with _quiet_lightning(), Display(plan.name, options.trials, options.live, hint) as display, \
+    with _quiet_search(), Display(plan.name, options.trials, options.live, hint) as display, \
             (stop if own else contextlib.nullcontext(stop)):
         stop.notify = display.say
         display.say(f"study {plan.name}: {len(plan.space.tree.archs)} architectures of budget "
@@ -413,17 +412,14 @@ def _closing_line(outcome: Outcome, study: optuna.Study) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Keep Lightning's per-trial INFO lines (seed, devices, fit stopped) out of the search's output."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
+def _quiet_search() -> Iterator[None]:
+    """Lightning's per-trial lines and Optuna's own log stay out: the search prints one line per trial."""
+    from forecast.train import quiet_lightning
+
     optuna_level = optuna.logging.get_verbosity()
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints its own line per trial
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        yield
+        with quiet_lightning():
+            yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
         optuna.logging.set_verbosity(optuna_level)

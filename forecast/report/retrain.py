@@ -19,15 +19,11 @@ does not come back in its own confirmation.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import logging
 import shutil
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,12 +160,12 @@ def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequ
 
 def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str], data: str,
                   version: str) -> SeedRun:
-    from forecast.train import cli_main
+    from forecast.train import cli_main, quiet_lightning
 
     logger = "--trainer.logger.init_args."
     args = [*entry.config_args, ONE_DEVICE, f"--seed_everything={seed}", *QUIET, f"{logger}save_dir={root}",
             f"{logger}name={entry.name}", f"{logger}version={version}", *overrides]
-    with _quiet():
+    with quiet_lightning(stdout=True):
         cli = cli_main(args, run=False)
         if cli.datamodule.fingerprint() != data:
             raise ForecastError("the data changed on disk since the report began (rebuilt tier?); rerun the report")
@@ -204,21 +200,3 @@ def _load(path: Path, key: str) -> SeedRun | None:
         return SeedRun(**{**record, "cached": True})
     except TypeError:  # written by an older version of the report
         return None
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep Lightning's INFO lines (seed, devices, split sizes) out of the report's progress."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        # stdout too: the module prints its parameter count at every fit start
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, not ours
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)

@@ -242,10 +242,10 @@ def paired_bootstrap(y: np.ndarray, arms: Sequence[Arm], draws: int = 1000, bloc
     losses = [log_loss_per_date(y, a.probs) for a in arms]  # each [S, D]
     if block is None:
         ref = losses[0].mean(axis=0)
-        block = block_length([l.mean(axis=0) - ref for l in losses[1:]] or [ref])
+        block = block_length([x.mean(axis=0) - ref for x in losses[1:]] or [ref])
     rng = np.random.default_rng(seed)
     dates = StationaryBootstrap(block, np.arange(len(y)), seed=np.random.default_rng(seed + 1))
-    full_loss = np.array([l.mean() for l in losses])
+    full_loss = np.array([x.mean() for x in losses])
     full_auroc = np.array([np.nanmean(auroc_rows(y, a.probs)) for a in arms])
     loss_draws = np.empty((draws, len(arms)))
     auroc_draws = np.full((draws, len(arms)), np.nan)
