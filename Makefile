@@ -43,7 +43,6 @@ demo: install ## the main job on the offline sample: data, a25 tier, fit, test (
 	  --trainer.logger.init_args.save_dir=$(LOG_DIR) --trainer.enable_progress_bar=false
 	FORECAST_DATA_DIR=$(DATA_DIR) $(BIN)/forecast test --config configs/demo.yaml \
 	  --trainer.logger.init_args.save_dir=$(LOG_DIR) --trainer.enable_progress_bar=false
-	@$(BIN)/python -m forecast.summary $(LOG_DIR)/demo
 
 # Tests train tiny models: one thread each is as fast, and two OpenMP threads spin badly
 # whenever the other core is busy (a test's subprocess, or a shared machine).
@@ -56,8 +55,9 @@ test-slow: install ## the slow tests too (real data end to end)
 verify: install ## check every manifest entry's file, md5 and columns
 	$(BIN)/forecast data verify --data-dir $(DATA_DIR)
 
-lint: install ## ruff
+lint: install ## ruff, and the import layers (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check forecast tests
+	$(BIN)/lint-imports
 
 bench: install ## benchmarks: figures and ratios measured in one run (bench.json)
 	$(BIN)/python -m forecast.bench --out bench.json

@@ -39,7 +39,7 @@ def _data(argv: list[str]) -> int:
 
 
 def _arch(argv: list[str]) -> int:
-    from forecast.budget import main
+    from forecast.arch import main
 
     return main(argv)
 
@@ -52,13 +52,13 @@ def _lightning(argv: list[str]) -> int:
 
 
 def _hpo(argv: list[str]) -> int:
-    from forecast.hpo import main
+    from forecast.hpo.cli import main
 
     return main(argv)
 
 
 def _sweep(argv: list[str]) -> int:
-    from forecast.hpo import sweep_main
+    from forecast.hpo.cli import sweep_main
 
     return sweep_main(argv)
 
@@ -93,11 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     except ForecastError as err:
         print(f"forecast: error: {err}", file=sys.stderr)
         return 2
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith("forecast."):
-            print(f"forecast: error: `forecast {argv[0]}` is not built yet", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         print("forecast: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,7 @@ The estimate is a sum of named tensors, not a fitted curve:
     peak            = the largest of the three
 
 Activations are counted tensor by tensor for the layers of `forecast.model` (see
-`block_bytes_per_token`), in the dtype autocast gives them. `forecast/bench_memory.py` checks
+`block_bytes_per_token`), in the dtype autocast gives them. `forecast/bench/memory.py` checks
 the estimate against measured CPU peaks. The planner picks the largest power-of-two micro-batch
 that divides the effective batch and fits in `USABLE_FRACTION[device]` of the memory.
 """
@@ -18,6 +18,7 @@ that divides the effective batch and fits in `USABLE_FRACTION[device]` of the me
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -37,13 +38,13 @@ DEFAULT_CPU_MEMORY_GB = 16.0
 # The share of the memory a plan may fill. CUDA: keep 10% free, since the caching allocator
 # rounds blocks up and fragments (reserved runs a few to ~10% above what tensors hold). CPU:
 # keep 25% free, since glibc's heap keeps freed blocks (its dynamic mmap threshold puts
-# mid-size activations on the heap): bench_memory measures peak RSS 10-30% above the tensor
+# mid-size activations on the heap): forecast.bench.memory measures peak RSS 10-30% above the tensor
 # peak this estimate models, ~1.7x with activation checkpointing, and within 2% of it when
 # MALLOC_MMAP_THRESHOLD_=65536 fixes the threshold.
 USABLE_FRACTION = {"cuda": 0.90, "cpu": 0.75}
 # Memory that no formula below covers. CUDA: cuBLAS/cuBLASLt workspaces (up to 32 MiB per
 # handle and stream on Hopper) plus kernels' scratch; 256 MiB covers a few of them. CPU: none,
-# everything oneDNN and the allocator use beyond tensors is what bench_memory's RSS column shows.
+# everything oneDNN and the allocator use beyond tensors is what the memory benchmark.s RSS column shows.
 WORKSPACE_BYTES = {"cuda": 256 * 2**20, "cpu": 0}
 
 
@@ -357,3 +358,40 @@ def plan(n_features: int, context_length: int, patch_len: int = 16, stride: int 
         f"{usable / GB:.2f} GB of {memory_bytes / GB:.2f} GB is usable: short by "
         f"{(one.peak_bytes - usable) / GB:.2f} GB (try bf16-mixed, activation checkpointing, "
         f"a smaller architecture or more memory)")
+
+
+# ------------------------------------------------------------------- measuring the estimate
+
+
+def train_steps(model_kwargs: dict[str, Any], micro_batch: int, steps: int = 2, accumulate: int = 1) -> Any:
+    """Build PatchTST and AdamW on random data [micro_batch, L, F]; run `steps` optimizer steps."""
+    from forecast.model import PatchTST
+
+    x = torch.randn(micro_batch, model_kwargs["context_length"], model_kwargs["n_features"])  # (B, L, F)
+    y = torch.randint(0, 2, (micro_batch,)).float()  # (B,)
+    model = PatchTST(**model_kwargs).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    for _ in range(steps):
+        for _ in range(accumulate):
+            loss_fn(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return model
+
+
+def measured_peak_bytes(model_kwargs: dict[str, Any], micro_batch: int, accumulate: int = 1) -> int:
+    """Peak bytes held by tensors over a CPU model build and two training steps, read from the
+    profiler's allocation events: what `estimate` predicts, measured."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        train_steps(model_kwargs, micro_batch, steps=2, accumulate=accumulate)
+    peak, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            peak = max(peak, event.extra_fields.total_allocated)
+        stack.extend(event.children)
+    return peak

@@ -181,6 +181,8 @@ def _write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:
     write_json_atomic(path, {"checkpoint": ckpt_path, "split": split, "first": str(dates[0].date()),
                              "last": str(dates[-1].date()), "samples": dm.splits[split].size,
                              "folds": dm.folds, "fold": dm.fold, "data_fingerprint": dm.fingerprint(), **metrics})
+    shown = "  ".join(f"{k.split('/')[1]} {metrics[k]:.4f}" for k in (f"{split}/auroc", f"{split}/loss") if k in metrics)
+    rank_zero_info(f"{stage} ({split} {dates[0].date()}..{dates[-1].date()}, {ckpt_path}): {shown}")
     rank_zero_info(f"{stage} metrics: {path}")
 
 

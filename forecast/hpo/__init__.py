@@ -4,9 +4,5 @@ Modules, in the order a search uses them: `space` (search-space YAML -> draws an
 `config` (the base run, resolved by the real parser), `storage` (where studies live, dead
 workers' trials), `objective` (one trial = one LightningCLI fit), `stop` (graceful stop),
 `display` (live panel), `outputs` (trials.csv, best.yaml, summary.md), `study` (the loop),
-`cli` (argument parsing).
+`cli` (argument parsing). Readers of the studies (the report) use `api` only.
 """
-
-from forecast.hpo.cli import main, sweep_main
-
-__all__ = ["main", "sweep_main"]

@@ -17,11 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.trial import FrozenTrial, TrialState
-
 from forecast.errors import ForecastError
-from forecast.hpo.api import counts, describe, differences, journal_path, open_storage, parse_budget
+from forecast.hpo.api import (
+    FrozenTrial,
+    Study,
+    TrialState,
+    counts,
+    describe,
+    differences,
+    journal_path,
+    load_study,
+    open_storage,
+    parse_budget,
+    study_names,
+)
 
 SHOWN_NAMES = 8  # study names listed in an "unknown study" message
 _HEADER = re.compile(r"#\s*Best trial (\d+) of study")
@@ -104,7 +113,7 @@ def collect(url: str, names: Sequence[str] = ()) -> list[StudyEntry]:
             or a study without a complete trial.
     """
     storage = load_storage(url)
-    known = optuna.get_all_study_names(storage)
+    known = study_names(storage)
     if not known:
         raise ForecastError(f"storage {describe(url)} holds no study")
     for name in names:
@@ -112,12 +121,12 @@ def collect(url: str, names: Sequence[str] = ()) -> list[StudyEntry]:
             listed = ", ".join(known[:SHOWN_NAMES]) + (", ..." if len(known) > SHOWN_NAMES else "")
             raise ForecastError(f"no study named {name!r} in {describe(url)}; it holds: {listed}")
     chosen = list(dict.fromkeys(names)) or known
-    entries = [_entry(optuna.load_study(study_name=n, storage=storage)) for n in chosen]
+    entries = [_entry(load_study(n, storage)) for n in chosen]
     _check_unique(entries)
     return sorted(entries, key=lambda e: (e.series.label, e.budget_size))
 
 
-def _entry(study: optuna.Study) -> StudyEntry:
+def _entry(study: Study) -> StudyEntry:
     stamp = study.user_attrs.get("fingerprint")
     if not isinstance(stamp, dict) or not isinstance(stamp.get("data"), dict) or "budget" not in stamp:
         raise ForecastError(f"study {study.study_name} holds no settings from `forecast hpo` (user attr "

@@ -8,7 +8,7 @@
 
 Benchmarks report; no test asserts a timing.
 
-    python -m forecast.bench_hpo --out bench_hpo.json
+    python -m forecast.bench.hpo --out bench_hpo.json
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def bench_hpo(trials: int = 12, epochs: int = 10) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m forecast.bench_hpo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m forecast.bench.hpo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_hpo.json"))
     parser.add_argument("--trials", type=int, default=12)

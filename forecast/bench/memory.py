@@ -1,6 +1,6 @@
 """Planner vs reality on CPU: estimated vs measured peak memory of real training steps.
 
-    python -m forecast.bench_memory [--json bench_memory.json] [--only ID ...] [--fixed-mmap]
+    python -m forecast.bench.memory [--json bench_memory.json] [--only ID ...] [--fixed-mmap]
 
 Each configuration runs in a fresh subprocess (so no allocator state or high-water mark leaks
 from one to the next). The child first warms up with a tiny model of the same kind (so lazily
@@ -106,39 +106,17 @@ def release_heap() -> None:
 
 
 def train_steps(cfg: BenchConfig, steps: int, micro_batch: int, **overrides: Any) -> Any:
-    """Build the model and AdamW, run `steps` optimizer steps; return the model."""
-    import torch
+    """Build the model and AdamW, run `steps` optimizer steps (`planner.train_steps`)."""
+    from forecast.planner import train_steps as run
 
-    from forecast.model import PatchTST
-
-    kwargs = {**cfg.model_kwargs(), **overrides}
-    x = torch.randn(micro_batch, cfg.context_length, cfg.n_features)  # (B, L, F)
-    y = torch.randint(0, 2, (micro_batch,)).float()  # (B,)
-    model = PatchTST(**kwargs).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    for _ in range(steps):
-        for _ in range(cfg.accumulate):
-            loss_fn(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return model
+    return run({**cfg.model_kwargs(), **overrides}, micro_batch, steps=steps, accumulate=cfg.accumulate)
 
 
 def tensor_peak_bytes(cfg: BenchConfig) -> int:
-    """Peak bytes held by tensors over model build + two steps, from profiler events."""
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
+    """Peak bytes held by tensors over model build + two steps (`planner.measured_peak_bytes`)."""
+    from forecast.planner import measured_peak_bytes
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        train_steps(cfg, steps=2, micro_batch=cfg.micro_batch)
-    peak, stack = 0, list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.tag == _EventType.Allocation:
-            peak = max(peak, event.extra_fields.total_allocated)
-        stack.extend(event.children)
-    return peak
+    return measured_peak_bytes(cfg.model_kwargs(), cfg.micro_batch, accumulate=cfg.accumulate)
 
 
 def measure(cfg: BenchConfig) -> dict[str, int]:
@@ -211,7 +189,7 @@ def print_rows(rows: list[dict[str, Any]], fixed_mmap: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m forecast.bench_memory", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m forecast.bench.memory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--only", nargs="*", help="run only configurations whose id contains these")

@@ -5,7 +5,7 @@ Entries:
   fit      seconds per optimizer step of `Trainer.fit` vs a plain PyTorch loop (same model,
            data, optimizer; progress bar, checkpointing and per-step logging off)
   memory   the memory planner's estimate vs measured peak of a real CPU training step
-           (`forecast.bench_memory`), when that module is present
+           (`forecast.bench.memory`), when that module is present
 
 Benchmarks report; no test asserts a timing (shared machines are noisy).
 """
@@ -146,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     entries = {"gather": bench_gather, "fit": bench_fit}
     try:
-        from forecast.bench_memory import bench_memory
+        from forecast.bench.memory import bench_memory
 
         entries["memory"] = bench_memory
     except ImportError:
         pass
     try:
-        from forecast.bench_hpo import bench_hpo
+        from forecast.bench.hpo import bench_hpo
 
         entries["hpo"] = bench_hpo
     except ImportError:
