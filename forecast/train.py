@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import (
     BasePredictionWriter,
+    Callback,
     EarlyStopping,
     LearningRateMonitor,
     ModelCheckpoint,
@@ -60,6 +61,34 @@ class PredictionCSV(BasePredictionWriter):
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6f")
         rank_zero_info(f"predictions: {path} ({len(frame)} rows)")
+
+
+class EpochLine(Callback):
+    """One line per epoch (train loss, val loss and AUROC) when the progress bar is off, so a run
+    in a log file or CI still shows how it goes."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.progress_bar_callback is not None:
+            return
+        logged = trainer.callback_metrics
+        shown = "  ".join(f"{k} {float(logged[k]):.4f}" for k in ("train/loss", MONITOR, "val/auroc") if k in logged)
+        rank_zero_info(f"epoch {trainer.current_epoch}: {shown}")
+
+
+class _NotOurs(logging.Filter):
+    """Drops Lightning's advertising tips from our commands' output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_third_party() -> None:
+    """Messages of our dependencies that are not about the user's run: Lightning's tips and a
+    deprecation warning Lightning raises against newer torch."""
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        if not any(isinstance(f, _NotOurs) for f in handler.filters):
+            handler.addFilter(_NotOurs())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 class ForecastCLI(LightningCLI):
@@ -252,8 +281,9 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
     subcommand = args[0] if run and args else None
     trainer_defaults = {
         "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
-        "callbacks": [LearningRateMonitor(logging_interval="step")],
+        "callbacks": [LearningRateMonitor(logging_interval="step"), EpochLine()],
     }
+    quiet_third_party()
     if subcommand == "predict":
         trainer_defaults["callbacks"].append(PredictionCSV())
     extra = dict(kwargs.pop("trainer_defaults", {}))

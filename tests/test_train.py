@@ -337,6 +337,17 @@ def test_bad_config_from_a_subprocess_has_no_traceback(data_dir, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("forecast: error: horizon")
 
 
+def test_without_a_progress_bar_fit_prints_one_line_per_epoch_and_no_third_party_noise(data_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "forecast", "fit", *base_args(data_dir, tmp_path, epochs=2)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 0", "epoch 1"]
+    assert all("train/loss" in line and "val/loss" in line for line in lines)
+    assert "Tip:" not in out and "LeafSpec" not in out
+
+
 # -- configs -----------------------------------------------------------------------------------
 CONFIGS = sorted(Path("configs").rglob("*.yaml"))
 
