@@ -43,6 +43,7 @@ from forecast.module import Forecaster
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "trainer" / "default.yaml"
 BEST_PREFIX = "best"
+DEFAULT_SAVE_DIR = "logs"  # the loggers' save_dir in configs/trainer/default.yaml
 
 
 class PredictionCSV(BasePredictionWriter):
@@ -119,6 +120,7 @@ class ForecastCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: the search
+        _follow_root_dir(config)
         if config.data.batch_size == "auto":
             apply_memory_plan(config)
         if self.subcommand in ("validate", "test", "predict"):
@@ -178,6 +180,15 @@ def apply_memory_plan(config) -> None:
         f"memory plan ({device}): micro-batch {chosen.micro_batch} x accumulate {chosen.accumulate} "
         f"= {chosen.effective_batch}, estimated peak {chosen.peak_bytes / GB:.2f} GB"
     )
+
+
+def _follow_root_dir(config) -> None:
+    """`--trainer.default_root_dir DIR` moves the run folders there, unless a logger's save_dir
+    other than the default (`DEFAULT_SAVE_DIR`, configs/trainer/default.yaml) was given."""
+    root = config.trainer.get("default_root_dir")
+    init = getattr(config.trainer.get("logger"), "init_args", None)
+    if root and init is not None and str(init.get("save_dir")) == DEFAULT_SAVE_DIR:
+        init.save_dir = str(root)
 
 
 def _one_device(config) -> None:

@@ -337,6 +337,17 @@ def test_bad_config_from_a_subprocess_has_no_traceback(data_dir, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("forecast: error: horizon")
 
 
+def test_run_folders_follow_default_root_dir_unless_a_save_dir_is_given(data_dir, tmp_path):
+    args = [a for a in base_args(data_dir, tmp_path, epochs=1) if "logger.init_args.save_dir" not in a]
+    cli = cli_main(["fit", *args, f"--trainer.default_root_dir={tmp_path / 'root'}"])
+    assert Path(cli.trainer.log_dir).parent.parent == tmp_path / "root"
+    test = cli_main(["test", *args, f"--trainer.default_root_dir={tmp_path / 'root'}"])  # finds that run
+    assert Path(test.trainer.log_dir) == Path(cli.trainer.log_dir)
+    given = cli_main(["fit", *args, f"--trainer.default_root_dir={tmp_path / 'root'}",
+                      f"--trainer.logger.init_args.save_dir={tmp_path / 'mine'}"])
+    assert Path(given.trainer.log_dir).parent.parent == tmp_path / "mine"
+
+
 def test_without_a_progress_bar_fit_prints_one_line_per_epoch_and_no_third_party_noise(data_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "forecast", "fit", *base_args(data_dir, tmp_path, epochs=2)],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
