@@ -32,7 +32,14 @@ from forecast.errors import ForecastError
 from forecast.hpo.api import describe, release_memory
 from forecast.report.collect import Series, StudyEntry, collect
 from forecast.report.regimes import Regime, regimes, vix_at_test_windows
-from forecast.report.retrain import FOLD_KEYS, SeedRun, check_overrides, fold_args, prepare, retrain
+from forecast.report.retrain import (
+    FOLD_KEYS,
+    SeedRun,
+    check_overrides,
+    fold_args,
+    resolve_best,
+    retrain,
+)
 from forecast.report.stats import (
     MIN_BUDGETS_FOR_FIT,
     Arm,
@@ -171,7 +178,7 @@ def _series(series: Series, entries: Sequence[StudyEntry], seeds: list[int], opt
     configs: dict[str, dict[str, Any]] = {}
     for r in results:
         try:
-            configs[r.entry.name] = prepare(r.entry, options.overrides)
+            configs[r.entry.name] = resolve_best(r.entry, options.overrides)
         except ForecastError as err:
             r.problem = f"best config does not load: {err}"
             say(f"study {r.entry.name}: {r.problem}")

@@ -89,7 +89,7 @@ def check_overrides(args: Sequence[str]) -> None:
                "report retrains")
 
 
-def prepare(entry: StudyEntry, overrides: Sequence[str]) -> dict[str, Any]:
+def resolve_best(entry: StudyEntry, overrides: Sequence[str]) -> dict[str, Any]:
     """Resolve the best config through the real parser and check it against the study.
 
     Raises:
@@ -134,7 +134,7 @@ def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequ
         seed: `seed_everything` of this retrain.
         root: runs go to `<root>/<study>/fold<fold>-seed<seed>/`.
         data: fingerprint of the data the retrain must see (`ForecastDataModule.fingerprint()` of
-            the prepared data module); part of the reuse key, and checked again when the retrain loads its data.
+            the fold's data module); part of the reuse key, and checked again when the retrain loads its data.
         overrides: the fold's data flags (`fold_args`) and extra `--trainer.*` flags (checked by
             `check_overrides`).
         keep_checkpoints: keep the checkpoint files (default: delete them once tested).
