@@ -34,7 +34,7 @@ def _figure(width: float, height: float, cols: int = 1) -> tuple[Figure, list]:
 def folds_figure(report: Report) -> Figure:
     """Per-fold test AUROC by budget, with the baselines, one panel per series."""
     frame = folds_frame(report)
-    fig, axes = _figure(5.5 * max(len(report.series), 1), 4.5, cols=max(len(report.series), 1))
+    fig, axes = _figure(max(7.0, 5.5 * len(report.series)), 4.5, cols=max(len(report.series), 1))
     for ax, r in zip(axes, report.series, strict=False):
         if not r.folds:
             ax.set_title(f"{r.series.label}: not reported", fontsize=10)
@@ -56,7 +56,7 @@ def folds_figure(report: Report) -> Figure:
         ax.set_title(r.series.label, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Walk-forward folds: test AUROC per fold (line: mean over seeds, dots: seeds)")
+    fig.suptitle("Walk-forward folds: test AUROC per fold (line: mean over seeds, dots: seeds)", fontsize=10)
     return fig
 
 
