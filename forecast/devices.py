@@ -34,3 +34,35 @@ def one_device(trainer: Any, what: str) -> None:
         raise ForecastError(f"{what} run on one device (got --trainer.devices={devices}, --trainer.num_nodes={nodes}): "
                             "under DDP the shards are padded with repeated windows and each rank holds part "
                             "of the predictions; train on several devices with `forecast fit`")
+
+
+def accelerator_kind(accelerator: Any, cuda_available: bool | None = None) -> str:
+    """What `trainer.accelerator` will run on: "cuda", "cpu" or another Lightning name ("mps"...).
+
+    "auto" and "gpu" mean CUDA when a CUDA device is visible (as Lightning resolves them).
+    """
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    text = str(accelerator).lower()
+    if text in ("auto", "gpu"):
+        return "cuda" if cuda else "cpu"
+    return text
+
+
+def default_precision(kind: str, bf16_supported: bool = True) -> str:
+    """The precision of a run whose config sets none: bf16-mixed on CUDA (16-mixed where the GPU
+    has no bf16), 32-true anywhere else. Decided from the accelerator the run USES, so
+    `--trainer.accelerator cpu` on a GPU machine trains in fp32."""
+    if kind != "cuda":
+        return "32-true"
+    return "bf16-mixed" if bf16_supported else "16-mixed"
+
+
+def use_tensor_cores(kind: str) -> None:
+    """On CUDA, let the fp32 matmuls that remain (all of them under 32-true; the optimizer-side and
+    fp32-kept ops under autocast) use TF32 tensor cores."""
+    import torch
+
+    if kind == "cuda":
+        torch.set_float32_matmul_precision("high")

@@ -45,6 +45,10 @@ class RevIN(nn.Module):
         self.weight = nn.Parameter(torch.ones(n_features))
         self.bias = nn.Parameter(torch.zeros(n_features))
 
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
     def forward(self, x: Tensor) -> Tensor:
         mean = x.mean(dim=1, keepdim=True)  # (B, 1, F)
         std = torch.sqrt(x.var(dim=1, keepdim=True, unbiased=False) + self.eps)  # (B, 1, F)
@@ -144,6 +148,11 @@ class PatchTST(nn.Module):
         super().__init__()
         check_arguments(n_features, context_length, patch_len, stride, d_model, n_layers,
                         n_heads, d_ff, patch_mode)
+        # the arguments it was built with: the memory planner and the FLOP count read them
+        self.init_args = dict(n_features=n_features, context_length=context_length, patch_len=patch_len,
+                              stride=stride, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff,
+                              dropout=dropout, head_dropout=head_dropout, patch_mode=patch_mode, revin=revin,
+                              activation_checkpointing=activation_checkpointing)
         self.n_features = n_features
         self.patch_len = patch_len
         self.stride = stride
@@ -170,6 +179,16 @@ class PatchTST(nn.Module):
     def num_parameters(self) -> int:
         """Exact number of parameters (what a run logs as its size)."""
         return sum(p.numel() for p in self.parameters())
+
+    def reset_parameters(self) -> None:
+        """Initialise every weight exactly as the constructor does, in the same order (so the same
+        seed gives the same weights): for a network built on `meta`, once it has real storage
+        (`net.to_empty(device=...)`), so it is never materialised on the host first."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # Linear, LayerNorm and RevIN: their constructors' init
+            if module is self.embed:  # the constructor draws the position table right after embed
+                nn.init.trunc_normal_(self.pos, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
         B, L, F = x.shape

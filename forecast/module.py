@@ -1,7 +1,9 @@
 """The LightningModule: loss, optimizer, schedule and metrics around an injected network.
 
 The network (`forecast.model.PatchTST`) arrives ready-made, so this file knows nothing of
-architecture; gradient clipping, accumulation and precision are Trainer settings.
+architecture; gradient clipping, accumulation and precision are Trainer settings. The CLI builds
+the network on `meta` (no storage); `configure_model` gives it storage and its initial weights on
+the device the Trainer runs it on, so a 2B model is never materialised in fp32 on the host first.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from forecast.budget import training_flops_per_sample
 from forecast.metrics import (
     COLLAPSE_STD,
     MONITOR,
@@ -40,6 +43,8 @@ class Forecaster(L.LightningModule):
         pos_weight: Weight of positive samples in the loss (None = unweighted).
         train_metrics: Also compute AUROC, AP, Brier... over the training batches of each epoch
             (`train/*` in TensorBoard). Off, training tracks only its loss, which is a little faster.
+        compile: Compile the network with `torch.compile` where it runs (slower start, faster
+            steps on a GPU; the checkpoint's weights keep their names).
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class Forecaster(L.LightningModule):
         min_lr_ratio: float = 0.0,
         pos_weight: float | None = None,
         train_metrics: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -62,6 +68,9 @@ class Forecaster(L.LightningModule):
         self.spread = nn.ModuleDict({f"{s}_": ProbabilitySpread() for s in SPLITS})
         self.best_score: float | None = None
         self.history: list[dict[str, float]] = []  # val metrics of every finished epoch
+        self.flops_per_sample = _flops_per_sample(net)  # training matmul FLOPs (None: unknown network)
+        self.flops_per_batch: int | None = None  # of the last training batch, for ThroughputMonitor's MFU
+        self._compiled = False
 
     def best_epoch(self) -> dict[str, float] | None:
         """Val metrics of the epoch with the best monitored value (the best checkpoint's epoch)."""
@@ -78,8 +87,21 @@ class Forecaster(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # [B, L, F] -> [B] logits
 
+    def configure_model(self) -> None:
+        """Give a network built on `meta` its storage and initial weights where the Trainer runs it,
+        then compile it if asked. Lightning calls this under its device context before it restores
+        a checkpoint, for every fit/validate/test/predict, so it must be idempotent."""
+        if any(p.is_meta for p in self.net.parameters()):
+            self.net.to_empty(device=torch.get_default_device())  # the Trainer's device
+            initialise(self.net)
+        if self.hparams.compile and not self._compiled:
+            self.net.compile()  # in place: forward is compiled, state_dict keys are unchanged
+            self._compiled = True
+
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch  # [B, L, F], [B]
+        if split == "train" and self.flops_per_sample is not None:
+            self.flops_per_batch = self.flops_per_sample * len(y)
         logits = self(x).float()  # [B]; float so bf16 autocast never reaches the loss
         loss = self.loss_fn(logits, y)
         if split != "train" or self.hparams.train_metrics:
@@ -150,6 +172,7 @@ class Forecaster(L.LightningModule):
             decay_groups(self.net, self.hparams.weight_decay),
             lr=self.hparams.lr,
             betas=tuple(self.hparams.betas),
+            **adamw_options(self.device),
         )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = warmup_cosine(total, self.hparams.warmup_frac, self.hparams.min_lr_ratio)
@@ -161,6 +184,31 @@ def decay_groups(net: nn.Module, weight_decay: float) -> list[dict]:
     params = [p for p in net.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def adamw_options(device: torch.device) -> dict:
+    """On CUDA, the fused AdamW: one kernel updates every tensor (the default `foreach` launches a
+    few per tensor group and keeps an fp32 temporary of all parameters)."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+def initialise(net: nn.Module) -> None:
+    """Initial weights for a network that has storage but no values (after `to_empty`)."""
+    if hasattr(net, "reset_parameters"):
+        net.reset_parameters()  # PatchTST: the constructor's init, in the constructor's order
+        return
+    for module in net.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+def _flops_per_sample(net: nn.Module) -> int | None:
+    """Training matmul FLOPs of one sample (`forecast.budget.training_flops_per_sample`)."""
+    args = getattr(net, "init_args", None)
+    if args is None:
+        return None
+    keys = ("n_features", "context_length", "patch_len", "stride", "d_model", "n_layers", "d_ff", "patch_mode")
+    return training_flops_per_sample(**{k: args[k] for k in keys})
 
 
 def warmup_cosine(total_steps: int, warmup_frac: float, min_ratio: float = 0.0):

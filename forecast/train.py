@@ -32,13 +32,15 @@ from lightning.pytorch.callbacks import (
 )
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
 
 from forecast.data.datamodule import ForecastDataModule
-from forecast.devices import one_device
+from forecast.devices import accelerator_kind, default_precision, one_device, use_tensor_cores
 from forecast.errors import ForecastError
 from forecast.io import atomic_path, write_json_atomic
 from forecast.metrics import MONITOR, MONITOR_MODE
 from forecast.module import Forecaster
+from forecast.throughput import Throughput
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "trainer" / "default.yaml"
@@ -118,9 +120,21 @@ class ForecastCLI(LightningCLI):
         parser.link_arguments("data.n_features", "model.net.init_args.n_features", apply_on="instantiate")
         parser.link_arguments("data.context_length", "model.net.init_args.context_length", apply_on="parse")
 
+    def _add_instantiators(self) -> None:
+        """As LightningCLI's, plus: the network (`model.net`, any nn.Module but the LightningModule
+        itself) is built on `meta`, without storage; `Forecaster.configure_model` materialises it on
+        the device the Trainer runs it on."""
+        super()._add_instantiators()
+        self.parser.add_instantiator(_on_meta, nn.Module, subclasses=True)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: the search
         _follow_root_dir(config)
+        kind = accelerator_kind(config.trainer.accelerator)
+        if config.trainer.precision is None:  # no config or flag chose one: decide from the device used
+            bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
+            config.trainer.precision = default_precision(kind, bf16)
+        use_tensor_cores(kind)
         if config.data.batch_size == "auto":
             apply_memory_plan(config)
         if self.subcommand in ("validate", "test", "predict"):
@@ -147,6 +161,7 @@ class ForecastCLI(LightningCLI):
             "epochs_run": self.trainer.current_epoch,
             "num_parameters": self.model.num_parameters,
             **{k: v for k, v in best.items() if k != "epoch"},
+            **_throughput(self.trainer),
         }
         run = Path(self.trainer.log_dir)
         write_json_atomic(run / "fit_summary.json", summary)
@@ -162,6 +177,18 @@ class ForecastCLI(LightningCLI):
         _write_metrics(self.trainer, "test", self.config[self.subcommand].ckpt_path)
 
 
+def _on_meta(class_type: type, *args: Any, **kwargs: Any) -> Any:
+    """jsonargparse instantiator: build a module on `meta` (shapes only, nothing allocated)."""
+    with torch.device("meta"):
+        return class_type(*args, **kwargs)
+
+
+def _throughput(trainer) -> dict[str, float | None]:
+    """The run's training throughput (samples/s, tokens/s, MFU) from its `Throughput` callback."""
+    found = [c for c in trainer.callbacks if isinstance(c, Throughput)]
+    return found[0].summary() if found else {}
+
+
 def apply_memory_plan(config) -> None:
     """data.batch_size 'auto': the planner picks the micro-batch and accumulate_grad_batches."""
     from forecast.budget import tier_features
@@ -169,8 +196,7 @@ def apply_memory_plan(config) -> None:
 
     net = dict(config.model.net.init_args)
     net.update(n_features=tier_features(config.data.tier), context_length=config.data.context_length)
-    accelerator = str(config.trainer.accelerator)
-    device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+    device = "cuda" if accelerator_kind(config.trainer.accelerator) == "cuda" else "cpu"
     memory = None if config.planner.memory_gb is None else int(config.planner.memory_gb * GB)
     chosen = plan(**net, precision=str(config.trainer.precision), memory_bytes=memory,
                   effective_batch=config.planner.effective_batch, device=device)
@@ -290,9 +316,8 @@ def _parser_kwargs(run: bool) -> dict[str, Any]:
 def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> ForecastCLI:
     """Build (and by default run) the LightningCLI. `args` starts with the subcommand when run=True."""
     subcommand = args[0] if run and args else None
-    trainer_defaults = {
-        "precision": "bf16-mixed" if torch.cuda.is_available() else "32-true",
-        "callbacks": [LearningRateMonitor(logging_interval="step"), EpochLine()],
+    trainer_defaults = {  # precision: decided from the accelerator in ForecastCLI.before_instantiate_classes
+        "callbacks": [LearningRateMonitor(logging_interval="step"), EpochLine(), Throughput()],
     }
     quiet_third_party()
     if subcommand == "predict":

@@ -98,3 +98,17 @@ def test_model_module_imports_no_lightning_data_or_optuna() -> None:
             " 'optuna') or m.startswith('forecast.data')]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("patch_mode", ["mixing", "independent"])
+def test_a_network_built_on_meta_then_initialised_equals_the_direct_build(patch_mode: str) -> None:
+    """The deferred build (meta, then storage where it runs) gives the same weights for a seed."""
+    direct = make(patch_mode)
+    with torch.device("meta"):
+        deferred = make(patch_mode)
+    assert all(p.is_meta for p in deferred.parameters())
+    deferred.to_empty(device="cpu")
+    torch.manual_seed(0)
+    deferred.reset_parameters()
+    for (name, a), b in zip(direct.state_dict().items(), deferred.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

@@ -408,3 +408,39 @@ def test_baselines_command_prints_the_splits_and_saves_every_prediction(data_dir
     assert len(preds) == 3 * sum(s.size for s in dm.splits.values())
     test = preds[(preds["split"] == "test") & (preds["baseline"] == "logistic")]
     assert list(pd.to_datetime(test["date"])) == list(dm.splits["test"].dates)
+
+
+# -- where the network is built, precision, throughput ----------------------------------------
+def test_the_cli_builds_the_network_on_meta_and_fit_materialises_it(data_dir, tmp_path):
+    """No host copy of the weights before the Trainer: they get storage on its device in fit."""
+    cli = cli_main([*base_args(data_dir, tmp_path, epochs=1), "--trainer.limit_train_batches=2",
+                    "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu"], run=False)
+    count = cli.model.num_parameters
+    assert all(p.is_meta for p in cli.model.net.parameters())
+    cli.trainer.fit(cli.model, cli.datamodule)
+    assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in cli.model.net.parameters())
+    assert cli.model.num_parameters == count and cli.trainer.global_step == 2
+
+
+def test_precision_follows_the_accelerator_used_not_the_machine(data_dir, tmp_path):
+    from forecast.devices import accelerator_kind, default_precision
+
+    assert default_precision(accelerator_kind("cpu", cuda_available=True)) == "32-true"
+    assert default_precision(accelerator_kind("auto", cuda_available=True)) == "bf16-mixed"
+    assert default_precision(accelerator_kind("gpu", cuda_available=True), bf16_supported=False) == "16-mixed"
+    assert default_precision(accelerator_kind("auto", cuda_available=False)) == "32-true"
+    cli = cli_main([*base_args(data_dir, tmp_path), "--trainer.accelerator=cpu"], run=False)
+    assert cli.trainer.precision == "32-true"
+    chosen = cli_main([*base_args(data_dir, tmp_path), "--trainer.precision=bf16-mixed"], run=False)
+    assert chosen.trainer.precision == "bf16-mixed"  # a precision the user sets is kept
+
+
+def test_fit_summary_records_training_throughput(fitted):
+    cli, _ = fitted
+    summary = json.loads((Path(cli.trainer.log_dir) / "fit_summary.json").read_text())
+    rate = summary["train_samples_per_sec"]
+    assert rate > 0 and summary["train_tokens_per_sec"] == pytest.approx(rate * cli.model.net.n_patches)
+    assert summary["train_flops_per_sec"] == pytest.approx(rate * cli.model.flops_per_sample)
+    assert summary["train_mfu"] is None  # no peak is known for a CPU
+    events = next(Path(cli.trainer.log_dir).glob("events.out.tfevents.*"))
+    assert b"train/device/samples_per_sec" in events.read_bytes()  # the rolling rate in TensorBoard

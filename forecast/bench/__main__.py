@@ -6,6 +6,8 @@ Entries:
            data, optimizer; progress bar, checkpointing and per-step logging off)
   memory   the memory planner's estimate vs measured peak of a real CPU training step
            (`forecast.bench.memory`), when that module is present
+  build    host memory (peak RSS) and time to build a 200M model through the CLI
+           (`forecast.bench.build`): the network is built on `meta`, materialised where it runs
 
 Benchmarks report; no test asserts a timing (shared machines are noisy).
 """
@@ -144,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="run only these entries")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    entries = {"gather": bench_gather, "fit": bench_fit}
+    from forecast.bench.build import bench_build
+
+    entries = {"gather": bench_gather, "fit": bench_fit, "build": bench_build}
     try:
         from forecast.bench.memory import bench_memory
 
