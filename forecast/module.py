@@ -44,7 +44,8 @@ class Forecaster(L.LightningModule):
         train_metrics: Also compute AUROC, AP, Brier... over the training batches of each epoch
             (`train/*` in TensorBoard). Off, training tracks only its loss, which is a little faster.
         compile: Compile the network with `torch.compile` where it runs (slower start, faster
-            steps on a GPU; the checkpoint's weights keep their names).
+            steps on a GPU; the checkpoint's weights keep their names): true for the default
+            backend (inductor), or a backend's name ("eager" checks the graph capture only).
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class Forecaster(L.LightningModule):
         min_lr_ratio: float = 0.0,
         pos_weight: float | None = None,
         train_metrics: bool = True,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -94,8 +95,10 @@ class Forecaster(L.LightningModule):
         if any(p.is_meta for p in self.net.parameters()):
             self.net.to_empty(device=torch.get_default_device())  # the Trainer's device
             initialise(self.net)
-        if self.hparams.compile and not self._compiled:
-            self.net.compile()  # in place: forward is compiled, state_dict keys are unchanged
+        backend = self.hparams.compile
+        if backend and not self._compiled:
+            # in place: forward is compiled, state_dict keys are unchanged
+            self.net.compile(**({} if backend is True else {"backend": backend}))
             self._compiled = True
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:

@@ -87,6 +87,31 @@ def test_batches_are_the_windows_they_claim(data_dir):
         assert y[i] == dm.targets[end]
 
 
+@pytest.mark.parametrize("device", ["cpu", "meta", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_batches_are_gathered_where_the_features_live(data_dir, device):
+    """The device-resident path: features and targets copied to the device once, every batch a
+    gather there (on `meta` any step through the host would fail), the host copy untouched."""
+    dm = ForecastDataModule(**dm_kwargs(data_dir))
+    features, targets = dm.resident(device)
+    assert features.device.type == device and dm.resident(device)[0] is features  # copied once
+    assert dm.features.device.type == "cpu"  # fingerprint, predictions and baselines read the host copy
+    on_device = dm.dataset("val", device)
+    x, y = on_device.__getitems__([0, 5, 2])
+    assert x.device.type == device and y.device.type == device and x.shape == (3, 32, dm.n_features)
+    if device != "meta":
+        hx, hy = dm.dataset("val").__getitems__([0, 5, 2])
+        torch.testing.assert_close(x.cpu(), hx)
+        torch.testing.assert_close(y.cpu(), hy)
+
+
+def test_loaders_gather_on_the_trainers_device_unless_workers_make_the_batches(data_dir):
+    dm = ForecastDataModule(**dm_kwargs(data_dir))
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False)
+    assert dm._loader_device() == torch.device("cpu")
+    dm.num_workers = 2
+    assert dm._loader_device() is None
+
+
 def test_ddp_resharding_keeps_whole_batches_of_true_windows(data_dir):
     """What Lightning does to our loaders under DDP (a DistributedSampler swapped in, the rest
     rebuilt): each rank gets [B, L, F] batches of the right windows, and the ranks cover the split."""
@@ -444,3 +469,29 @@ def test_fit_summary_records_training_throughput(fitted):
     assert summary["train_mfu"] is None  # no peak is known for a CPU
     events = next(Path(cli.trainer.log_dir).glob("events.out.tfevents.*"))
     assert b"train/device/samples_per_sec" in events.read_bytes()  # the rolling rate in TensorBoard
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("true", marks=pytest.mark.slow)])  # inductor: ~2 min
+def test_compile_is_opt_in_and_keeps_checkpoint_names(data_dir, tmp_path, backend):
+    """--model.compile compiles the network where it runs (here a tiny one on the CPU)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.limit_train_batches=2",
+                    "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu", f"--model.compile={backend}"])
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really captured the forward
+    best = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=False)
+    saved = {k.removeprefix("net.") for k in best["state_dict"] if k.startswith("net.")}
+    assert saved == set(cli.model.net.state_dict())  # no `_orig_mod.` in the names
+
+
+def test_adamw_is_fused_on_cuda_only(fitted):
+    from forecast.module import adamw_options
+
+    assert adamw_options(torch.device("cuda", 0)) == {"fused": True}
+    assert adamw_options(torch.device("cpu")) == {}
+    assert not cli_fused(fitted[0])  # the CPU run kept the default implementation
+
+
+def cli_fused(cli) -> bool:
+    return bool(cli.trainer.optimizers[0].defaults.get("fused"))
