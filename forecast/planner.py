@@ -239,12 +239,13 @@ def resident_bytes(params: int, matmul_weights: int, precision: str) -> int:
 def optimizer_step_bytes(params: int, largest_tensor: int, device: str) -> int:
     """Peak of the AdamW step: weights, gradients, moments and the step's temporaries.
 
-    CUDA's default foreach implementation takes sqrt(exp_avg_sq) for all tensors at once (one
+    On CUDA the module uses the fused AdamW (`forecast.module.adamw_options`), which updates in
+    place (the default foreach one would take sqrt(exp_avg_sq) for all tensors at once: one more
     fp32 copy of the parameters); the CPU's per-tensor loop needs two temporaries of the
     largest tensor at a time.
     """
     resident = (1 + 1 + ADAM_MOMENTS) * FP32 * params  # weights, gradients, moments
-    temporaries = FP32 * params if device == "cuda" else 2 * FP32 * largest_tensor
+    temporaries = 0 if device == "cuda" else 2 * FP32 * largest_tensor
     return resident + temporaries
 
 

@@ -38,6 +38,7 @@ from forecast.data.datamodule import ForecastDataModule
 from forecast.devices import accelerator_kind, default_precision, one_device, use_tensor_cores
 from forecast.errors import ForecastError
 from forecast.io import atomic_path, write_json_atomic
+from forecast.machine import check_fit_disk, check_memory, epoch_estimate, memory_bytes
 from forecast.metrics import MONITOR, MONITOR_MODE
 from forecast.module import Forecaster
 from forecast.throughput import Throughput
@@ -135,11 +136,28 @@ class ForecastCLI(LightningCLI):
             bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
             config.trainer.precision = default_precision(kind, bf16)
         use_tensor_cores(kind)
-        if config.data.batch_size == "auto":
+        self._planned = config.data.batch_size == "auto"
+        if self._planned:
             apply_memory_plan(config)
         if self.subcommand in ("validate", "test", "predict"):
             _one_device(config)
             _point_at_run(config)
+
+    def after_instantiate_classes(self) -> None:
+        """Before a fit (`forecast fit`, a search trial, a report retrain): refuse a model or batch
+        that cannot fit the device's memory, or checkpoints that cannot fit on the disk."""
+        if self.subcommand not in (None, "fit"):
+            return
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        device = "cuda" if self.trainer.strategy.root_device.type == "cuda" else "cpu"
+        arch = getattr(self.model.net, "init_args", None)
+        if arch is not None:
+            batch = None if self._planned else self.datamodule.batch_size
+            check_memory([arch], str(self.trainer.precision), device, memory_bytes(device, config.planner.memory_gb),
+                         "this model", batch)
+        check_fit_disk(self.trainer, self.model.num_parameters)
+        if self.subcommand == "fit" and device == "cpu" and arch is not None:
+            rank_zero_info(epoch_estimate(arch, self.datamodule.splits["train"].size))
 
     def instantiate_trainer(self, **kwargs: Any):
         """As LightningCLI's, but `--trainer.enable_checkpointing=false` drops our ModelCheckpoint

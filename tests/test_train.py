@@ -467,8 +467,8 @@ def test_fit_summary_records_training_throughput(fitted):
     assert rate > 0 and summary["train_tokens_per_sec"] == pytest.approx(rate * cli.model.net.n_patches)
     assert summary["train_flops_per_sec"] == pytest.approx(rate * cli.model.flops_per_sample)
     assert summary["train_mfu"] is None  # no peak is known for a CPU
-    events = next(Path(cli.trainer.log_dir).glob("events.out.tfevents.*"))
-    assert b"train/device/samples_per_sec" in events.read_bytes()  # the rolling rate in TensorBoard
+    events = b"".join(p.read_bytes() for p in Path(cli.trainer.log_dir).glob("events.out.tfevents.*"))
+    assert b"train/device/samples_per_sec" in events and b"train/device/items_per_sec" in events  # TensorBoard
 
 
 @pytest.mark.parametrize("backend", ["eager", pytest.param("true", marks=pytest.mark.slow)])  # inductor: ~2 min

@@ -18,12 +18,13 @@ import yaml
 from forecast.errors import ForecastError
 
 # Settings every trial gets unless the user's flags say otherwise: no per-step progress bar
-# (the search shows its own display), no model table per trial, and no last.ckpt (the best
-# checkpoint carries the score; a 2B last.ckpt per trial would fill a disk).
+# (the search shows its own display), no model table per trial, and only the best checkpoint's
+# weights (no last.ckpt, no AdamW moments: a 2B trial's best is 8 GB, not 24 GB plus a last one).
 TRIAL_DEFAULTS = (
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
     "--checkpoint.save_last=false",
+    "--checkpoint.save_weights_only=true",
     "--trainer.devices=1",  # a trial is one process: the pruning callback and the objective read one rank
 )
 # Data settings that do not change what a trial learns from (where files live, loader workers).

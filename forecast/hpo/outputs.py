@@ -104,6 +104,8 @@ def write_best_yaml(best: FrozenTrial, folder: Path) -> Path | None:
     logger = (config.get("trainer") or {}).get("logger")
     if isinstance(logger, dict) and isinstance(logger.get("init_args"), dict):
         logger["init_args"].update(save_dir=str(folder), name="replay", version=None)
+    if isinstance(config.get("checkpoint"), dict):  # a replay is a plain fit: resumable checkpoints
+        config["checkpoint"].update(save_weights_only=False, save_last=True)
     path = folder / "best.yaml"
     header = (f"# Best trial {best.number} of study {folder.name}: {MONITOR} = {best.value:.6g} "
               f"({best.user_attrs.get('arch_id')}, {best.user_attrs.get('params'):,} parameters)\n"
@@ -113,7 +115,7 @@ def write_best_yaml(best: FrozenTrial, folder: Path) -> Path | None:
 
 
 def prune_checkpoints(trials: Sequence[FrozenTrial], best: FrozenTrial | None) -> None:
-    """Delete checkpoint files of finished trials other than the best (a 2B one is 8 GB)."""
+    """Delete checkpoint files of finished trials other than the best (a 2B one is 8 GB: weights only)."""
     for t in trials:
         if t.state.is_finished() and (best is None or t.number != best.number):
             folder = Path(str(t.user_attrs.get("log_dir", ""))) / "checkpoints"

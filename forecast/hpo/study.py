@@ -35,6 +35,7 @@ from forecast.hpo.outputs import StudyInfo, best_trial, counts, n_finished, writ
 from forecast.hpo.space import ARCH_ARGS, NET_PREFIX, SearchSpace, bind, load_space
 from forecast.hpo.stop import STOP_FILE, AbortTrial, StopControl
 from forecast.hpo.storage import default_url, describe, open_storage, recover_dead_trials
+from forecast.machine import check_search
 from forecast.metrics import MONITOR, MONITOR_MODE
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -138,6 +139,10 @@ def prepare(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) 
     for draw in space.end_overrides():  # the ends of every range, checked by the real parser
         cfg.resolve([*base_args, *draw])
     name = options.study_name or cfg.study_name(config, label)
+    said = check_search(config, space.tree.archs, n_features, options.log_dir, options.keep_checkpoints,
+                        options.trials, f"budget {options.budget}")  # memory and disk, before any trial
+    if said:
+        print(said, flush=True)
     if not re.fullmatch(r"[\w.+-]+", name):
         raise ForecastError(f"study name {name!r} may hold only letters, digits and . _ + -")
     url = options.storage or default_url(options.log_dir)

@@ -42,6 +42,7 @@ RESULT = "result.json"
 ALLOWED_PREFIXES = ("trainer.", "planner.")
 ALLOWED_KEYS = tuple(f"data.{k}" for k in OPERATIONAL_DATA_KEYS)
 QUIET = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
+WEIGHTS_ONLY = ("--checkpoint.save_weights_only=true", "--checkpoint.save_last=false")  # tested once, never resumed
 ONE_DEVICE = "--trainer.devices=1"  # before the user's flags, which `check_overrides` holds to one device
 
 
@@ -163,7 +164,7 @@ def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[
     from forecast.train import cli_main, quiet_lightning
 
     logger = "--trainer.logger.init_args."
-    args = [*entry.config_args, ONE_DEVICE, f"--seed_everything={seed}", *QUIET, f"{logger}save_dir={root}",
+    args = [*entry.config_args, ONE_DEVICE, f"--seed_everything={seed}", *QUIET, *WEIGHTS_ONLY, f"{logger}save_dir={root}",
             f"{logger}name={entry.name}", f"{logger}version={version}", *overrides]
     with quiet_lightning(stdout=True):
         cli = cli_main(args, run=False)
