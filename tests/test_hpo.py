@@ -285,6 +285,8 @@ def test_a_three_trial_study_completes_with_its_records(three, data):
         a = t.user_attrs
         assert a["params"] > 0 and a["micro_batch"] == 64 and a["accumulate"] == 1
         assert a["epochs_run"] == 3 and a["reason"] == "complete" and a["wall_s"] > 0
+        assert a["samples_per_sec"] > 0 and a["tokens_per_sec"] > a["samples_per_sec"] and a["planner_peak_gb"] > 0
+        assert a["mfu"] is None and a["peak_memory_gb"] is None  # CPU: no known peak FLOPs, no device memory
         assert a["replay"].startswith("forecast fit --config") and "--model.lr=" in a["replay"]
         folder = Path(a["log_dir"])
         assert folder == outcome.folder / f"trial_{t.number:04d}"
@@ -294,6 +296,7 @@ def test_a_three_trial_study_completes_with_its_records(three, data):
         assert a["best_epoch"] == min(t.intermediate_values, key=t.intermediate_values.get)
     csv = pd.read_csv(outcome.folder / "trials.csv")
     assert len(csv) == 3 and {"value", "params_lr", "user_attrs_arch_id", "user_attrs_reason"} <= set(csv.columns)
+    assert {f"user_attrs_{k}" for k in ("samples_per_sec", "mfu", "peak_memory_gb", "planner_peak_gb")} <= set(csv.columns)
     summary = (outcome.folder / "summary.md").read_text()
     assert "3/3 finished" in summary and "Best 3 complete trials" in summary
     # the bar every trial must clear: the class prior's val loss on the same split and labels
@@ -304,6 +307,10 @@ def test_a_three_trial_study_completes_with_its_records(three, data):
     # only the best trial keeps its checkpoint
     kept = [t.number for t in trials if list((Path(t.user_attrs["log_dir"]) / "checkpoints").glob("*.ckpt"))]
     assert kept == [study.best_trial.number]
+    ckpts = list((Path(study.best_trial.user_attrs["log_dir"]) / "checkpoints").glob("*.ckpt"))
+    assert [p.name.startswith("best-") for p in ckpts] == [True]  # no last.ckpt
+    saved = torch.load(ckpts[0], weights_only=False)
+    assert "state_dict" in saved and "optimizer_states" not in saved  # weights only: 4 bytes per parameter
     assert not list(outcome.folder.glob(".*.tmp"))  # no half-written output
 
 
@@ -572,3 +579,20 @@ def test_a_trial_killed_before_recording_its_start_fails_as_interrupted(tmp_path
 def test_resolve_reports_parser_errors_in_one_line():
     with pytest.raises(ForecastError, match="Option 'nope' is not accepted"):
         resolve(["--config", str(ROOT / "configs" / "demo.yaml"), "--model.net.init_args.nope=1"])
+
+
+def test_a_budget_that_cannot_fit_is_refused_before_any_trial(data, tmp_path, capsys):
+    """The issue's case: 2B on a CPU machine with 24 GB is refused up front, with the way out."""
+    args = ["hpo", "--budget", "2B", "--trials", "1", "--config", str(ROOT / "configs" / "demo.yaml"),
+            "--log-dir", str(tmp_path / "logs"), "--no-live", *flags(data), "--trainer.accelerator=cpu",
+            "--planner.memory_gb=24"]
+    assert forecast_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "budget 2B does not fit this machine" in err[0] and "a smaller budget" in err[0]
+    assert not list((tmp_path / "logs").rglob("trial_*"))
+
+
+def test_a_cpu_search_says_how_long_an_epoch_takes(data, space_file, tmp_path, capsys):
+    prepare(options(data, space_file, tmp_path / "logs"))
+    out = capsys.readouterr().out
+    assert "CPU: one epoch of d32-l" in out and "GFLOP" in out and "at least" in out

@@ -9,6 +9,9 @@ Failures are data. Every trial ends with a user attr `reason`:
   error      FAIL: any other exception (its first line in `message`, the traceback in error.txt)
   aborted    FAIL: a second Ctrl-C ended it
   interrupted  (set at the start) FAIL when its process died and the trial was found stale
+
+and its speed and memory (columns of trials.csv too): samples_per_sec, tokens_per_sec and mfu over
+its training time, peak_memory_gb (CUDA's max allocated) and planner_peak_gb (the planner's estimate).
 """
 
 from __future__ import annotations
@@ -26,15 +29,20 @@ from typing import Any
 import lightning.pytorch as L
 import optuna
 import torch
+from lightning.pytorch.callbacks import DeviceStatsMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from optuna_integration import PyTorchLightningPruningCallback
 
+from forecast.budget import GB
+from forecast.errors import ForecastError
 from forecast.hpo.display import Display
 from forecast.hpo.space import Sample, SearchSpace
 from forecast.hpo.stop import AbortTrial, StopControl
 from forecast.hpo.storage import WORKER_ATTR, worker_id
 from forecast.metrics import MONITOR, MONITOR_MODE
 from forecast.module import BEST_KEY
+from forecast.planner import estimate
+from forecast.throughput import Throughput
 
 OOM_ERRORS = (torch.cuda.OutOfMemoryError, MemoryError)
 TRAIN_LOSS = "train/loss"
@@ -77,6 +85,7 @@ class TrialMonitor(L.Callback):
         self.best_epoch: int | None = None
         self.best_score: float | None = None
         self.plan: dict[str, Any] = {}
+        self.measured: dict[str, Any] = {}  # throughput and peak device memory of the trial
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Before the module's own on_fit_start: TensorBoard keeps the FIRST HParams record of a
@@ -93,7 +102,20 @@ class TrialMonitor(L.Callback):
         self._take_signals_back()
         batch = getattr(trainer.datamodule, "batch_size", None)
         self.plan = {"params": _num_parameters(pl_module), "micro_batch": batch if isinstance(batch, int) else None,
-                     "accumulate": int(trainer.accumulate_grad_batches)}
+                     "accumulate": int(trainer.accumulate_grad_batches),
+                     "planner_peak_gb": _planner_peak_gb(trainer, pl_module, batch)}
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+
+    def measure(self, trainer: L.Trainer) -> None:
+        """Throughput (samples/s, tokens/s, MFU) and peak device memory of the trial's training."""
+        found = [c for c in trainer.callbacks if isinstance(c, Throughput)]
+        summary = found[0].summary() if found else {}
+        device = trainer.strategy.root_device
+        peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
+        self.measured = {"samples_per_sec": summary.get("train_samples_per_sec"),
+                         "tokens_per_sec": summary.get("train_tokens_per_sec"), "mfu": summary.get("train_mfu"),
+                         "peak_memory_gb": peak}
 
     def _take_signals_back(self) -> None:
         # Lightning installs its own SIGTERM handler right before the first loop; it would end
@@ -155,6 +177,20 @@ def _metric(trainer: L.Trainer, key: str) -> float | None:
 
 def _num_parameters(module: L.LightningModule) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _planner_peak_gb(trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> float | None:
+    """The memory planner's estimate of this trial's peak (GB), beside the measured one."""
+    args = getattr(getattr(pl_module, "net", None), "init_args", None)
+    if args is None or not isinstance(batch, int):
+        return None
+    device = "cuda" if trainer.strategy.root_device.type == "cuda" else "cpu"
+    try:
+        plan = estimate(**args, precision=str(trainer.precision), device=device, micro_batch=batch,
+                        accumulate=int(trainer.accumulate_grad_batches))
+    except ForecastError:  # a precision the planner does not model
+        return None
+    return plan.peak_bytes / GB
 
 
 @dataclass
@@ -248,9 +284,12 @@ class Objective:
             raise RuntimeError(f"the trial's arguments were rejected by the parser (exit {exit_.code})") from None
         if self.stop is not None:
             self.stop.in_trial = True
+        if cli.trainer.strategy.root_device.type == "cuda":  # device memory in TensorBoard as it trains
+            cli.trainer.callbacks.append(DeviceStatsMonitor(cpu_stats=False))
         try:
             cli.trainer.fit(cli.model, cli.datamodule)
         finally:
+            monitor.measure(cli.trainer)
             if self.stop is not None:
                 self.stop.in_trial = False
         ckpt = cli.trainer.checkpoint_callback
@@ -272,7 +311,7 @@ class Objective:
     def _record_end(self, trial: optuna.Trial, monitor: TrialMonitor, reason: str, message: str,
                     started: float) -> None:
         attrs = {
-            **monitor.plan, "reason": reason, "message": message, "epochs_run": monitor.epochs_run,
+            **monitor.plan, **monitor.measured, "reason": reason, "message": message, "epochs_run": monitor.epochs_run,
             "best_epoch": monitor.best_epoch, "wall_s": round(time.time() - started, 3),
             "first_step_s": None if monitor.first_step_s is None else round(monitor.first_step_s, 3),
         }
