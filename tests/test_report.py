@@ -111,6 +111,7 @@ def test_folds_cut_the_test_period_and_every_fold_x_seed_is_tested_once(report, 
         assert fold["loss"].item() == pytest.approx(record["test"]["test/loss"], abs=1e-4)
         history = [h[MONITOR] for h in record["history"]]
         assert record["val_best"]["epoch"] == int(np.argmin(history))
+        assert config["checkpoint"]["save_weights_only"] and not config["checkpoint"]["save_last"]
     assert sum(line.startswith("[") for line in said) == len(runs)  # one progress line per retrain
     assert runs.groupby("budget")["test_loss"].nunique().eq(FOLDS * SEEDS).all()  # fresh seeds, not copies
     table = pd.read_csv(out / "scaling.csv").set_index("budget")
