@@ -16,7 +16,7 @@ TORCH_INDEX   := https://download.pytorch.org/whl/$(TORCH_BUILD)
 DATA_DIR ?= data
 STAMP    := $(VENV)/.installed-$(TORCH_BUILD)
 
-.PHONY: help install demo test test-slow verify lint bench clean
+.PHONY: help install demo test test-slow verify lint bench gpu-wheels gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,24 @@ lint: install ## ruff, and the import layers (import-linter contracts in pyproje
 
 bench: install ## benchmarks: figures and ratios measured in one run (bench.json)
 	$(BIN)/python -m forecast.bench --out bench.json
+
+# A GPU image that has python3.12 + torch (CUDA) + lightning but not the rest (DEVELOPERS.md):
+# `make gpu-wheels` here (with network), carry .whl/ there, then
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site
+GPU_PYTHON ?= python3
+WHEEL_DIR  ?= .whl
+GPU_WHEELS ?= optuna==5.0.0 optuna-integration==5.0.0 SQLAlchemy==2.1.9 alembic==1.20.1 Mako==1.4.3 \
+              colorlog==6.12.0 jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0 \
+              TA-Lib==0.8.2 arch==8.0.0 statsmodels==0.15.0 patsy==1.0.3 yfinance==1.7.0
+
+gpu-wheels: ## download the wheels a GPU image may lack into .whl/ (cp312, manylinux x86_64; see DEVELOPERS.md)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d $(WHEEL_DIR) $(GPU_WHEELS)
+	@ls $(WHEEL_DIR)
+
+gpu-check: ## on one GPU: 200M/2B build, memory, MFU; a 2B search; 2M trials/hour -> gpu_check.json (< 8 min)
+	$(GPU_PYTHON) -m forecast.gpu_check --out gpu_check.json
 
 clean: ## remove caches and build leftovers (keeps .venv, data and logs)
 	rm -rf .pytest_cache .ruff_cache *.egg-info bench.json
