@@ -47,9 +47,9 @@ class Throughput(ThroughputMonitor):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         device = trainer.strategy.root_device
-        if device.type == "cuda" and "h200" in torch.cuda.get_device_name(device).lower():
-            dtype = _compute_dtype(trainer)
-            self.available_flops = int(H200_DENSE[dtype]) if dtype in H200_DENSE else None
+        if device.type == "cuda":
+            self.available_flops = dense_peak(torch.cuda.get_device_name(device), _compute_dtype(trainer),
+                                              self.available_flops)
         net = getattr(pl_module, "net", None)
         self.tokens_per_sample = tokens_per_sample(net) if net is not None else 1
         self.flops_per_sample = getattr(pl_module, "flops_per_sample", None)
@@ -67,6 +67,13 @@ class Throughput(ThroughputMonitor):
         return {"train_samples_per_sec": rate, "train_tokens_per_sec": rate * self.tokens_per_sample,
                 "train_flops_per_sec": flops,
                 "train_mfu": flops / self.available_flops if flops is not None and self.available_flops else None}
+
+
+def dense_peak(device_name: str, dtype: torch.dtype | str, lightning_peak: int | None) -> int | None:
+    """The peak FLOP/s MFU divides by: the H200's dense figures, else Lightning's."""
+    if "h200" in device_name.lower():
+        return int(H200_DENSE[dtype]) if dtype in H200_DENSE else None
+    return lightning_peak
 
 
 def tokens_per_sample(net: torch.nn.Module) -> int:

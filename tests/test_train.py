@@ -539,3 +539,28 @@ def test_plain_fit_keeps_resumable_checkpoints(fitted):
     cli, _ = fitted
     best = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=False)
     assert "optimizer_states" in best and "loops" in best  # what --ckpt_path needs to resume
+
+
+def test_mfu_divides_by_the_h200s_dense_peak_and_lightnings_elsewhere():
+    from lightning.fabric.utilities.throughput import get_available_flops
+
+    from forecast.throughput import dense_peak
+
+    assert dense_peak("NVIDIA H200", torch.bfloat16, None) == 989_400_000_000_000  # Lightning: none for this name
+    assert dense_peak("NVIDIA H200", "tfloat32", None) == 494_700_000_000_000
+    assert dense_peak("NVIDIA H100 80GB HBM3", torch.bfloat16, 989_400_000_000_000) == 989_400_000_000_000
+    assert get_available_flops(torch.device("cpu"), torch.float32) is None  # so CPU runs report no MFU
+
+
+def test_fp32_matmuls_use_tensor_cores_on_cuda_only():
+    from forecast.devices import use_tensor_cores
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        use_tensor_cores("cpu")
+        assert torch.get_float32_matmul_precision() == "highest"
+        use_tensor_cores("cuda")
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
