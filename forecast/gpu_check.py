@@ -86,7 +86,7 @@ def measure_model(name: str, config: Path, data_flags: list[str], logs: Path, si
             f"--trainer.precision={sizes.precision}", f"--trainer.max_steps={sizes.steps}",
             "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
             "--trainer.enable_checkpointing=false", "--early_stopping.strict=false", "--trainer.enable_model_summary=false",
-            "--trainer.enable_progress_bar=false", f"--trainer.log_every_n_steps={sizes.window}",
+            "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",  # every step timed
             f"--trainer.logger.init_args.save_dir={logs}", f"--trainer.logger.init_args.name={name}"]
     rss_before = _rss_mb()
     cli = cli_main(args, run=False)

@@ -564,3 +564,17 @@ def test_fp32_matmuls_use_tensor_cores_on_cuda_only():
         assert torch.get_float32_matmul_precision() == "high"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.gpu
+def test_on_cuda_throughput_times_only_the_logged_steps_and_epoch_ends(data_dir, tmp_path):
+    from lightning.pytorch.trainer.states import RunningStage
+
+    from forecast.throughput import Throughput
+
+    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.accelerator=gpu",
+                    "--trainer.log_every_n_steps=5", "--trainer.limit_train_batches=12"])
+    monitor = next(c for c in cli.trainer.callbacks if isinstance(c, Throughput))
+    timed = list(monitor._throughputs[RunningStage.TRAINING]._batches)
+    assert timed[-1] == 12 and len(timed) <= 3  # about every 5th batch and the epoch's last, not all 12
+    assert json.loads((Path(cli.trainer.log_dir) / "fit_summary.json").read_text())["train_samples_per_sec"] > 0
