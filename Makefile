@@ -78,7 +78,7 @@ gpu-wheels: ## download the wheels a GPU image may lack into .whl/ (cp312, manyl
 	@ls $(WHEEL_DIR)
 
 gpu-check: ## on one GPU: 200M/2B build, memory, MFU; a 2B search; 2M trials/hour -> gpu_check.json (< 8 min)
-	$(GPU_PYTHON) -m forecast.gpu_check --out gpu_check.json
+	$(GPU_PYTHON) -m forecast.bench.gpu_check --out gpu_check.json
 
 clean: ## remove caches and build leftovers (keeps .venv, data and logs)
 	rm -rf .pytest_cache .ruff_cache *.egg-info bench.json

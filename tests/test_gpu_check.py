@@ -18,7 +18,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_without_cuda_it_says_so_in_one_line_and_fails(tmp_path):
     out = tmp_path / "gpu_check.json"
-    done = subprocess.run([sys.executable, "-m", "forecast.gpu_check", "--out", str(out)], cwd=ROOT, env=ENV,
+    done = subprocess.run([sys.executable, "-m", "forecast.bench.gpu_check", "--out", str(out)], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and not out.exists()
     lines = done.stderr.strip().splitlines()
@@ -28,7 +28,7 @@ def test_without_cuda_it_says_so_in_one_line_and_fails(tmp_path):
 @pytest.mark.slow
 def test_smoke_runs_every_section_on_the_cpu(tmp_path):
     out = tmp_path / "gpu_check.json"
-    done = subprocess.run([sys.executable, "-m", "forecast.gpu_check", "--smoke", "--out", str(out)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "forecast.bench.gpu_check", "--smoke", "--out", str(out)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL_200M = ROOT / "configs" / "model" / "patchtst_200m.yaml"
 SYMBOL = "SYN"
 KIB = 1024  # ru_maxrss is in KiB on Linux

@@ -1,6 +1,6 @@
 """`make gpu-check`: the first figures from a GPU, in one JSON (planned for under 8 minutes on one H200).
 
-    python -m forecast.gpu_check [--out gpu_check.json] [--minutes 8]
+    python -m forecast.bench.gpu_check [--out gpu_check.json] [--minutes 8]
 
 Needs only the project tree: the data are a SPY-sized synthetic series (`forecast.data.synthetic`,
 ~8,000 trading days) built into a temporary folder, never ../shared. Sections, in order:
@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
 KIB, MB, GB = 1024, 1e6, 1e9
 
@@ -157,7 +157,7 @@ def run_search(budget: str, trials: int, epochs: int, data_flags: list[str], log
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m forecast.gpu_check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m forecast.bench.gpu_check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     parser.add_argument("--minutes", type=float, default=8.0, help="time budget: later sections are skipped")
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(out: Path, budget_s: float, sections: set[str], sizes: Sizes) -> int:
     import torch
 
-    from forecast.bench_build import synthetic_tier
+    from forecast.bench.build import synthetic_tier
     from forecast.io import write_json_atomic
 
     started = time.perf_counter()
