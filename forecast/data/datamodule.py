@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from forecast.data.manifest import read_verified
 from forecast.data.paths import raw_path, resolve_data_dir, tier_path
 from forecast.data.raw import forward_adjust, read_raw
 from forecast.data.targets import Task, make_targets
@@ -153,7 +154,8 @@ class ForecastDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows)
+        _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows,
+                    task, batch_size, eval_batch_size)
         _check_folds(folds, fold, test_start, test_end)
         self.symbol, self.tier = symbol, tier
         self.data_dir = resolve_data_dir(data_dir)
@@ -192,6 +194,7 @@ class ForecastDataModule(L.LightningDataModule):
         self.features = torch.from_numpy(scaled.astype(np.float32))  # [rows, F]
         self.targets = torch.from_numpy(np.nan_to_num(y, nan=-1.0).astype(np.float32))  # [rows]; -1 never sampled
         self.balance = {name: float(y[s.ends].mean()) for name, s in self.splits.items()}
+        _check_both_classes(self.balance, self.task, self.threshold, self.horizon)
 
     def _fold_text(self) -> str:
         return f" of fold {self.fold}/{self.folds}" if self.folds > 1 else ""
@@ -273,15 +276,21 @@ class ForecastDataModule(L.LightningDataModule):
 
 
 # -- pure helpers ---------------------------------------------------------------------------
-def _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows) -> None:
+def _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows,
+                task="threshold", batch_size=1, eval_batch_size=None) -> None:
     if tier not in TIERS:
         raise ForecastError(f"unknown tier {tier!r}; known tiers: {', '.join(sorted(TIERS))}")
     if context_length < 1:
         raise ForecastError(f"context_length must be >= 1, got {context_length}")
     if horizon < 1:
         raise ForecastError(f"horizon must be >= 1 day, got {horizon}")
+    if task == "threshold" and not threshold > 0:  # High >= Close*(1+thr) with thr <= 0: (almost) always 1
+        raise ForecastError(f"threshold must be > 0 for the threshold task (0.01 = +1%), got {threshold}")
     if not threshold > -1:
         raise ForecastError(f"threshold must be > -1, got {threshold}")
+    for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if isinstance(size, int) and size < 1:
+            raise ForecastError(f"{name} must be >= 1, got {size}")
     if gap < 0 or min_windows < 1:
         raise ForecastError(f"gap must be >= 0 and min_windows >= 1, got gap={gap}, min_windows={min_windows}")
     try:
@@ -292,13 +301,23 @@ def _check_args(tier, context_length, horizon, threshold, gap, val_start, test_s
         raise ForecastError(f"val_start ({val.date()}) must be before test_start ({test.date()})")
 
 
+def _check_both_classes(balance: dict[str, float], task: str, threshold: float, horizon: int) -> None:
+    """A split whose labels are all 0 or all 1 has no AUROC and teaches nothing: refuse it by name."""
+    for name, rate in balance.items():
+        if rate in (0.0, 1.0):
+            label = "positive (1)" if rate == 1.0 else "negative (0)"
+            raise ForecastError(
+                f"every {name} label is {label} (task {task}, threshold {threshold}, horizon {horizon}); "
+                "choose a task/threshold whose labels take both values"
+            )
+
+
 def _read_tier(data_dir: Path, symbol: str, tier: str) -> pd.DataFrame:
     path = tier_path(data_dir, symbol, tier)
+    rebuild = f"run `forecast data build --data-dir {data_dir} --symbol {symbol} --tier {tier}`"
     if not path.exists():
-        raise ForecastError(
-            f"missing processed file {path}; run `forecast data build --data-dir {data_dir} --symbol {symbol} --tier {tier}`"
-        )
-    frame = pd.read_parquet(path)
+        raise ForecastError(f"missing processed file {path}; {rebuild}")
+    frame = read_verified(data_dir, "processed", path, rebuild)
     missing = [c for c in ("Date", *TIERS[tier].columns) if c not in frame.columns]
     if missing:
         raise ForecastError(f"{path} lacks tier {tier!r} columns {missing}; rebuild it")

@@ -3,13 +3,16 @@
 `raw/manifest.json` and `processed/manifest.json` map a file's path (relative to the data
 directory, e.g. `raw/SPY.parquet`) to its entry: symbol, path, md5, rows, first/last date,
 columns, source, created_at, plus what the writer adds (processed entries: tier, tier
-version and the md5 of every source file). `verify` re-checks all of it.
+version and the md5 of every source file). `verify` re-checks all of it; `read_verified` is how
+every parquet file is read: its bytes must match their entry before they are parsed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -219,3 +222,46 @@ def write_tracked(
             entries[entry["path"]] = entry
             write_manifest(data_dir, kind, entries)
     return entry
+
+
+def read_verified(
+    data_dir: str | os.PathLike, kind: Kind, path: str | os.PathLike, remedy: str
+) -> pd.DataFrame:
+    """Read the parquet file `path` only after its bytes match their `kind` manifest entry.
+
+    The bytes are read once, checked, then parsed: what is parsed is exactly what was checked.
+    A processed file must also have been built from the raw files on disk now (their md5s).
+
+    Args:
+        data_dir: the data directory.
+        kind: which manifest records the file.
+        path: the parquet file (it must exist).
+        remedy: what the user should do about a refusal, e.g. the rebuild command.
+
+    Raises:
+        ForecastError: one line: no manifest or no entry (unverifiable), an md5 mismatch, stale
+            sources, or bytes that are not parquet.
+    """
+    data_dir, path = Path(data_dir), Path(path)
+    manifest = manifest_path(data_dir, kind)
+    try:
+        entry = load_manifest(data_dir, kind).get(relative(data_dir, path))
+    except ForecastError as err:
+        raise ForecastError(f"cannot verify {path}: {err}, then {remedy}") from None
+    if entry is None:
+        why = "does not exist" if not manifest.exists() else "has no entry for it"
+        raise ForecastError(f"cannot verify {path}: {manifest} {why}; {remedy}")
+    data = path.read_bytes()
+    if hashlib.md5(data).hexdigest() != entry.get("md5"):
+        raise ForecastError(
+            f"{path} does not match its md5 in {manifest} (changed or damaged since written); {remedy}"
+        )
+    check = Check(path=str(path))
+    if kind == "processed":
+        _check_sources(data_dir, check, entry)
+    if check.problems:
+        raise ForecastError(f"{path}: {check.problems[0]}; {remedy}")
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except Exception as err:  # matching bytes that pyarrow still refuses: name the file, no trace
+        raise ForecastError(f"{path}: not a readable parquet file ({type(err).__name__}); {remedy}") from None

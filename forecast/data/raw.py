@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.data.manifest import write_tracked
+from forecast.data.manifest import read_verified, write_tracked
 from forecast.data.paths import raw_path, storage_symbol
 from forecast.errors import ForecastError
 
@@ -187,7 +187,8 @@ def read_raw(data_dir: str | os.PathLike, symbol: str) -> pd.DataFrame:
     """The raw frame of `symbol` from `<data_dir>/raw/<SYMBOL>.parquet`.
 
     Raises:
-        ForecastError: when the file is missing or is not a raw price file.
+        ForecastError: when the file is missing, does not match raw/manifest.json (md5), or is
+            not a raw price file.
     """
     path = raw_path(data_dir, symbol)
     if not path.is_file():
@@ -195,12 +196,10 @@ def read_raw(data_dir: str | os.PathLike, symbol: str) -> pd.DataFrame:
             f"no raw data for {storage_symbol(symbol)} at {path}: "
             "run `forecast data download`, `import` or `sample` first"
         )
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as err:  # a damaged file: tell the user which one, not a pyarrow trace
-        raise ForecastError(
-            f"{path}: unreadable ({type(err).__name__}); see `forecast data verify`"
-        ) from err
+    remedy = (
+        f"write {storage_symbol(symbol)} again with `forecast data download`, `import` or `sample`"
+    )
+    frame = read_verified(data_dir, "raw", path, remedy)
     if list(frame.columns) != RAW_COLUMNS:
         raise ForecastError(f"{path}: columns {list(frame.columns)} are not {RAW_COLUMNS}")
     return frame
