@@ -13,10 +13,16 @@ TORCH_VERSION ?= 2.13.0
 TORCH_BUILD   ?= cpu
 TORCH_INDEX   := https://download.pytorch.org/whl/$(TORCH_BUILD)
 
+# Every other package comes from requirements.lock: exact versions with sha256 hashes, checked by
+# pip (--require-hashes), resolved for Python 3.11 with torch's CPU build. `make lock` refreshes it
+# from pyproject.toml; torch itself is pinned above (version + build) and is the one unhashed package.
+LOCK      := requirements.lock
+PIP_TOOLS := pip-tools==7.6.2
+
 DATA_DIR ?= data
 STAMP    := $(VENV)/.installed-$(TORCH_BUILD)
 
-.PHONY: help install demo test test-slow verify lint bench gpu-wheels gpu-check clean
+.PHONY: help install lock demo test test-slow verify lint bench gpu-wheels gpu-check clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,15 +30,32 @@ help: ## list the targets
 
 install: $(STAMP) ## create .venv/ with torch ($(TORCH_BUILD) build) and the forecast command
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	@# The lock first, hash-checked and without resolving (pip and setuptools are in it too).
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
 	@# A local/PyPI wheel of the exact build first (instant where one lies on disk), else PyTorch's own index.
+	@# Its CPU dependencies are already in place from the lock; a CUDA build adds its nvidia-* packages.
 	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)+$(TORCH_BUILD)" 2>/dev/null \
 	  || $(BIN)/python -m pip install -q --index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)+$(TORCH_BUILD)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check  # a lock that misses a dependency of pyproject.toml fails here
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+lock: ## refresh requirements.lock (exact versions + hashes) after changing pyproject.toml's dependencies
+	test -x $(VENV)/lock-tools/bin/pip-compile || \
+	  ($(PYTHON) -m venv $(VENV)/lock-tools && $(VENV)/lock-tools/bin/pip install -q "$(PIP_TOOLS)")
+	echo "torch==$(TORCH_VERSION)+cpu" > $(VENV)/lock-torch.txt
+	@# torch's CPU build is resolved (so its CPU dependencies are locked), then left out of the file.
+	@# Existing pins are kept unless pyproject.toml needs others (delete the file to take the newest).
+	$(VENV)/lock-tools/bin/pip-compile -q --extra dev --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links --extra-index-url https://download.pytorch.org/whl/cpu \
+	  -c $(VENV)/lock-torch.txt -o $(LOCK) pyproject.toml
+	{ echo "# torch is not in this file: make install pins it (TORCH_VERSION + TORCH_BUILD)"; \
+	  awk '/^torch==/ {skip=1; next} skip && /^[ \t]/ {next} {skip=0; print}' $(LOCK); } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	@echo "$(LOCK): $$(grep -c '^[a-z0-9]' $(LOCK)) packages pinned with hashes (torch: TORCH_BUILD)"
 
 LOG_DIR ?= logs
 

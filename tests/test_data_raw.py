@@ -53,14 +53,41 @@ def test_unsorted_input_is_sorted_and_reported(make_raw):
     assert any("sorted" in note for note in notes)
 
 
-def test_open_outside_range_is_counted_not_rejected(make_raw):
+def test_inconsistent_bars_are_repaired_in_one_place_and_counted(make_raw, data_dir):
     raw = make_raw(30)
-    raw.loc[[3, 7], "Open"] = raw.loc[[3, 7], "High"] * 1.01
+    raw.loc[3, "Open"] = raw.loc[3, "High"] * 1.01  # Open above High
+    raw.loc[7, ["Close", "Adj Close"]] *= raw.loc[7, "Low"] * 0.99 / raw.loc[7, "Close"]  # Close below Low
+    raw.loc[9, ["High", "Low"]] = raw.loc[9, ["Low", "High"]].to_numpy()  # High < Low
     clean, notes = check_raw(raw, "vix.csv")
     assert len(clean) == 30
     assert notes == [
-        f"warning: 2 rows with Open outside [Low, High] (first {raw.Date[3].date()}); kept"
+        f"repaired 3 bars with High < Low or Open/Close outside [Low, High] (first "
+        f"{raw.Date[3].date()}): High/Low widened to cover Open and Close"
     ]
+    ohlc = clean[["Open", "High", "Low", "Close"]]
+    assert (clean["High"] == ohlc.max(axis=1)).all() and (clean["Low"] == ohlc.min(axis=1)).all()
+    assert clean.loc[3, "High"] == raw.loc[3, "Open"]  # the label's High now covers the Open
+    untouched = ~clean.index.isin([3, 7, 9])
+    pd.testing.assert_frame_equal(clean[untouched], raw[untouched])
+    assert write_raw(data_dir, "VIX", raw, source="vix.csv")["repaired_bars"] == 3
+
+
+def test_a_falling_adjustment_ratio_is_flagged_with_its_dates(make_raw):
+    raw = make_raw(30)
+    assert check_raw(raw, "x.csv")[1] == []
+    raw.loc[12:, "Adj Close"] *= 0.98  # Adj Close / Close steps down 2% on row 12: no dividend does that
+    _, notes = check_raw(raw, "x.csv")
+    assert notes == [
+        f"warning: Adj Close / Close fell on 1 day ({raw.Date[12].date()}); "
+        "no dividend does that: check the source"
+    ]
+
+
+def test_rows_dated_in_the_future_are_refused(make_raw):
+    raw = make_raw(5)
+    raw.loc[4, "Date"] = pd.Timestamp.now().normalize() + pd.Timedelta(days=400)
+    with pytest.raises(ForecastError, match=r"row 5 \(.*\): date is in the future"):
+        check_raw(raw, "x.csv")
 
 
 def test_missing_or_empty_volume_becomes_zero(make_raw):

@@ -31,20 +31,28 @@ def real_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("symbol", ["SPY", "VIX"])
 def test_real_files_import_unchanged(real_dir, shared_data, symbol):
+    """Every number as in the CSV, except High/Low of the bars `repair_bars` widened."""
     csv = pd.read_csv(shared_data / f"{symbol}.csv", float_precision="round_trip")
     raw = read_raw(real_dir, symbol)
     assert (raw["Date"].dt.strftime("%Y-%m-%d") == csv["Date"]).all()
-    for column in ("Open", "High", "Low", "Close", "Adj Close", "Volume"):
+    prices = csv[["Open", "High", "Low", "Close"]].to_numpy()
+    np.testing.assert_array_equal(raw["High"].to_numpy(), prices.max(axis=1))
+    np.testing.assert_array_equal(raw["Low"].to_numpy(), prices.min(axis=1))
+    for column in ("Open", "Close", "Adj Close", "Volume"):
         np.testing.assert_array_equal(raw[column].to_numpy(), csv[column].to_numpy(dtype="float64"))
 
 
-def test_real_vix_odd_opens_are_counted(real_dir):
+def test_real_inconsistent_bars_are_repaired_and_counted(real_dir):
     import json
 
-    notes = json.loads((real_dir / "raw/manifest.json").read_text())["files"]["raw/VIX.parquet"][
-        "notes"
+    files = json.loads((real_dir / "raw/manifest.json").read_text())["files"]
+    assert files["raw/SPY.parquet"]["repaired_bars"] == 0
+    assert files["raw/SPY.parquet"]["notes"] == []  # no Adj Close / Close fall beyond rounding
+    assert files["raw/VIX.parquet"]["repaired_bars"] == 47
+    assert files["raw/VIX.parquet"]["notes"] == [
+        "repaired 47 bars with High < Low or Open/Close outside [Low, High] (first 1992-02-11): "
+        "High/Low widened to cover Open and Close"
     ]
-    assert notes == ["warning: 47 rows with Open outside [Low, High] (first 1992-02-11); kept"]
 
 
 def test_real_spy_tiers(real_dir):

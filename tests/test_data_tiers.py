@@ -200,7 +200,7 @@ def test_vix_gap_longer_than_three_days_is_an_error(raw, make_vix):
 
 
 def test_vix_that_does_not_overlap_is_an_error(raw, make_vix):
-    vix = make_vix(raw["Date"] + pd.Timedelta(days=5000))
+    vix = make_vix(raw["Date"] - pd.Timedelta(days=5000))
     with pytest.raises(ForecastError, match="share no dates"):
         build_tier("c", raw, vix)
 

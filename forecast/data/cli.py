@@ -139,7 +139,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"`forecast data download SPY ^VIX` (set {DATA_DIR_ENV} or --data-dir to change where)"
         )
     table = Table(title=f"data under {data_dir}")
-    for column in ("file", "rows", "first", "last", "from"):
+    for column in ("file", "rows", "first", "last", "repaired bars", "from"):
         table.add_column(column, overflow="fold")
     for entry in [*raw.values(), *processed.values()]:
         origin = entry.get("source", "")
@@ -148,7 +148,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 f"tier {entry['tier']} v{entry['tier_version']} of {', '.join(entry['sources'])}"
             )
         origin += " [sample]" if entry.get("sample") else ""
-        table.add_row(entry["path"], str(entry["rows"]), entry["first"], entry["last"], origin)
+        repaired = str(entry.get("repaired_bars", "")) if "tier" not in entry else ""
+        table.add_row(entry["path"], str(entry["rows"]), entry["first"], entry["last"], repaired, origin)
     if raw or processed:
         _console().print(table)
     _echo(

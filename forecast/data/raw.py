@@ -4,6 +4,8 @@ A raw file `<data_dir>/raw/<SYMBOL>.parquet` holds RAW_COLUMNS: Date (datetime64
 tz-naive, unique, increasing), Open/High/Low/Close as traded and Adj Close (float64, finite,
 > 0), Volume (float64, >= 0; 0 where a source has none, e.g. VIX). Volume is stored as float
 so that every column the feature code reads has one dtype and no integer overflow can occur.
+Every bar satisfies Low <= Open, Close <= High (`repair_bars` is the one place that makes it so),
+and no row is dated after today.
 """
 
 from __future__ import annotations
@@ -135,17 +137,77 @@ def _check_dates(dates: pd.Series, source: str, notes: list[str]) -> np.ndarray:
     return np.argsort(dates.to_numpy(), kind="stable")
 
 
-def _count_odd_bars(frame: pd.DataFrame, notes: list[str]) -> None:
-    """Bars outside their own range are real in old data (VIX 1992-94): count, keep."""
-    low, high = frame["Low"], frame["High"]
-    for name, odd in (
-        ("High below Low", high < low),
-        ("Open outside [Low, High]", (frame["Open"] < low) | (frame["Open"] > high)),
-        ("Close outside [Low, High]", (frame["Close"] < low) | (frame["Close"] > high)),
-    ):
-        if odd.any():
-            first = frame["Date"][odd].iloc[0].date()
-            notes.append(f"warning: {int(odd.sum())} rows with {name} (first {first}); kept")
+def repair_bars(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, str]:
+    """THE policy for bars outside their own range (High < Low, Open or Close outside [Low, High]).
+
+    Such bars are real in old data (47 VIX opens in 1992-2006), so they are repaired, not refused:
+    High becomes max(Open, High, Low, Close) and Low the min, the narrowest range that holds every
+    price the bar reports. A High that is too low would otherwise feed the threshold label.
+
+    Returns:
+        The repaired frame (a copy), how many rows changed, and a note for the user ('' if none).
+    """
+    prices = frame[["Open", "High", "Low", "Close"]].to_numpy()  # [rows, 4]
+    high, low = prices.max(axis=1), prices.min(axis=1)
+    changed = (high != frame["High"].to_numpy()) | (low != frame["Low"].to_numpy())
+    if not changed.any():
+        return frame, 0, ""
+    frame = frame.copy()
+    frame["High"], frame["Low"] = high, low
+    first = frame["Date"][changed].iloc[0].date()
+    return frame, int(changed.sum()), (
+        f"repaired {int(changed.sum())} bars with High < Low or Open/Close outside [Low, High] "
+        f"(first {first}): High/Low widened to cover Open and Close"
+    )
+
+
+def _adjustment_drops(frame: pd.DataFrame, notes: list[str]) -> None:
+    """Flag days where Adj Close / Close falls: dividends only ever raise it from one day to the next.
+
+    Prices rounded to cents move the ratio by at most 0.005 / price per number (four numbers);
+    a fall beyond that is a data error (or a split applied to one column only), shown with dates.
+    """
+    adj, close = frame["Adj Close"].to_numpy(), frame["Close"].to_numpy()
+    ratio = adj / close
+    rounding = 0.005 * (1 / adj[1:] + 1 / close[1:] + 1 / adj[:-1] + 1 / close[:-1])
+    falls = np.flatnonzero(ratio[1:] / ratio[:-1] - 1 < -rounding) + 1  # rows t where it fell from t-1
+    if len(falls):
+        days = [str(d.date()) for d in frame["Date"].iloc[falls[:5]]]
+        more = ", ..." if len(falls) > 5 else ""
+        notes.append(
+            f"warning: Adj Close / Close fell on {len(falls)} day{'s' * (len(falls) > 1)} "
+            f"({', '.join(days)}{more}); "
+            "no dividend does that: check the source"
+        )
+
+
+def _check_not_future(dates: pd.Series, source: str) -> None:
+    """A finished daily bar is dated at most today in UTC (the earliest time zone closes first)."""
+    today = pd.Timestamp.now(tz="UTC").normalize().tz_localize(None)
+    future = np.flatnonzero((dates > today).to_numpy())
+    if len(future):
+        i = int(future[0])
+        raise ForecastError(f"{source}: {_row(i, dates)}: date is in the future (today is {today.date()} UTC)")
+
+
+def _check(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str], int]:
+    """`check_raw`, plus how many bars `repair_bars` changed."""
+    if df is None or len(df) == 0:
+        raise ForecastError(f"{source}: no data rows")
+    notes: list[str] = []
+    frame = _select_columns(df, source, notes)
+    dates = _parse_dates(frame["Date"], source)
+    _check_not_future(dates, source)
+    numbers = _parse_numbers(frame, dates, source)
+    if 0 < (empty := int(frame["Volume"].isna().sum())):
+        notes.append(f"{empty} empty Volume values set to 0")
+    order = _check_dates(dates, source, notes)
+    clean = pd.concat([dates.rename("Date"), numbers], axis=1)[RAW_COLUMNS]
+    clean = clean.iloc[order].reset_index(drop=True)
+    clean, repaired, note = repair_bars(clean)
+    notes += [note] if note else []
+    _adjustment_drops(clean, notes)
+    return clean, notes, repaired
 
 
 def check_raw(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
@@ -157,25 +219,15 @@ def check_raw(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
         source: what the frame came from (a file name, `yfinance SPY`), used in messages.
 
     Returns:
-        The frame with exactly RAW_COLUMNS, sorted by date, index 0..n-1; and notes such as
-        "sorted by Date" or a count of bars whose Open lies outside [Low, High].
+        The frame with exactly RAW_COLUMNS, sorted by date, inconsistent bars repaired (see
+        `repair_bars`), index 0..n-1; and notes such as "sorted by Date", the count of repaired
+        bars, or the dates where Adj Close / Close fell.
 
     Raises:
-        ForecastError: one line naming `source` and the first bad row.
+        ForecastError: one line naming `source` and the first bad row (bad or future date,
+            bad number, repeated date).
     """
-    if df is None or len(df) == 0:
-        raise ForecastError(f"{source}: no data rows")
-    notes: list[str] = []
-    frame = _select_columns(df, source, notes)
-    dates = _parse_dates(frame["Date"], source)
-    numbers = _parse_numbers(frame, dates, source)
-    if 0 < (empty := int(frame["Volume"].isna().sum())):
-        notes.append(f"{empty} empty Volume values set to 0")
-    order = _check_dates(dates, source, notes)
-    clean = pd.concat([dates.rename("Date"), numbers], axis=1)[RAW_COLUMNS]
-    clean = clean.iloc[order].reset_index(drop=True)
-    _count_odd_bars(clean, notes)
-    return clean, notes
+    return _check(df, source)[:2]
 
 
 def validate_raw(df: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -223,7 +275,7 @@ def write_raw(
     Returns:
         The manifest entry, whose `notes` list what validation reported.
     """
-    frame, notes = check_raw(df, source)
+    frame, notes, repaired = _check(df, source)
     return write_tracked(
         data_dir,
         "raw",
@@ -233,6 +285,7 @@ def write_raw(
         source=source,
         sample=sample,
         notes=notes,
+        repaired_bars=repaired,
     )
 
 
