@@ -22,6 +22,7 @@ from forecast.budget import (
     tier_features,
     training_flops_per_sample,
 )
+from forecast.errors import OneLineParser
 from forecast.model import PATCH_MODES
 from forecast.planner import (
     PRECISIONS,
@@ -85,7 +86,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="forecast arch",
         description="List a budget's architectures with exact parameter counts, an estimated "
                     "training-memory plan (micro-batch x accumulation) and FLOPs per sample.")

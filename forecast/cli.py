@@ -30,6 +30,19 @@ commands:
 """
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+DASH_VALUE_FLAGS = ("--budget",)  # values that may start with "-" (a mistyped "-2M")
+
+
+def join_dash_values(argv: list[str]) -> list[str]:
+    """`--budget -2M` -> `--budget=-2M`: argparse takes "-2M" for a flag ("expected one argument");
+    joined, the value reaches the budget check, which says what is wrong with it."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in DASH_VALUE_FLAGS and arg.startswith("-") and not arg.startswith("--"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def _data(argv: list[str]) -> int:
@@ -80,7 +93,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = join_dash_values(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2

@@ -14,15 +14,19 @@ the BEST checkpoint of that run and log into the same folder.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import io
 import logging
+import re
 import warnings
+from argparse import ArgumentError
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+import yaml
 from lightning.pytorch.callbacks import (
     BasePredictionWriter,
     Callback,
@@ -61,6 +65,8 @@ class PredictionCSV(BasePredictionWriter):
         probs = torch.cat(predictions).float().numpy()  # sequential sampler: rows in split order
         labels = dm.targets[torch.as_tensor(split.ends)].numpy()
         frame = pd.DataFrame({"date": split.dates.date, "probability": probs, "label": labels.astype(int)})
+        if trainer.log_dir is None:  # fast_dev_run: a smoke test writes no files
+            return
         path = evaluation_path(Path(trainer.log_dir), "predictions", dm, dm.predict_split, ".csv")
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6f")
@@ -96,6 +102,22 @@ def quiet_third_party() -> None:
 
 
 class ForecastCLI(LightningCLI):
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """As LightningCLI's, but a bad config file, key or value is one line (ForecastError),
+        not the ~100 lines of usage that precede jsonargparse's message."""
+        if isinstance(args, list):
+            _check_config_files(args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            subcommand = args[0] if isinstance(args, list) and args and args[0] in self.subcommands() else None
+            sub = self._subcommand_parsers.get(subcommand, parser) if subcommand else parser
+            raise ForecastError(_parse_error(str(err), sub, args if isinstance(args, list) else [])) from None
+        # Lightning reads the hyperparameters of --ckpt_path next (torch.load): vet the file first.
+        ckpt = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if ckpt and ckpt not in ("best", "last", "hpc", "registry"):
+            check_checkpoint(ckpt)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -142,6 +164,10 @@ class ForecastCLI(LightningCLI):
         if self.subcommand in ("validate", "test", "predict"):
             _one_device(config)
             _point_at_run(config)
+        if self.subcommand is not None and config.get("weights_only") is None:
+            config.weights_only = True  # a checkpoint holds tensors and plain data, never code
+        if self.subcommand in ("validate", "test", "predict"):
+            check_checkpoint(config.ckpt_path)  # "best" resolved above, or the file given
 
     def after_instantiate_classes(self) -> None:
         """Before a fit (`forecast fit`, a search trial, a report retrain): refuse a model or batch
@@ -181,6 +207,9 @@ class ForecastCLI(LightningCLI):
             **{k: v for k, v in best.items() if k != "epoch"},
             **_throughput(self.trainer),
         }
+        if self.trainer.log_dir is None:  # fast_dev_run: a smoke test writes no files
+            rank_zero_info("fast_dev_run: fit ran; no run folder, checkpoint or summary written")
+            return
         run = Path(self.trainer.log_dir)
         write_json_atomic(run / "fit_summary.json", summary)
         shown = "  ".join(f"{k} {best[k]:.4f}" for k in (MONITOR, "val/auroc", "val/ap") if k in best)
@@ -257,6 +286,8 @@ def evaluation_path(run: Path, kind: str, dm: ForecastDataModule, split: str, su
 
 
 def _write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:
+    if trainer.log_dir is None:  # fast_dev_run: a smoke test writes no files
+        return
     dm: ForecastDataModule = trainer.datamodule
     split = "val" if stage == "validate" else "test"
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -323,12 +354,103 @@ def _checkpoint_in(run: Path, which: str) -> Path:
     return found[-1]
 
 
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse, in one line, a file that is not a Lightning checkpoint loadable weights-only.
+
+    `mmap=True` maps the tensors instead of reading them, so even a 2B checkpoint costs only its
+    small pickle: a text file, a truncated file or pickled code fails here, not deep in `fit`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ForecastError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises several types for these; none is the user's bug
+        raise ForecastError(
+            f"{path}: not a loadable checkpoint ({type(err).__name__}; a text file, a truncated "
+            "file or one holding code); pass a .ckpt written by `forecast fit`"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ForecastError(f"{path}: a torch file but not a Lightning checkpoint (no state_dict)")
+
+
+_CONFIG_FLAGS = ("--config", "-c")
+
+
+def _check_config_files(args: list[str]) -> None:
+    """Every `--config FILE` exists and holds a YAML mapping; else one line naming the file."""
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if flag not in _CONFIG_FLAGS:
+            continue
+        if not value:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        path = Path(value)
+        if not path.is_file():
+            raise ForecastError(f"config file not found: {value}")
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ForecastError(f"config file {value} is not valid YAML{where}: "
+                                f"{getattr(err, 'problem', None) or err}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ForecastError(f"config file {value} cannot be read: {err}") from None
+        if not isinstance(doc, dict | None):
+            raise ForecastError(f"config file {value} is not a mapping of options (got {type(doc).__name__})")
+
+
+def _parse_error(message: str, parser: LightningArgumentParser, args: list[str]) -> str:
+    """jsonargparse's message in one line; an unknown key gets the closest valid one and its file."""
+    prog = parser.prog.replace(" [options]", "")
+    text = " ".join(message.split()) or "bad arguments"  # jsonargparse nests details on more lines
+    text = text if len(text) <= 300 else text[:297] + "..."
+    key = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", text)
+    if key is None:
+        return f"{prog}: {text} (see {prog} --help)"
+    key = key.group(1) or key.group(2)
+    prefix, _, leaf = key.rpartition(".")
+    siblings = {a.dest.rpartition(".")[2] for a in parser._actions
+                if isinstance(a.dest, str) and a.dest.rpartition(".")[0] == prefix}
+    close = difflib.get_close_matches(leaf, sorted(siblings), n=1, cutoff=0.7)
+    hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else f" (see {prog} --help)"
+    source = next((f" in {f}" for f in _config_values(args) if key in _flat_keys(f)), "")
+    return f"{prog}: unknown option '{key}'{source}{hint}"
+
+
+def _config_values(args: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if flag in _CONFIG_FLAGS:
+            out.append(value or (args[i + 1] if i + 1 < len(args) else ""))
+    return out
+
+
+def _flat_keys(path: str) -> set[str]:
+    """Dotted keys of a YAML file (`data: {batch_size: 1}` -> {'data', 'data.batch_size'})."""
+    def walk(node: Any, prefix: str) -> set[str]:
+        if not isinstance(node, dict):
+            return set()
+        keys = {f"{prefix}{k}" for k in node}
+        for k, v in node.items():
+            keys |= walk(v, f"{prefix}{k}.")
+        return keys
+
+    try:
+        return walk(yaml.safe_load(Path(path).read_text()), "")
+    except (OSError, yaml.YAMLError):
+        return set()
+
+
 def _parser_kwargs(run: bool) -> dict[str, Any]:
     """configs/trainer/default.yaml under every run: per subcommand with them, top level without."""
+    one_line = {"exit_on_error": False}  # parse errors raise; `parse_arguments` makes them one line
     if not DEFAULT_CONFIG.exists():
-        return {}
-    defaults = {"default_config_files": [str(DEFAULT_CONFIG)]}
-    return {sub: defaults for sub in ("fit", "validate", "test", "predict")} if run else defaults
+        return one_line
+    defaults = {"default_config_files": [str(DEFAULT_CONFIG)], **one_line}
+    return {**one_line, **{sub: defaults for sub in ("fit", "validate", "test", "predict")}} if run else defaults
 
 
 def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> ForecastCLI:

@@ -500,6 +500,7 @@ def test_sigint_stops_cleanly_a_second_one_aborts_and_a_rerun_finishes(data, spa
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
+    assert "Traceback" not in out, out  # Optuna's warning line and the closing line say it, no trace
     aborted = load(tmp_path).get_trials()[1]
     assert aborted.state == TrialState.FAIL and aborted.user_attrs["reason"] == "aborted"
     assert not load(tmp_path).get_trials(states=(TrialState.RUNNING,))

@@ -19,6 +19,7 @@ import yaml
 
 from forecast.cli import main as forecast_main
 from forecast.data.datamodule import ForecastDataModule
+from forecast.data.manifest import write_tracked
 from forecast.data.raw import forward_adjust, read_raw, write_raw
 from forecast.data.synthetic import synthetic_ohlcv
 from forecast.data.targets import threshold_targets
@@ -141,15 +142,12 @@ def test_scaler_never_sees_validation_or_test_rows(data_dir, tmp_path):
     base = ForecastDataModule(**dm_kwargs(data_dir))
     tier_file = data_dir / "processed" / f"{SYMBOL}_a25.parquet"
     other = tmp_path / "data"
-    (other / "processed").mkdir(parents=True)
-    (other / "raw").mkdir()
-    for f in (data_dir / "raw").iterdir():
-        (other / "raw" / f.name).write_bytes(f.read_bytes())
+    write_raw(other, SYMBOL, read_raw(data_dir, SYMBOL), source="copy")
     frame = pd.read_parquet(tier_file)
     later = frame["Date"] >= pd.Timestamp(VAL_START)
     cols = [c for c in frame.columns if c != "Date"]
     frame.loc[later, cols] = frame.loc[later, cols] * 1000 + 7
-    frame.to_parquet(other / "processed" / tier_file.name)
+    write_tracked(other, "processed", other / "processed" / tier_file.name, frame)  # the manifest vouches for it
     moved = ForecastDataModule(**dm_kwargs(other))
     np.testing.assert_array_equal(base.scale_mean, moved.scale_mean)
     np.testing.assert_array_equal(base.scale_std, moved.scale_std)

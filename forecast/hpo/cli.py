@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from forecast.errors import ForecastError
+from forecast.errors import ForecastError, OneLineParser
 from forecast.hpo.config import flag_keys
 from forecast.hpo.stop import STOP_FILE, StopControl
 from forecast.hpo.study import (
@@ -64,7 +64,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def hpo_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="forecast hpo", allow_abbrev=False, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Optuna search over one parameter budget's architectures and training settings.")
     p.add_argument("--budget", required=True, help="2M, 20M, 200M, 2B, or a parameter count such as 50K")
@@ -74,7 +74,7 @@ def hpo_parser() -> argparse.ArgumentParser:
 
 
 def sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="forecast sweep", allow_abbrev=False, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run `forecast hpo` over budgets x horizons in order; finished studies are skipped.")
     p.add_argument("--budgets", nargs="+", required=True, metavar="BUDGET", help="e.g. 2M 20M 200M 2B")

@@ -90,7 +90,21 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
             return RDBStorage(url, engine_kwargs=engine, **kwargs)
     except Exception as err:  # sqlalchemy/driver errors have many types; all mean "cannot open"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        missing = _missing_module(err)
+        if missing is not None:
+            first = f"its database driver {missing!r} is not installed"
+            if url.startswith("postgresql"):  # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
+                first += "; install the psycopg package: pip install 'psycopg[binary]'"
         raise ForecastError(f"cannot open storage {describe(url)}: {first}") from None
+
+
+def _missing_module(err: BaseException) -> str | None:
+    """The module whose import failed somewhere in `err`'s chain (Optuna re-raises it vaguely)."""
+    while err is not None:
+        if isinstance(err, ModuleNotFoundError) and err.name:
+            return err.name
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _retry_callback() -> RetryHeartbeatStaleTrialCallback:
@@ -149,6 +163,11 @@ def recover_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
         if worker_is_dead(str(trial.user_attrs.get(WORKER_ATTR, ""))) and _fail(study, storage, trial):
             failed.append(trial.number)
     return sorted(failed)
+
+
+def retry_queued(trial: FrozenTrial) -> bool:
+    """Whether failing `trial` queues a retry: not once it is itself the MAX_RETRY-th retry."""
+    return len(RetryHeartbeatStaleTrialCallback.retry_history(trial)) < MAX_RETRY
 
 
 def _fail(study: optuna.Study, storage: BaseStorage, trial: FrozenTrial) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import re
 import time
 import warnings
@@ -34,7 +35,13 @@ from forecast.hpo.objective import ExtraCallbacks, Objective, TrialFailed, Trial
 from forecast.hpo.outputs import StudyInfo, best_trial, counts, n_finished, write_all
 from forecast.hpo.space import ARCH_ARGS, NET_PREFIX, SearchSpace, bind, load_space
 from forecast.hpo.stop import STOP_FILE, AbortTrial, StopControl
-from forecast.hpo.storage import default_url, describe, open_storage, recover_dead_trials
+from forecast.hpo.storage import (
+    default_url,
+    describe,
+    open_storage,
+    recover_dead_trials,
+    retry_queued,
+)
 from forecast.machine import check_search
 from forecast.metrics import MONITOR, MONITOR_MODE
 
@@ -378,8 +385,11 @@ class _AfterTrial:
 
 
 def _recover(study: optuna.Study, plan: Plan, display: Display) -> None:
-    for number in recover_dead_trials(study, plan.storage):
-        display.say(f"trial {number}: its process is gone; marked failed and queued to run again")
+    failed = recover_dead_trials(study, plan.storage)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)} if failed else {}
+    for number in failed:
+        then = "queued to run again" if retry_queued(trials[number]) else "not retried (it was the retry)"
+        display.say(f"trial {number}: its process is gone; marked failed and {then}")
 
 
 def _running(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -416,6 +426,16 @@ def _closing_line(outcome: Outcome, study: optuna.Study) -> str:
             f"see {outcome.folder / 'summary.md'}{rerun}")
 
 
+class _NoAbortTrace(logging.Filter):
+    """Optuna logs a trial that raised with its traceback; for AbortTrial (a second Ctrl-C, the
+    user's own doing) the warning line and the closing line say enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], AbortTrial):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 @contextlib.contextmanager
 def _quiet_search() -> Iterator[None]:
     """Lightning's per-trial lines and Optuna's own log stay out: the search prints one line per trial."""
@@ -423,8 +443,11 @@ def _quiet_search() -> Iterator[None]:
 
     optuna_level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    no_trace, optimize_log = _NoAbortTrace(), logging.getLogger("optuna.study._optimize")
+    optimize_log.addFilter(no_trace)
     try:
         with quiet_lightning():
             yield
     finally:
         optuna.logging.set_verbosity(optuna_level)
+        optimize_log.removeFilter(no_trace)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from forecast.errors import OneLineParser
 from forecast.report.build import ReportOptions
 from forecast.report.outputs import make_report
 
@@ -25,7 +26,7 @@ not be (its best config no longer loads, a retrain failed: listed in report.md a
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="forecast report", allow_abbrev=False, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Scaling report from finished `forecast hpo` studies: the studies' test period cut "
