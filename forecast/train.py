@@ -187,10 +187,11 @@ class ForecastCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         """As LightningCLI's, but `--trainer.enable_checkpointing=false` drops our ModelCheckpoint
-        (Lightning refuses a checkpoint callback with checkpointing off)."""
+        (Lightning refuses a checkpoint callback with checkpointing off), and so does
+        `--trainer.fast_dev_run` (its save_last would write ./checkpoints/last.ckpt)."""
         trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if trainer.get("enable_checkpointing") is False:
+        if trainer.get("enable_checkpointing") is False or trainer.get("fast_dev_run"):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         return self._instantiate_trainer(trainer, callbacks)
 

@@ -266,9 +266,10 @@ def test_fast_dev_run_works_and_writes_nothing(command, sample, fitted, tmp_path
     logs = tmp_path / "logs"
     shutil.copytree(fitted, logs)
     monkeypatch.setenv("FORECAST_DATA_DIR", str(sample))
-    before = tree(logs)
+    monkeypatch.chdir(tmp_path)  # Lightning's fallback folder for checkpoints is the working one
+    before = tree(tmp_path)
     assert run([command, *fit_args(logs), "--trainer.fast_dev_run=true"]) == 0
-    assert tree(logs) == before  # a smoke run leaves no run folder, metrics or predictions
+    assert tree(tmp_path) == before  # no run folder, checkpoint, metrics or predictions
 
 
 def test_a_best_yaml_replay_runs_with_fast_dev_run(sample, fitted, tmp_path, monkeypatch):
@@ -276,11 +277,12 @@ def test_a_best_yaml_replay_runs_with_fast_dev_run(sample, fitted, tmp_path, mon
     from forecast.hpo.outputs import write_best_yaml
 
     monkeypatch.setenv("FORECAST_DATA_DIR", str(sample))
+    monkeypatch.chdir(tmp_path)
     trial = SimpleNamespace(number=0, value=0.5, user_attrs={
         "log_dir": str(fitted / "demo" / "version_0"), "arch_id": "d16", "params": 1})
     best = write_best_yaml(trial, tmp_path / "study")
     assert run(["fit", "--config", str(best), "--trainer.fast_dev_run=true"]) == 0
-    assert sorted(p.name for p in (tmp_path / "study").iterdir()) == ["best.yaml"]  # no replay run folder
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["study", "study/best.yaml"]
 
 
 def test_threshold_defect_trained_before_and_is_refused_now(sample):
