@@ -112,7 +112,8 @@ class ForecastCLI(LightningCLI):
         except ArgumentError as err:
             subcommand = args[0] if isinstance(args, list) and args and args[0] in self.subcommands() else None
             sub = self._subcommand_parsers.get(subcommand, parser) if subcommand else parser
-            raise ForecastError(_parse_error(str(err), sub, args if isinstance(args, list) else [])) from None
+            prog = sub.prog.replace(" [options]", "") if subcommand else None  # None: the search's parse
+            raise ForecastError(_parse_error(str(err), sub, args if isinstance(args, list) else [], prog)) from None
         # Lightning reads the hyperparameters of --ckpt_path next (torch.load): vet the file first.
         ckpt = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
         if ckpt and ckpt not in ("best", "last", "hpc", "registry"):
@@ -402,22 +403,22 @@ def _check_config_files(args: list[str]) -> None:
             raise ForecastError(f"config file {value} is not a mapping of options (got {type(doc).__name__})")
 
 
-def _parse_error(message: str, parser: LightningArgumentParser, args: list[str]) -> str:
+def _parse_error(message: str, parser: LightningArgumentParser, args: list[str], prog: str | None) -> str:
     """jsonargparse's message in one line; an unknown key gets the closest valid one and its file."""
-    prog = parser.prog.replace(" [options]", "")
     text = " ".join(message.split()) or "bad arguments"  # jsonargparse nests details on more lines
     text = text if len(text) <= 300 else text[:297] + "..."
+    where, see = (f"{prog}: ", f" (see {prog} --help)") if prog else ("", "")
     key = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", text)
     if key is None:
-        return f"{prog}: {text} (see {prog} --help)"
+        return f"{where}{text}{see}"
     key = key.group(1) or key.group(2)
     prefix, _, leaf = key.rpartition(".")
     siblings = {a.dest.rpartition(".")[2] for a in parser._actions
                 if isinstance(a.dest, str) and a.dest.rpartition(".")[0] == prefix}
     close = difflib.get_close_matches(leaf, sorted(siblings), n=1, cutoff=0.7)
-    hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else f" (see {prog} --help)"
+    hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else see
     source = next((f" in {f}" for f in _config_values(args) if key in _flat_keys(f)), "")
-    return f"{prog}: unknown option '{key}'{source}{hint}"
+    return f"{where}unknown option '{key}'{source}{hint}"
 
 
 def _config_values(args: list[str]) -> list[str]:

@@ -196,6 +196,8 @@ CASES = [
     ("arch-unknown-budget", None, ["arch", "--budget", "3X"], "unknown budget '3X'"),
     ("arch-bad-choice", None, ["arch", "--budget", "2M", "--precision", "7"], "invalid choice"),
     ("hpo-bad-int", None, ["hpo", "--budget", "2M", "--trials", "abc"], "invalid int value"),
+    ("hpo-unknown-trial-flag", None, ["hpo", "--budget", "2M", "--config", "{cfg}", "--log-dir", "{logs}/hpo",
+                                      "--data.batchsize", "3"], "did you mean 'data.batch_size'"),
     ("sweep-horizon-zero", None, ["sweep", "--budgets", "2M", "--horizons", "0", "--log-dir", "{logs}/hpo"],
      "--horizons must be >= 1"),
     ("report-bad-int", None, ["report", "--seeds", "x"], "invalid int value"),
@@ -240,6 +242,7 @@ def test_matrix_bad_input_is_one_line_and_changes_nothing(
     assert tree(case) == before  # data, logs and the working folder exactly as they were
 
 
+@pytest.mark.slow  # ~10 s of interpreter start and imports; the matrix checks the same in-process
 def test_the_console_script_prints_one_line_for_a_corrupted_tier(sample, tmp_path):
     """The same contract through a real process (what a user's shell sees)."""
     data = tmp_path / "data"

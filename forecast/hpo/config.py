@@ -49,6 +49,8 @@ def resolve(args: Sequence[str]) -> dict[str, Any]:
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             raise ForecastError(f"invalid trial config: {parser_error(err.getvalue())}") from None
+    except ForecastError as error:  # the CLI's own one-line parse errors (forecast.train)
+        raise ForecastError(f"invalid trial config: {error}") from None
     config = yaml.safe_load(out.getvalue())
     if not isinstance(config, dict):
         raise ForecastError(f"invalid trial config: {parser_error(err.getvalue()) or 'nothing parsed'}")
