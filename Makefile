@@ -18,6 +18,8 @@ TORCH_INDEX   := https://download.pytorch.org/whl/$(TORCH_BUILD)
 # from pyproject.toml; torch itself is pinned above (version + build) and is the one unhashed package.
 LOCK      := requirements.lock
 PIP_TOOLS := pip-tools==7.6.2
+# Where `make lock` finds torch's CPU build; empty where a local wheel is on pip's find-links.
+LOCK_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 DATA_DIR ?= data
 STAMP    := $(VENV)/.installed-$(TORCH_BUILD)
@@ -50,7 +52,7 @@ lock: ## refresh requirements.lock (exact versions + hashes) after changing pypr
 	@# torch's CPU build is resolved (so its CPU dependencies are locked), then left out of the file.
 	@# Existing pins are kept unless pyproject.toml needs others (delete the file to take the newest).
 	$(VENV)/lock-tools/bin/pip-compile -q --extra dev --generate-hashes --allow-unsafe --strip-extras \
-	  --no-emit-index-url --no-emit-find-links --extra-index-url https://download.pytorch.org/whl/cpu \
+	  --no-emit-index-url --no-emit-find-links $(if $(LOCK_TORCH_INDEX),--extra-index-url $(LOCK_TORCH_INDEX)) \
 	  -c $(VENV)/lock-torch.txt -o $(LOCK) pyproject.toml
 	{ echo "# torch is not in this file: make install pins it (TORCH_VERSION + TORCH_BUILD)"; \
 	  awk '/^torch==/ {skip=1; next} skip && /^[ \t]/ {next} {skip=0; print}' $(LOCK); } > $(LOCK).tmp
