@@ -34,7 +34,7 @@ install: $(STAMP) ## create .venv/ with torch ($(TORCH_BUILD) build) and the for
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# The lock first, hash-checked and without resolving (pip and setuptools are in it too).
+	@# The lock first, hash-checked and without resolving (setuptools too, for the editable build below).
 	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
 	@# A local/PyPI wheel of the exact build first (instant where one lies on disk), else PyTorch's own index.
 	@# Its CPU dependencies are already in place from the lock; a CUDA build adds its nvidia-* packages.
