@@ -69,7 +69,7 @@ def check_disk(params: int, folder: str | os.PathLike, files: int, weights_only:
 def check_fit_disk(trainer: Any, params: int) -> None:
     """The disk check of one `Trainer.fit`, from its ModelCheckpoint settings."""
     ckpt = trainer.checkpoint_callback
-    if ckpt is None:
+    if ckpt is None or trainer.fast_dev_run:  # a smoke run saves no checkpoint (and has no log folder)
         return
     folder = ckpt.dirpath or (trainer.logger.save_dir if trainer.logger is not None else trainer.default_root_dir)
     files = checkpoints_at_once(ckpt.save_top_k, ckpt.save_last, trainer.max_epochs)
