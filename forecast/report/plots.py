@@ -83,7 +83,8 @@ def scaling_figure(report: Report) -> Figure:
         ax.set_xlabel("parameters (exact count of each budget's best model)")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8, title="baselines: prior ':', logistic '--', HistGB '-.'", title_fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # nothing to name when no series could be reported
+        axes[0].legend(fontsize=8, title="baselines: prior ':', logistic '--', HistGB '-.'", title_fontsize=7)
     fig.suptitle("Scaling over all folds: 95% joint block-bootstrap intervals (dates x seeds)")
     return fig
 
