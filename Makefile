@@ -24,7 +24,7 @@ LOCK_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 DATA_DIR ?= data
 STAMP    := $(VENV)/.installed-$(TORCH_BUILD)
 
-.PHONY: help install lock demo test test-slow verify lint bench gpu-wheels gpu-check clean
+.PHONY: help install lock demo test test-slow verify lint bench gpu-wheels gpu-check postgres postgres-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -104,6 +104,12 @@ gpu-wheels: ## download the wheels a GPU image may lack into .whl/ (cp312, manyl
 
 gpu-check: ## on one GPU: 200M/2B build, memory, MFU; a 2B search; 2M trials/hour -> gpu_check.json (< 8 min)
 	$(GPU_PYTHON) -m forecast.bench.gpu_check --out gpu_check.json
+
+postgres: ## start a local PostgreSQL in .pg/ (installs the Debian server if needed); prints its URL last
+	@.ci/postgres start
+
+postgres-stop: ## stop the local PostgreSQL (its data stays in .pg/)
+	@.ci/postgres stop
 
 clean: ## remove caches and build leftovers (keeps .venv, data and logs)
 	rm -rf .pytest_cache .ruff_cache *.egg-info bench.json

@@ -22,8 +22,9 @@ from forecast.hpo.study import (
     HpoOptions,
     Outcome,
     parse_budget,
-    run_study,
+    run_queue,
 )
+from forecast.hpo.workers import run_workers, worker_number
 
 ABORTED_EXIT = 130  # a second Ctrl-C ended a trial: like any interrupted command
 
@@ -52,7 +53,15 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "hyperband or none")
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
     p.add_argument("--timeout", type=float, metavar="S",
-                   help="start no new trial after S seconds (the running one finishes)")
+                   help="start no new trial after S seconds (the running one finishes); in a sweep, "
+                        "for the whole matrix")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes on this machine sharing the studies through the storage "
+                        "(without --storage: the journal <log-dir>/optuna.journal; default: 1)")
+    p.add_argument("--devices", metavar="IDS",
+                   help="CUDA devices for the workers, e.g. 0,1 or 0,0,1,1 (worker k takes the k-th id, "
+                        "round robin; an id may repeat: several trials share a GPU; default: every "
+                        "visible device)")
     p.add_argument("--log-dir", type=Path, default=Path("logs/hpo"),
                    help="TensorBoard runs (<log-dir>/<study>/trial_NNNN) and study outputs (default: logs/hpo)")
     p.add_argument("--heartbeat", type=int, default=60, metavar="S",
@@ -76,7 +85,8 @@ def hpo_parser() -> argparse.ArgumentParser:
 def sweep_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="forecast sweep", allow_abbrev=False, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run `forecast hpo` over budgets x horizons in order; finished studies are skipped.")
+        description="Run `forecast hpo` over budgets x horizons as one queue: each trial goes to the study "
+                    "furthest from --trials; any number of machines may run it on one --storage URL.")
     p.add_argument("--budgets", nargs="+", required=True, metavar="BUDGET", help="e.g. 2M 20M 200M 2B")
     p.add_argument("--horizons", nargs="+", required=True, type=int, metavar="H", help="e.g. 1 3 5")
     _common(p)
@@ -84,11 +94,15 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace, rest: list[str], budget: str, study_name: str | None) -> HpoOptions:
+    storage = args.storage
+    if storage is None and args.jobs > 1:
+        storage = str(args.log_dir / "optuna.journal")  # SQLite locks up under several writers
     return HpoOptions(
         budget=budget, trials=args.trials, configs=list(args.config), overrides=list(rest),
-        search_space=args.search_space, storage=args.storage, study_name=study_name, pruner=args.pruner,
+        search_space=args.search_space, storage=storage, study_name=study_name, pruner=args.pruner,
         seed=args.seed, timeout=args.timeout, log_dir=args.log_dir, heartbeat=args.heartbeat,
-        keep_checkpoints=args.keep_checkpoints, live=False if args.no_live else None)
+        keep_checkpoints=args.keep_checkpoints,
+        live=False if args.no_live or worker_number() is not None else None)
 
 
 def _forwarded(rest: list[str]) -> list[str]:
@@ -102,16 +116,31 @@ def exit_code(outcome: Outcome) -> int:
     return ABORTED_EXIT if outcome.ending == "aborted" else 0
 
 
+def _run(command: str, argv: list[str], args: argparse.Namespace, all_options: list[HpoOptions],
+         stop: StopControl | None = None) -> list[Outcome]:
+    """In this process, or (--jobs N) in N worker processes running this same command."""
+    if args.jobs < 1:
+        raise ForecastError(f"--jobs must be >= 1, got {args.jobs}")
+    worker = worker_number()
+    if args.jobs == 1 or worker is not None:
+        if args.devices is not None and worker is None:
+            raise ForecastError("--devices needs --jobs N (one process uses the device its config names)")
+        return run_queue(all_options, stop, summary=worker is None)
+    return run_workers(command, argv, all_options, args.jobs, args.devices, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`forecast hpo`."""
-    args, rest = hpo_parser().parse_known_args(list(argv or []))
-    outcome = run_study(_options(args, _forwarded(rest), args.budget, args.study_name))
+    argv = list(argv or [])
+    args, rest = hpo_parser().parse_known_args(argv)
+    outcome, = _run("hpo", argv, args, [_options(args, _forwarded(rest), args.budget, args.study_name)])
     return exit_code(outcome)
 
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
-    """`forecast sweep`: budgets x horizons, in that order, with one stop control for all."""
-    args, rest = sweep_parser().parse_known_args(list(argv or []))
+    """`forecast sweep`: budgets x horizons as one queue, with one stop control for all."""
+    argv = list(argv or [])
+    args, rest = sweep_parser().parse_known_args(argv)
     rest = _forwarded(rest)
     for budget in args.budgets:
         parse_budget(budget)  # an unknown budget fails before the first study starts
@@ -119,14 +148,12 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         raise ForecastError("--data.horizon is set by --horizons in a sweep")
     if any(h < 1 for h in args.horizons):
         raise ForecastError(f"--horizons must be >= 1, got {args.horizons}")
+    all_options = [_options(args, [*rest, f"--data.horizon={h}"], b, None) for b in args.budgets for h in args.horizons]
     with StopControl(args.log_dir / STOP_FILE, started=time.time()) as stop:
-        for budget in args.budgets:
-            for horizon in args.horizons:
-                options = _options(args, [*rest, f"--data.horizon={horizon}"], budget, None)
-                outcome = run_study(options, stop=stop)
-                if outcome.ending != "done":
-                    print(f"sweep stopped at budget {budget}, horizon {horizon}; rerun the same command "
-                          "to continue", flush=True)
-                    return exit_code(outcome)
-    print(f"sweep done: {len(args.budgets) * len(args.horizons)} studies", flush=True)
-    return 0
+        outcomes = _run("sweep", argv, args, all_options, stop)
+    left = [o for o in outcomes if o.ending != "done"]
+    if worker_number() is None:
+        print(f"sweep done: {len(outcomes)} studies" if not left else
+              f"sweep {left[0].ending}: {len(outcomes) - len(left)}/{len(outcomes)} studies done; "
+              "rerun the same command to continue", flush=True)
+    return max(exit_code(o) for o in outcomes)

@@ -3,7 +3,7 @@
 - default: SQLite `<log_dir>/optuna.db` (one file for every study of this machine);
 - `*.journal` or `journal:PATH`: Optuna's journal file, for several processes on one machine;
 - any other URL (`sqlite:///...`, `postgresql://...`) goes to Optuna's RDB storage, for many
-  machines.
+  machines; `postgresql://` is read with psycopg 3 (`postgresql+psycopg://`, a dependency).
 
 A process killed in mid-trial leaves its trial RUNNING. Two mechanisms turn it into a FAIL
 and enqueue one retry of its parameters (`RetryHeartbeatStaleTrialCallback(max_retry=1)`):
@@ -50,6 +50,11 @@ def describe(url: str) -> str:
         return url
 
 
+def rdb_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (SQLAlchemy's own default is psycopg2, not installed)."""
+    return "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
+
+
 def default_url(log_dir: Path) -> str:
     return f"sqlite:///{(log_dir / DEFAULT_DB).resolve()}"
 
@@ -84,10 +89,11 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
                   "heartbeat_stale_trial_callback": retry} if heartbeat > 0 else {}
-        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        # pre-ping: a connection the server dropped (restart, network) is replaced, not used
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: stable in use since 2.x
-            return RDBStorage(url, engine_kwargs=engine, **kwargs)
+            return _RDBStorage(rdb_url(url), engine_kwargs=engine, **kwargs)
     except Exception as err:  # sqlalchemy/driver errors have many types; all mean "cannot open"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         missing = _missing_module(err)
@@ -105,6 +111,20 @@ def _missing_module(err: BaseException) -> str | None:
             return err.name
         err = err.__cause__ or err.__context__
     return None
+
+
+class _RDBStorage(RDBStorage):
+    """Optuna's RDB storage whose heartbeat thread outlives a lost connection: a missed beat is
+    retried at the next interval, and the main thread, on its next write, reports the loss in
+    one line (`forecast.hpo.study`) instead of a thread printing a traceback."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            super().record_heartbeat(trial_id)
+        except SQLAlchemyError:
+            pass
 
 
 def _retry_callback() -> RetryHeartbeatStaleTrialCallback:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from forecast.budget import BUDGETS
 from forecast.devices import one_device
@@ -32,7 +33,7 @@ from forecast.errors import ForecastError
 from forecast.hpo import config as cfg
 from forecast.hpo.display import Display
 from forecast.hpo.objective import ExtraCallbacks, Objective, TrialFailed, TrialSetup
-from forecast.hpo.outputs import StudyInfo, best_trial, counts, n_finished, write_all
+from forecast.hpo.outputs import StudyInfo, best_trial, counts, is_finished, n_finished, write_all
 from forecast.hpo.space import ARCH_ARGS, NET_PREFIX, SearchSpace, bind, load_space
 from forecast.hpo.stop import STOP_FILE, AbortTrial, StopControl
 from forecast.hpo.storage import (
@@ -306,69 +307,127 @@ def _check_same_study(study: optuna.Study, plan: Plan) -> None:
 
 
 def run_study(options: HpoOptions, stop: StopControl | None = None,
-              extra_callbacks: ExtraCallbacks | None = None) -> Outcome:
+              extra_callbacks: ExtraCallbacks | None = None, summary: bool = True) -> Outcome:
     """Run (or resume) one study until N trials are finished, a stop, or the timeout.
 
     Args:
         options: the command's options.
-        stop: a stop control shared with a sweep; by default one for this study alone.
+        stop: a stop control shared with a caller; by default one for this study alone.
         extra_callbacks: more Lightning callbacks per trial (tests inject faults with it).
+        summary: print the closing line (a `--jobs` worker leaves it to its parent).
     """
-    plan = prepare(options, extra_callbacks)
-    study = open_study(plan)
+    return run_queue([options], stop, extra_callbacks, summary)[0]
+
+
+def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
+              extra_callbacks: ExtraCallbacks | None = None, summary: bool = True) -> list[Outcome]:
+    """Run several studies as one queue: each trial goes to the study furthest from its N.
+
+    Every study is checked and opened before the first trial. Any number of processes, on any
+    number of machines sharing the storage, may run the same queue: each picks by what the storage
+    holds, so the studies fill evenly and none runs past its N. `--timeout` of the first options
+    bounds the whole queue. A storage lost mid-run ends it with one line; rerunning resumes.
+    """
+    plans = [prepare(o, extra_callbacks) for o in all_options]
+    first = plans[0].options
+    deadline = None if first.timeout is None else time.time() + first.timeout
     own = stop is None
-    stop = stop or StopControl(plan.folder / STOP_FILE)
-    stop.watch(plan.folder / STOP_FILE)
-    hint = f"q, Ctrl-C or `touch {plan.folder / STOP_FILE}` stops after the running trial"
-    with _quiet_search(), Display(plan.name, options.trials, options.live, hint) as display, \
-            (stop if own else contextlib.nullcontext(stop)):
-        stop.notify = display.say
-        display.say(f"study {plan.name}: {len(plan.space.tree.archs)} architectures of budget "
-                    f"{options.budget}, storage {describe(plan.url)}, logs {plan.folder}")
-        ending = _optimize(study, plan, stop, display)
-        _write(study, plan)
-        trials = study.get_trials(deepcopy=False)
-        display.update(finished=n_finished(trials), counts=counts(trials))
-    outcome = Outcome(plan.name, ending, n_finished(trials), options.trials, plan.folder)
-    print(_closing_line(outcome, study), flush=True)
-    return outcome
+    stop = stop or StopControl(plans[0].folder / STOP_FILE)
+    try:
+        queue = [(plan, open_study(plan)) for plan in plans]
+        for plan in plans:
+            stop.watch(plan.folder / STOP_FILE)
+        hint = f"q, Ctrl-C or `touch {plans[0].folder / STOP_FILE}` stops after the running trial"
+        with _quiet_search(), Display(plans[0].name, first.trials, first.live, hint) as display, \
+                (stop if own else contextlib.nullcontext(stop)):
+            stop.notify = display.say
+            for plan in plans:
+                display.say(f"study {plan.name}: {len(plan.space.tree.archs)} architectures of budget "
+                            f"{plan.options.budget}, storage {describe(plan.url)}, logs {plan.folder}")
+            ending = _optimize(queue, stop, display, deadline)
+            for plan, study in queue:
+                _write(study, plan)
+    except SQLAlchemyError as err:
+        raise ForecastError(f"lost the storage {describe(plans[0].url)} ({_first_line(err)}); the studies "
+                            "are kept: rerun the same command to resume") from None
+    outcomes = [_outcome(plan, study, ending) for plan, study in queue]
+    if summary:
+        for outcome, (_, study) in zip(outcomes, queue, strict=True):
+            print(_closing_line(outcome, study), flush=True)
+    return outcomes
 
 
-def _optimize(study: optuna.Study, plan: Plan, stop: StopControl, display: Display) -> Ending:
-    """The loop: start trials while the study needs them, wait for others', stop on request."""
-    o = plan.options
-    deadline = None if o.timeout is None else time.time() + o.timeout
-    objective = Objective(plan.setup, display, stop)
+def _outcome(plan: Plan, study: optuna.Study, ending: Ending) -> Outcome:
+    finished = n_finished(study.get_trials(deepcopy=False))
+    done = finished >= plan.options.trials
+    return Outcome(plan.name, "done" if done else ending, finished, plan.options.trials, plan.folder)
+
+
+def _optimize(queue: list[tuple[Plan, optuna.Study]], stop: StopControl, display: Display,
+              deadline: float | None) -> Ending:
+    """The loop: one trial at a time for the study furthest from its N; wait for other workers'
+    trials when every study is finished or taken; stop on request or at the deadline."""
+    objectives = {plan.name: _Claimed(Objective(plan.setup, display, stop), plan.options.trials)
+                  for plan, _ in queue}
     waiting_said = False
     while True:
-        _recover(study, plan, display)
-        trials = study.get_trials(deepcopy=False)
-        finished, running = n_finished(trials), _running(trials)
-        _show(display, study, trials)
-        if finished >= o.trials:
+        gaps = []
+        for plan, study in queue:
+            _recover(study, plan, display)
+            trials = study.get_trials(deepcopy=False)
+            gaps.append((plan.options.trials - n_finished(trials), len(_running(trials)), trials))
+        if all(left <= 0 for left, _, _ in gaps):
             return "done"
         if stop.requested:
             return "stopped"
         if deadline is not None and time.time() >= deadline:
             return "timeout"
-        if finished + len(running) >= o.trials:
+        free = [left - running for left, running, _ in gaps]
+        pick = max(range(len(queue)), key=lambda i: (free[i], -i))  # furthest from N; ties: matrix order
+        plan, study = queue[pick]
+        _show(display, plan, study, gaps[pick][2])
+        if free[pick] <= 0:
             if not waiting_said:
-                display.say(f"{finished}/{o.trials} finished; waiting for running trials "
-                            f"{', '.join(str(t.number) for t in running)} of other workers")
+                running = [f"{p.name} #{t.number}" for (p, _), (_, _, ts) in zip(queue, gaps, strict=True)
+                           for t in _running(ts)]
+                display.say(f"every study is finished or taken; waiting for running trials "
+                            f"{', '.join(running)} of other workers")
                 waiting_said = True
             time.sleep(WAIT_S)
             continue
         waiting_said = False
         try:
-            study.optimize(objective, timeout=None if deadline is None else max(1.0, deadline - time.time()),
-                           callbacks=[_AfterTrial(plan, stop, display)], catch=(TrialFailed,),
-                           gc_after_trial=True)
+            study.optimize(objectives[plan.name], n_trials=1, callbacks=[_AfterTrial(plan, stop, display)],
+                           catch=(TrialFailed, Surplus), gc_after_trial=True)
         except AbortTrial:
             return "aborted"
 
 
+class Surplus(Exception):
+    """Another worker started the study's last trial at the same moment: this one is not run."""
+
+
+class _Claimed:
+    """The objective, run only when the new trial is within N: the trials before it (by trial
+    number, which the storage gives out in order) that are finished or running must be fewer
+    than N. Two workers that both saw a free place and started together thus do not both run;
+    the later one ends at once as FAIL, reason `surplus` (not counted)."""
+
+    def __init__(self, objective: Objective, target: int) -> None:
+        self.objective, self.target = objective, target
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        before = [t for t in trial.study.get_trials(deepcopy=False)
+                  if t.number < trial.number and (is_finished(t) or t.state == TrialState.RUNNING)]
+        if len(before) >= self.target:
+            trial.set_user_attr("reason", "surplus")
+            trial.set_user_attr("message", f"the study already had {self.target} trials finished or running")
+            raise Surplus(f"trial {trial.number} not run: the study was full")
+        return self.objective(trial)
+
+
 class _AfterTrial:
-    """Optuna callback after each trial: outputs, display, and whether to start another."""
+    """Optuna callback after each trial: its line, recovery of dead workers' trials, outputs."""
 
     def __init__(self, plan: Plan, stop: StopControl, display: Display) -> None:
         self.plan, self.stop, self.display = plan, stop, display
@@ -378,10 +437,7 @@ class _AfterTrial:
         self.display.say(_trial_line(trial))
         _recover(study, self.plan, self.display)
         _write(study, self.plan)
-        trials = study.get_trials(deepcopy=False)
-        _show(self.display, study, trials)
-        if self.stop.requested or n_finished(trials) + len(_running(trials)) >= self.plan.options.trials:
-            study.stop()
+        _show(self.display, self.plan, study, study.get_trials(deepcopy=False))
 
 
 def _recover(study: optuna.Study, plan: Plan, display: Display) -> None:
@@ -402,16 +458,19 @@ def _write(study: optuna.Study, plan: Plan) -> None:
     write_all(study, info, keep_checkpoints=plan.options.keep_checkpoints)
 
 
-def _show(display: Display, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+def _show(display: Display, plan: Plan, study: optuna.Study, trials: list[FrozenTrial]) -> None:
     best = best_trial(study)
     text = "-" if best is None else f"{best.value:.5g} (trial {best.number}, {best.user_attrs.get('arch_id')})"
-    display.update(finished=n_finished(trials), counts=counts(trials), best=text)
+    display.update(study=plan.name, target=plan.options.trials, finished=n_finished(trials),
+                   counts=counts(trials), best=text)
 
 
 def _trial_line(t: FrozenTrial) -> str:
     a = t.user_attrs
     value = f" {MONITOR}={t.value:.5g}" if t.value is not None and t.state == TrialState.COMPLETE else ""
     why = a.get("reason", t.state.name.lower())
+    if why == "surplus":
+        return f"trial {t.number} not run: {a.get('message')}"
     message = f": {a['message']}" if a.get("message") and why not in ("complete",) else ""
     return (f"trial {t.number} {why}{value} {a.get('arch_id')} ({a.get('epochs_run')} epochs, "
             f"{a.get('wall_s', 0):.0f} s){message}")
@@ -434,6 +493,11 @@ class _NoAbortTrace(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], AbortTrial):
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 @contextlib.contextmanager
