@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: stable in use since 2.x
-            return _RDBStorage(rdb_url(url), engine_kwargs=engine, **kwargs)
+            return _open_rdb(rdb_url(url), engine, kwargs)
     except Exception as err:  # sqlalchemy/driver errors have many types; all mean "cannot open"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         missing = _missing_module(err)
@@ -111,6 +112,21 @@ def _missing_module(err: BaseException) -> str | None:
             return err.name
         err = err.__cause__ or err.__context__
     return None
+
+
+def _open_rdb(url: str, engine: dict, kwargs: dict, tries: int = 5) -> RDBStorage:
+    """Workers that start together on an empty database all create Optuna's tables; the losers of
+    that race see a unique-key error and simply open the tables the winner made."""
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(tries):
+        try:
+            return _RDBStorage(url, engine_kwargs=engine, **kwargs)
+        except IntegrityError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class _RDBStorage(RDBStorage):

@@ -334,7 +334,8 @@ def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
     own = stop is None
     stop = stop or StopControl(plans[0].folder / STOP_FILE)
     try:
-        queue = [(plan, open_study(plan)) for plan in plans]
+        with _quiet_search():  # Optuna's "created / using an existing study" lines: said below
+            queue = [(plan, open_study(plan)) for plan in plans]
         for plan in plans:
             stop.watch(plan.folder / STOP_FILE)
         hint = f"q, Ctrl-C or `touch {plans[0].folder / STOP_FILE}` stops after the running trial"
@@ -506,7 +507,7 @@ def _quiet_search() -> Iterator[None]:
     from forecast.train import quiet_lightning
 
     optuna_level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures too: the search prints its own line per trial
     no_trace, optimize_log = _NoAbortTrace(), logging.getLogger("optuna.study._optimize")
     optimize_log.addFilter(no_trace)
     try:

@@ -92,7 +92,8 @@ def run_workers(command: str, argv: list[str], all_options: list[HpoOptions], jo
     """
     ids = device_ids(devices)
     plans = [prepare(o) for o in all_options]
-    studies = [open_study(p) for p in plans]
+    with _quiet_search():
+        studies = [open_study(p) for p in plans]
     started = time.time()
     own = stop is None
     stop = stop or StopControl(plans[0].folder / STOP_FILE, started=started)
