@@ -348,8 +348,11 @@ def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
             ending = _optimize(queue, stop, display, deadline)
             for plan, study in queue:
                 _write(study, plan)
-    except SQLAlchemyError as err:
-        raise ForecastError(f"lost the storage {describe(plans[0].url)} ({_first_line(err)}); the studies "
+    except Exception as err:
+        lost = _storage_error(err)
+        if lost is None:
+            raise
+        raise ForecastError(f"lost the storage {describe(plans[0].url)} ({_first_line(getattr(lost, 'orig', None) or lost)}); the studies "
                             "are kept: rerun the same command to resume") from None
     outcomes = [_outcome(plan, study, ending) for plan, study in queue]
     if summary:
@@ -494,6 +497,17 @@ class _NoAbortTrace(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], AbortTrial):
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def _storage_error(err: BaseException | None) -> SQLAlchemyError | None:
+    """The storage's error behind `err`, if any (Optuna may raise another one while handling it)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, SQLAlchemyError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _first_line(err: BaseException) -> str:
