@@ -165,6 +165,31 @@ def test_jobs_and_devices_are_checked_before_anything_runs(data, space_file, tmp
     assert not (tmp_path / STUDY / "trials.csv").exists()
 
 
+def test_the_panel_shows_every_running_trial_with_its_worker(tmp_path):
+    """The --jobs parent's panel, from the storage: its own workers by number, others by host."""
+    from types import SimpleNamespace
+
+    from forecast.hpo.display import Display
+    from forecast.hpo.workers import _panel
+
+    storage = open_storage(str(tmp_path / "s.journal"), 0)
+    study = optuna.create_study(study_name="p", storage=storage)
+    for worker, epochs in (("here:101:1", 2), ("here:102:1", 0), ("elsewhere:7:1", 1)):
+        trial = study.ask()
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("arch_id", "d16-l1-h2-f2")
+        for epoch in range(epochs):
+            trial.report(0.5, epoch)
+    study.tell(study.ask(), 0.3)
+    plan = SimpleNamespace(name="p", max_epochs=5, options=SimpleNamespace(trials=10))
+    display = Display("p", 10, live=False)
+    _panel(display, [plan], [study], {"101": 0, "102": 1})
+    rows = display.status.trial.splitlines()
+    assert rows == ["elsewhere:7: #2 d16-l1-h2-f2 epoch 1/5", "w0: #0 d16-l1-h2-f2 epoch 2/5",
+                    "w1: #1 d16-l1-h2-f2 starting"]
+    assert display.status.finished == 1 and display.status.counts["running"] == 3
+
+
 # -- worker processes ---------------------------------------------------------------------------------
 def _run(args: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "forecast", *args], cwd=ROOT, env={**ENV, **kw.pop("env", {})},

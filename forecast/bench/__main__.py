@@ -9,6 +9,9 @@ Entries:
            (`forecast.bench.memory`), when that module is present
   build    host memory (peak RSS) and time to build a 200M model through the CLI
            (`forecast.bench.build`): the network is built on `meta`, materialised where it runs
+  hpo      trial overhead and the pruning saving (`forecast.bench.hpo`)
+  scale    storage overhead per trial on SQLite, journal and PostgreSQL (4 workers), trials per
+           hour with `--jobs 1` and `--jobs 2` (`forecast.bench.scale`)
 
 Benchmarks report; no test asserts a timing (shared machines are noisy).
 """
@@ -163,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         from forecast.bench.hpo import bench_hpo
 
         entries["hpo"] = bench_hpo
+    except ImportError:
+        pass
+    try:
+        from forecast.bench.scale import bench_scale
+
+        entries["scale"] = bench_scale
     except ImportError:
         pass
     results = {"torch_threads": torch.get_num_threads()}

@@ -116,14 +116,16 @@ def _missing_module(err: BaseException) -> str | None:
 
 def _open_rdb(url: str, engine: dict, kwargs: dict, tries: int = 5) -> RDBStorage:
     """Workers that start together on an empty database all create Optuna's tables; the losers of
-    that race see a unique-key error and simply open the tables the winner made."""
-    from sqlalchemy.exc import IntegrityError
+    that race see a unique-key error (PostgreSQL) or "table ... already exists" (SQLite) and simply
+    open the tables the winner made."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     for attempt in range(tries):
         try:
             return _RDBStorage(url, engine_kwargs=engine, **kwargs)
-        except IntegrityError:
-            if attempt == tries - 1:
+        except (IntegrityError, OperationalError) as err:
+            lost_race = isinstance(err, IntegrityError) or "already exists" in str(err)
+            if not lost_race or attempt == tries - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")

@@ -17,6 +17,7 @@ import logging
 import re
 import time
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from forecast.hpo.storage import (
     open_storage,
     recover_dead_trials,
     retry_queued,
+    worker_id,
 )
 from forecast.machine import check_search
 from forecast.metrics import MONITOR, MONITOR_MODE
@@ -272,8 +274,9 @@ def open_study(plan: Plan) -> optuna.Study:
         _check_same_study(study, plan)
         worker = int(study.user_attrs.get("workers", 0))
         study.set_user_attr("workers", worker + 1)
-        if worker:  # a second process (or a rerun) must not replay the first one's random draws
-            study.sampler = make_sampler(o.seed + worker)
+        if worker:  # a second process (or a rerun) must not replay the first one's random draws;
+            # the count is atomic on this machine only (the lock), so the process goes in the seed too
+            study.sampler = make_sampler(zlib.crc32(f"{o.seed}:{worker}:{worker_id()}".encode()))
         for params in plan.space.enqueued()[: o.trials]:
             study.enqueue_trial(params, skip_if_exists=True)
     return study
@@ -402,7 +405,7 @@ def _optimize(queue: list[tuple[Plan, optuna.Study]], stop: StopControl, display
         waiting_said = False
         try:
             study.optimize(objectives[plan.name], n_trials=1, callbacks=[_AfterTrial(plan, stop, display)],
-                           catch=(TrialFailed, Surplus), gc_after_trial=True)
+                           catch=(TrialFailed, Surplus))  # the objective collects garbage itself
         except AbortTrial:
             return "aborted"
 
