@@ -159,6 +159,9 @@ def test_the_sweep_timeout_bounds_the_whole_matrix(data, space_file, tmp_path, c
 def test_jobs_and_devices_are_checked_before_anything_runs(data, space_file, tmp_path, capsys):
     assert forecast_main(cli_args(data, space_file, tmp_path, 2, "--jobs", "0")) == 2
     assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
+    sqlite = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert forecast_main(cli_args(data, space_file, tmp_path, 2, "--jobs", "2", "--storage", sqlite)) == 2
+    assert "--jobs on SQLite" in capsys.readouterr().err
     if not __import__("torch").cuda.is_available():
         assert forecast_main(cli_args(data, space_file, tmp_path, 2, "--jobs", "2", "--devices", "0")) == 2
         assert "--devices 0: no CUDA device is visible here" in capsys.readouterr().err

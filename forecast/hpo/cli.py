@@ -121,6 +121,10 @@ def _run(command: str, argv: list[str], args: argparse.Namespace, all_options: l
     """In this process, or (--jobs N) in N worker processes running this same command."""
     if args.jobs < 1:
         raise ForecastError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs > 1 and str(all_options[0].storage).startswith("sqlite"):
+        # measured (make bench): two of 4 SQLite workers took the same queued trial, one crashed
+        raise ForecastError("--jobs on SQLite: its writers are not isolated enough for several workers; "
+                            "use a journal file (the default with --jobs) or PostgreSQL (`make postgres`)")
     worker = worker_number()
     if args.jobs == 1 or worker is not None:
         if args.devices is not None and worker is None:

@@ -144,10 +144,12 @@ def _supervise(procs: list[subprocess.Popen], plans: list[Plan], studies: list[o
     pids = {str(p.pid): k for k, p in enumerate(procs)}
     while any(p.poll() is None for p in procs) or not lines.empty():
         wanted = max(stop.signals, 1 if stop.requested else 0)
-        for _ in range(forwarded, wanted):
+        for n in range(forwarded, wanted):
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
+            display.say("stop passed on to every worker" if n == 0 else
+                        "second stop passed on: the workers abort their running trials")
         forwarded = max(forwarded, wanted)
         stop.flush()
         try:
