@@ -5,7 +5,8 @@ diverged) and FAIL with reason `oom` or `error` (failures that are results). Tri
 died or that a user aborted do not count; a dead process's trial is retried once. So rerunning
 the same command after a stop or a crash continues to N, and several processes sharing the study
 stop together at N: a process starts a trial only while finished + running < N, and waits for
-other workers' running trials before it calls the study done.
+other workers' running trials before it calls the study done; a trial that two processes started
+for the last free place at once runs only in the one that got the lower trial number.
 """
 
 from __future__ import annotations
@@ -355,8 +356,9 @@ def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
         lost = _storage_error(err)
         if lost is None:
             raise
-        raise ForecastError(f"lost the storage {describe(plans[0].url)} ({_first_line(getattr(lost, 'orig', None) or lost)}); the studies "
-                            "are kept: rerun the same command to resume") from None
+        why = _first_line(getattr(lost, "orig", None) or lost)  # the driver's words, not SQLAlchemy's wrapper
+        raise ForecastError(f"lost the storage {describe(plans[0].url)} ({why}); the studies are kept: "
+                            "rerun the same command to resume") from None
     outcomes = [_outcome(plan, study, ending) for plan, study in queue]
     if summary:
         for outcome, (_, study) in zip(outcomes, queue, strict=True):
