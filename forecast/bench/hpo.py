@@ -59,7 +59,7 @@ def _study(data: Path, space: Path, logs: Path, pruner: str, trials: int, epochs
              "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4",
              f"--trainer.max_epochs={epochs}", f"--early_stopping.patience={epochs}"]  # pruning alone ends trials early
     options = HpoOptions(budget="20K", trials=trials, overrides=flags, search_space=space, log_dir=logs,
-                         pruner=pruner, live=False, configs=[str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")])
+                         pruner=pruner, live=False, configs=[str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")])
     start = time.perf_counter()
     outcome = run_study(options)
     wall = time.perf_counter() - start
