@@ -113,11 +113,14 @@ def _study(url: str, name: str = STUDY) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(url, 0))
 
 
-def _optuna_cli(*args: str) -> str:
-    run = subprocess.run([str(Path(sys.executable).parent / "optuna"), *args], capture_output=True, text=True,
-                         env=ENV, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return run.stdout
+def _optuna_cli(*calls: list[str]) -> list[str]:
+    """Run `optuna ARGS` for each call at once (each process spends seconds importing); stdouts."""
+    procs = [subprocess.Popen([str(Path(sys.executable).parent / "optuna"), *args], env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in calls]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    return [out for out, _ in outs]
 
 
 # -- one process on PostgreSQL; the optuna CLI on every storage ----------------------------------
@@ -129,16 +132,19 @@ def test_hpo_on_postgresql_and_the_optuna_cli_reads_every_storage(data, space_fi
                 "journal": (str(tmp_path / "journal" / "optuna.journal"), None,
                             ["--storage-class", "JournalFileBackend"]),
                 "postgresql": (plain, pg_url, [])}
+    calls, studies = [], {}
     for kind, (url, cli_url, hint) in storages.items():
-        logs = tmp_path / kind
-        assert forecast_main(cli_args(data, space_file, logs, 2, "--storage", url, epochs=1)) == 0
-        study = _study(url)
-        assert len(finished(study)) == 2
-        cli_url = cli_url or url
-        rows = json.loads(_optuna_cli("trials", "--storage", cli_url, *hint, "--study-name", STUDY, "-f", "json"))
+        trials = 2 if kind == "postgresql" else 1
+        assert forecast_main(cli_args(data, space_file, tmp_path / kind, trials, "--storage", url, epochs=1)) == 0
+        studies[kind] = _study(url)
+        assert len(finished(studies[kind])) == trials
+        where = ["--storage", cli_url or url, *hint, "--study-name", STUDY, "-f", "json"]
+        calls += [["trials", *where], ["best-trial", *where]]
+    outs = iter(_optuna_cli(*calls))
+    for kind, study in studies.items():
+        rows, best = json.loads(next(outs)), json.loads(next(outs))
         assert [r["number"] for r in rows] == [t.number for t in study.get_trials()], kind
         assert {r["user_attrs"]["arch_id"] for r in rows} == {t.user_attrs["arch_id"] for t in study.get_trials()}
-        best = json.loads(_optuna_cli("best-trial", "--storage", cli_url, *hint, "--study-name", STUDY, "-f", "json"))
         assert best["number"] == study.best_trial.number and best["value"] == pytest.approx(study.best_value), kind
 
 
