@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import (
     BaseStorage,
     JournalStorage,
@@ -141,7 +141,7 @@ class _RDBStorage(RDBStorage):
 
         try:
             super().record_heartbeat(trial_id)
-        except SQLAlchemyError:
+        except (StorageInternalError, SQLAlchemyError):  # Optuna wraps SQLAlchemy's errors in the first
             pass
 
 
