@@ -4,8 +4,9 @@
                recovery, Optuna sampling, user attrs, one report per epoch, outputs after each
                trial) with a trial that trains nothing, on SQLite, a journal file and
                PostgreSQL: worker-seconds per trial (4 x wall / trials) and trials per second.
-  throughput   `forecast hpo --jobs 1` and `--jobs 2` on the same small real study (this
-               machine's CPUs): trials per hour of command wall time, start-up included.
+  throughput   `forecast hpo --jobs 1` (all cores, and one thread) and `--jobs 2` on the same
+               small real study (this machine's CPUs): trials per hour of command wall time,
+               start-up included.
 
 PostgreSQL is `$FORECAST_TEST_PG_URL`, else the server of `make postgres` (started here when it
 is not running); each run gets a fresh database. Benchmarks report; no test asserts a timing.
@@ -144,28 +145,36 @@ def bench_storage(workers: int = 4, trials: int = 100) -> dict[str, Any]:
     return results
 
 
-def bench_throughput(trials: int = 8, epochs: int = 4, jobs: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
-    """Trials per hour of `forecast hpo --jobs J` on a small real study (command wall time)."""
+def bench_throughput(trials: int = 8, epochs: int = 10) -> dict[str, Any]:
+    """Trials per hour of `forecast hpo --jobs J` on a small real study (command wall time).
+
+    `jobs_1` runs with torch's default threads (all cores), `jobs_1_one_thread` with
+    OMP_NUM_THREADS=1, `jobs_2` with the workers' own split (cores / 2 threads each).
+    """
     results: dict[str, Any] = {"what": f"{trials} trials of {epochs} epochs (20K-parameter models), "
-                                       f"{os.cpu_count()} CPUs; wall time of the whole command"}
+                                       f"{os.cpu_count()} CPUs; wall time of the whole command, start-up included"}
+    runs = {"jobs_1": (1, None), "jobs_1_one_thread": (1, "1"), "jobs_2": (2, None)}
     with tempfile.TemporaryDirectory(prefix="bench_jobs_") as tmp:
         root = Path(tmp)
         data = _tier(root / "data")
         space = root / "space.yaml"
         space.write_text(SPACE)
-        for j in jobs:
-            args = ["hpo", "--budget", "20K", "--trials", str(trials), "--jobs", str(j), "--no-live",
+        for name, (jobs, threads) in runs.items():
+            logs = root / name
+            args = ["hpo", "--budget", "20K", "--trials", str(trials), "--jobs", str(jobs), "--no-live",
                     "--config", str(ROOT / "configs" / "demo.yaml"), "--search-space", str(space),
-                    "--log-dir", str(root / f"jobs{j}"), "--pruner", "none",
-                    "--storage", str(root / f"jobs{j}" / "optuna.journal"), *_flags(data, epochs)]
-            env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # each run splits the CPUs
+                    "--log-dir", str(logs), "--pruner", "none", "--storage", str(logs / "optuna.journal"),
+                    *_flags(data, epochs)]
+            env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+            if threads:
+                env["OMP_NUM_THREADS"] = threads
             start = time.perf_counter()
             run = subprocess.run([sys.executable, "-m", "forecast", *args], env=env, capture_output=True, text=True)
             wall = time.perf_counter() - start
             if run.returncode != 0:
-                results[f"jobs_{j}"] = f"failed: {run.stderr.strip().splitlines()[-1:]}"
+                results[name] = f"failed: {run.stderr.strip().splitlines()[-1:]}"
                 continue
-            results[f"jobs_{j}"] = {"wall_s": round(wall, 1), "trials_per_hour": round(3600 * trials / wall)}
+            results[name] = {"wall_s": round(wall, 1), "trials_per_hour": round(3600 * trials / wall)}
     return results
 
 
