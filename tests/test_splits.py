@@ -8,33 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_train import SYMBOL, data_dir, dm_kwargs  # the same synthetic tier and settings
 
 from forecast.data.datamodule import ForecastDataModule, split_bounds, split_samples
 from forecast.data.manifest import load_manifest, write_manifest
-from forecast.data.raw import write_raw
-from forecast.data.synthetic import synthetic_ohlcv
-from forecast.data.tiers import build_and_write
 from forecast.errors import ForecastError
 from forecast.io import md5_file
 from forecast.model import PatchTST
 
-SYMBOL = "SYN"
-VAL_START, TEST_START, TEST_END = "2017-07-03", "2018-04-02", "2018-12-31"
+__all__ = ["data_dir"]  # a module-scoped fixture shared with test_train
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_raw(root, SYMBOL, synthetic_ohlcv(n=1300, start="2014-01-01"), source="synthetic test series")
-    build_and_write(root, SYMBOL, "a25")
-    return root
-
-
-def dm_kwargs(data_dir: Path, **over) -> dict:
-    kw = dict(symbol=SYMBOL, tier="a25", data_dir=str(data_dir), context_length=32, horizon=1,
-              threshold=0.01, val_start=VAL_START, test_start=TEST_START, min_windows=20, batch_size=32)
-    kw.update(over)
-    return kw
+TEST_END = "2018-12-31"
 
 
 def test_split_samples_hold_their_targets_inside_their_split_for_any_bounds():
