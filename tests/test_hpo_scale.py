@@ -149,9 +149,10 @@ def test_hpo_on_postgresql_and_the_optuna_cli_reads_every_storage(data, space_fi
 
 
 def test_the_sweep_timeout_bounds_the_whole_matrix(data, space_file, tmp_path, capsys):
-    """--timeout 1 with trials of several seconds: one trial starts, then the sweep ends; a
-    timeout per study would have started one in each study."""
-    args = cli_args(data, space_file, tmp_path, 2, "--timeout", "1", epochs=2)[1:]
+    """--timeout 1 with trials of several seconds (8 epochs: a 2-epoch trial can end within the
+    second on an idle machine): one trial starts, then the sweep ends; a timeout per study would
+    have started one in each study."""
+    args = cli_args(data, space_file, tmp_path, 2, "--timeout", "1", epochs=8)[1:]
     args = ["sweep", "--budgets", "20K", "--horizons", "1", "2", *[a for a in args if a not in ("--budget", "20K")]]
     assert forecast_main(args) == 0
     out = capsys.readouterr().out
