@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import lightning.pytorch as L
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from forecast.budget import training_flops_per_sample
+from forecast.data.datamodule import SPLITS
 from forecast.metrics import (
     COLLAPSE_STD,
     MONITOR,
@@ -25,8 +27,8 @@ from forecast.metrics import (
     ProbabilitySpread,
     classification_metrics,
 )
+from forecast.model import num_parameters
 
-SPLITS = ("train", "val", "test")
 BEST_KEY = "hp/best_" + MONITOR.replace("/", "_")  # TensorBoard HParams metric: best monitored value so far
 
 
@@ -67,10 +69,11 @@ class Forecaster(L.LightningModule):
         # keyed "<split>_" because nn.Module already has an attribute named `train`
         self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(s) for s in SPLITS})
         self.spread = nn.ModuleDict({f"{s}_": ProbabilitySpread() for s in SPLITS})
-        self.best_score: float | None = None
         self.history: list[dict[str, float]] = []  # val metrics of every finished epoch
         self.flops_per_sample = _flops_per_sample(net)  # training matmul FLOPs (None: unknown network)
         self.flops_per_batch: int | None = None  # of the last training batch, for ThroughputMonitor's MFU
+        # More values for TensorBoard's HParams tab (a search trial adds its draw), logged at fit start
+        self.shown_hparams: dict[str, Any] = {}
         self._compiled = False
 
     def best_epoch(self) -> dict[str, float] | None:
@@ -83,7 +86,7 @@ class Forecaster(L.LightningModule):
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
+        return num_parameters(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # [B, L, F] -> [B] logits
@@ -139,9 +142,7 @@ class Forecaster(L.LightningModule):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         self.history.append({"epoch": self.current_epoch, **metrics})
         if MONITOR in metrics:
-            best = self.best_epoch()[MONITOR]
-            self.best_score = best
-            self.log(BEST_KEY, best, sync_dist=True)
+            self.log(BEST_KEY, self.best_epoch()[MONITOR], sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
@@ -163,10 +164,11 @@ class Forecaster(L.LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        """Record the real parameter count and register the HParams metric with a real value to come."""
+        """Record the real parameter count and register the HParams metric with a real value to come:
+        the one HParams record of the run (TensorBoard shows the first it gets)."""
         rank_zero_info(f"model: {type(self.net).__name__} with {self.num_parameters:,} parameters")
         if self.logger is not None:
-            hparams = {**self.hparams, "num_parameters": self.num_parameters}
+            hparams = {**self.hparams, **self.shown_hparams, "num_parameters": self.num_parameters}
             self.logger.log_hyperparams(hparams, {BEST_KEY: float("nan")})
 
     # -- optimization -----------------------------------------------------------------------
