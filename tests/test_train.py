@@ -24,6 +24,7 @@ from forecast.data.raw import forward_adjust, read_raw, write_raw
 from forecast.data.synthetic import synthetic_ohlcv
 from forecast.data.targets import threshold_targets
 from forecast.data.tiers import build_and_write
+from forecast.errors import ForecastError
 from forecast.metrics import MONITOR
 from forecast.train import cli_main
 
@@ -576,3 +577,33 @@ def test_on_cuda_throughput_times_only_the_logged_steps_and_epoch_ends(data_dir,
     timed = list(monitor._throughputs[RunningStage.TRAINING]._batches)
     assert timed[-1] == 12 and len(timed) <= 3  # about every 5th batch and the epoch's last, not all 12
     assert json.loads((Path(cli.trainer.log_dir) / "fit_summary.json").read_text())["train_samples_per_sec"] > 0
+
+
+def test_forecast_cli_overrides_no_private_lightning_cli_member_but_the_meta_instantiator():
+    """Private LightningCLI members change between releases without notice. The one left is
+    `_add_instantiators`: jsonargparse offers no public hook to build the network on `meta`."""
+    import ast
+    import inspect
+
+    from lightning.pytorch.cli import LightningCLI
+
+    import forecast.train as train
+
+    tree = ast.parse(inspect.getsource(train))
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    used |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    private = {name for name in used if name.startswith("_") and not name.startswith("__") and hasattr(LightningCLI, name)}
+    assert private == {"_add_instantiators"}
+
+
+def test_checkpoint_flags_reach_the_checkpoint_and_resolve_builds_nothing(data_dir, tmp_path):
+    from forecast.train import resolve_config
+
+    args = [*base_args(data_dir, tmp_path, epochs=1), "--checkpoint.save_last=false", "--checkpoint.save_top_k=2"]
+    ckpt = cli_main(args, run=False).trainer.checkpoint_callback
+    assert ckpt.save_last is False and ckpt.save_top_k == 2 and ckpt.monitor == MONITOR
+    # the same arguments resolved without building anything: no data is read from a missing folder
+    config = resolve_config([*args, f"--data.data_dir={tmp_path / 'missing'}"])
+    assert config["checkpoint"]["save_top_k"] == 2 and config["data"]["data_dir"] == str(tmp_path / "missing")
+    with pytest.raises(ForecastError):
+        cli_main([*args, f"--data.data_dir={tmp_path / 'missing'}"], run=False)
