@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -37,9 +38,12 @@ class Forecaster(L.LightningModule):
 
     Args:
         net: The network, `[B, L, F] -> logits [B]` (e.g. `forecast.model.PatchTST`).
-        lr: Peak learning rate of AdamW.
-        weight_decay: AdamW weight decay on matrices (norms, biases and embeddings of dim < 2 get none).
-        betas: AdamW betas.
+        lr: Peak learning rate (of any optimizer: the schedule warms up to it, then decays it).
+        weight_decay: Weight decay on matrices (norms, biases and embeddings of dim < 2 get none).
+        betas: AdamW betas (of the default optimizer).
+        optimizer: Another optimizer than the default AdamW (fused on CUDA), the LightningCLI way:
+            `--model.optimizer=torch.optim.SGD --model.optimizer.momentum=0.9`. It gets the same
+            two parameter groups, and `lr` and `weight_decay` above win over its own.
         warmup_frac: Fraction of all optimizer steps spent warming the learning rate up linearly.
         min_lr_ratio: Floor of the cosine decay as a fraction of `lr`.
         pos_weight: Weight of positive samples in the loss (None = unweighted).
@@ -56,6 +60,7 @@ class Forecaster(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
+        optimizer: OptimizerCallable | None = None,
         warmup_frac: float = 0.05,
         min_lr_ratio: float = 0.0,
         pos_weight: float | None = None,
@@ -65,6 +70,7 @@ class Forecaster(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
+        self.optimizer = optimizer
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(pos_weight))
         # keyed "<split>_" because nn.Module already has an attribute named `train`
         self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(s) for s in SPLITS})
@@ -173,12 +179,12 @@ class Forecaster(L.LightningModule):
 
     # -- optimization -----------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            decay_groups(self.net, self.hparams.weight_decay),
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
-            **adamw_options(self.device),
-        )
+        groups = decay_groups(self.net, self.hparams.weight_decay)
+        if self.optimizer is None:
+            optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                          **adamw_options(self.device))
+        else:
+            optimizer = self.optimizer(groups, lr=self.hparams.lr)  # the groups carry the weight decay
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = warmup_cosine(total, self.hparams.warmup_frac, self.hparams.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}

@@ -250,6 +250,21 @@ def test_weight_decay_reaches_the_optimizer(fitted):
     assert all(id(p) not in matrices for p in cli.model.parameters() if p.ndim < 2)
 
 
+def test_an_optimizer_given_the_lightning_cli_way_keeps_the_groups_lr_and_schedule(data_dir, tmp_path):
+    args = [*base_args(data_dir, tmp_path, epochs=1), "--model.weight_decay=0.2",
+            "--model.optimizer=torch.optim.SGD", "--model.optimizer.momentum=0.9", "--model.optimizer.lr=0.5"]
+    cli = cli_main(["fit", *args])
+    optimizer = cli.trainer.optimizers[0]
+    assert type(optimizer) is torch.optim.SGD
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.2, 0.0]  # matrices, then the rest
+    assert {g["momentum"] for g in optimizer.param_groups} == {0.9}
+    assert {g["initial_lr"] for g in optimizer.param_groups} == {3e-3}  # model.lr wins over the optimizer's
+    assert type(cli.trainer.lr_scheduler_configs[0].scheduler) is torch.optim.lr_scheduler.LambdaLR
+    saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
+    assert saved["model"]["optimizer"]["class_path"] == "torch.optim.SGD"  # replayable by forecast fit
+    assert forecast_main(["test", *base_args(data_dir, tmp_path)]) == 0  # its checkpoint loads
+
+
 def test_test_and_predict_use_the_best_checkpoint_not_the_last(fitted):
     cli, logs = fitted
     run = Path(cli.trainer.log_dir)
