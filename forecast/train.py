@@ -102,6 +102,10 @@ def quiet_third_party() -> None:
 
 
 class ForecastCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.parsers: list[LightningArgumentParser] = []  # each one `add_arguments_to_parser` saw
+        super().__init__(*args, **kwargs)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """As LightningCLI's, but a bad config file, key or value is one line (ForecastError),
         not the ~100 lines of usage that precede jsonargparse's message."""
@@ -111,7 +115,8 @@ class ForecastCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             subcommand = args[0] if isinstance(args, list) and args and args[0] in self.subcommands() else None
-            sub = self._subcommand_parsers.get(subcommand, parser) if subcommand else parser
+            named = [p for p in self.parsers if p.prog.replace(" [options]", "").endswith(f" {subcommand}")]
+            sub = named[0] if subcommand and named else parser
             prog = sub.prog.replace(" [options]", "") if subcommand else None  # None: the search's parse
             raise ForecastError(_parse_error(str(err), sub, args if isinstance(args, list) else [], prog)) from None
         # Lightning reads the hyperparameters of --ckpt_path next (torch.load): vet the file first.
@@ -120,6 +125,7 @@ class ForecastCLI(LightningCLI):
             check_checkpoint(ckpt)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.parsers.append(parser)  # the subcommands' parsers: their keys name the closest to a typo
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         # `--checkpoint.*` as a plain class group rather than a LightningCLI callback key: the
         # checkpoint joins the Trainer's callbacks in `instantiate_trainer`, only with checkpointing on
