@@ -482,6 +482,10 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
 class _ParseOnly(ForecastCLI):
     """Parses and validates a run's arguments and builds nothing (no data read, no model)."""
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        self.parsed = self.config.clone()  # as parsed: `seed_everything: true` is not drawn yet
+
     def before_instantiate_classes(self) -> None:
         pass
 
@@ -498,7 +502,7 @@ def resolve_config(args: list[str]) -> dict[str, Any]:
     the run's own parser, nothing instantiated. A bad key or value exits as the parser does."""
     with quiet_lightning():  # parsing seeds as every run does ("Seed set to ...")
         cli = _build(_ParseOnly, list(args), False, None, {})
-    return yaml.safe_load(cli.parser.dump(cli.config, skip_none=False))
+    return yaml.safe_load(cli.parser.dump(cli.parsed, skip_none=False))
 
 
 def _build(cls: type[ForecastCLI], args, run, subcommand, trainer_defaults, **kwargs) -> ForecastCLI:

@@ -624,5 +624,6 @@ def test_checkpoint_flags_reach_the_checkpoint_and_resolve_builds_nothing(data_d
     # the same arguments resolved without building anything: no data is read from a missing folder
     config = resolve_config([*args, f"--data.data_dir={tmp_path / 'missing'}"])
     assert config["checkpoint"]["save_top_k"] == 2 and config["data"]["data_dir"] == str(tmp_path / "missing")
+    assert resolve_config([*args, "--seed_everything=true"])["seed_everything"] is True  # as given, not drawn
     with pytest.raises(ForecastError):
         cli_main([*args, f"--data.data_dir={tmp_path / 'missing'}"], run=False)
