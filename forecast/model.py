@@ -27,6 +27,11 @@ def num_patches(context_length: int, patch_len: int, stride: int) -> int:
     return (context_length - patch_len) // stride + 1
 
 
+def num_parameters(net: nn.Module) -> int:
+    """Exact number of parameters of any network (the one count a run logs and the tests check)."""
+    return sum(p.numel() for p in net.parameters())
+
+
 class RevIN(nn.Module):
     """Reversible instance normalisation (Kim et al. 2022), forward half only.
 
@@ -178,7 +183,7 @@ class PatchTST(nn.Module):
     @property
     def num_parameters(self) -> int:
         """Exact number of parameters (what a run logs as its size)."""
-        return sum(p.numel() for p in self.parameters())
+        return num_parameters(self)
 
     def reset_parameters(self) -> None:
         """Initialise every weight exactly as the constructor does, in the same order (so the same

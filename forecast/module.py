@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import lightning.pytorch as L
 import torch
+from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from forecast.budget import training_flops_per_sample
+from forecast.data.datamodule import SPLITS
 from forecast.metrics import (
     COLLAPSE_STD,
     MONITOR,
@@ -25,8 +28,8 @@ from forecast.metrics import (
     ProbabilitySpread,
     classification_metrics,
 )
+from forecast.model import num_parameters
 
-SPLITS = ("train", "val", "test")
 BEST_KEY = "hp/best_" + MONITOR.replace("/", "_")  # TensorBoard HParams metric: best monitored value so far
 
 
@@ -35,9 +38,12 @@ class Forecaster(L.LightningModule):
 
     Args:
         net: The network, `[B, L, F] -> logits [B]` (e.g. `forecast.model.PatchTST`).
-        lr: Peak learning rate of AdamW.
-        weight_decay: AdamW weight decay on matrices (norms, biases and embeddings of dim < 2 get none).
-        betas: AdamW betas.
+        lr: Peak learning rate (of any optimizer: the schedule warms up to it, then decays it).
+        weight_decay: Weight decay on matrices (norms, biases and embeddings of dim < 2 get none).
+        betas: AdamW betas (of the default optimizer).
+        optimizer: Another optimizer than the default AdamW (fused on CUDA), the LightningCLI way:
+            `--model.optimizer=torch.optim.SGD --model.optimizer.momentum=0.9`. It gets the same
+            two parameter groups, and `lr` and `weight_decay` above win over its own.
         warmup_frac: Fraction of all optimizer steps spent warming the learning rate up linearly.
         min_lr_ratio: Floor of the cosine decay as a fraction of `lr`.
         pos_weight: Weight of positive samples in the loss (None = unweighted).
@@ -54,6 +60,7 @@ class Forecaster(L.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.95),
+        optimizer: OptimizerCallable | None = None,
         warmup_frac: float = 0.05,
         min_lr_ratio: float = 0.0,
         pos_weight: float | None = None,
@@ -63,14 +70,16 @@ class Forecaster(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
+        self.optimizer = optimizer
         self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(pos_weight))
         # keyed "<split>_" because nn.Module already has an attribute named `train`
         self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(s) for s in SPLITS})
         self.spread = nn.ModuleDict({f"{s}_": ProbabilitySpread() for s in SPLITS})
-        self.best_score: float | None = None
         self.history: list[dict[str, float]] = []  # val metrics of every finished epoch
         self.flops_per_sample = _flops_per_sample(net)  # training matmul FLOPs (None: unknown network)
         self.flops_per_batch: int | None = None  # of the last training batch, for ThroughputMonitor's MFU
+        # More values for TensorBoard's HParams tab (a search trial adds its draw), logged at fit start
+        self.shown_hparams: dict[str, Any] = {}
         self._compiled = False
 
     def best_epoch(self) -> dict[str, float] | None:
@@ -83,7 +92,7 @@ class Forecaster(L.LightningModule):
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
+        return num_parameters(self.net)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # [B, L, F] -> [B] logits
@@ -139,9 +148,7 @@ class Forecaster(L.LightningModule):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         self.history.append({"epoch": self.current_epoch, **metrics})
         if MONITOR in metrics:
-            best = self.best_epoch()[MONITOR]
-            self.best_score = best
-            self.log(BEST_KEY, best, sync_dist=True)
+            self.log(BEST_KEY, self.best_epoch()[MONITOR], sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
@@ -163,20 +170,21 @@ class Forecaster(L.LightningModule):
             )
 
     def on_fit_start(self) -> None:
-        """Record the real parameter count and register the HParams metric with a real value to come."""
+        """Record the real parameter count and register the HParams metric with a real value to come:
+        the one HParams record of the run (TensorBoard shows the first it gets)."""
         rank_zero_info(f"model: {type(self.net).__name__} with {self.num_parameters:,} parameters")
         if self.logger is not None:
-            hparams = {**self.hparams, "num_parameters": self.num_parameters}
+            hparams = {**self.hparams, **self.shown_hparams, "num_parameters": self.num_parameters}
             self.logger.log_hyperparams(hparams, {BEST_KEY: float("nan")})
 
     # -- optimization -----------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            decay_groups(self.net, self.hparams.weight_decay),
-            lr=self.hparams.lr,
-            betas=tuple(self.hparams.betas),
-            **adamw_options(self.device),
-        )
+        groups = decay_groups(self.net, self.hparams.weight_decay)
+        if self.optimizer is None:
+            optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                          **adamw_options(self.device))
+        else:
+            optimizer = self.optimizer(groups, lr=self.hparams.lr)  # the groups carry the weight decay
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = warmup_cosine(total, self.hparams.warmup_frac, self.hparams.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}

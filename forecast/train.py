@@ -102,6 +102,10 @@ def quiet_third_party() -> None:
 
 
 class ForecastCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.parsers: list[LightningArgumentParser] = []  # each one `add_arguments_to_parser` saw
+        super().__init__(*args, **kwargs)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """As LightningCLI's, but a bad config file, key or value is one line (ForecastError),
         not the ~100 lines of usage that precede jsonargparse's message."""
@@ -111,7 +115,8 @@ class ForecastCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             subcommand = args[0] if isinstance(args, list) and args and args[0] in self.subcommands() else None
-            sub = self._subcommand_parsers.get(subcommand, parser) if subcommand else parser
+            named = [p for p in self.parsers if p.prog.replace(" [options]", "").endswith(f" {subcommand}")]
+            sub = named[0] if subcommand and named else parser
             prog = sub.prog.replace(" [options]", "") if subcommand else None  # None: the search's parse
             raise ForecastError(_parse_error(str(err), sub, args if isinstance(args, list) else [], prog)) from None
         # Lightning reads the hyperparameters of --ckpt_path next (torch.load): vet the file first.
@@ -120,8 +125,11 @@ class ForecastCLI(LightningCLI):
             check_checkpoint(ckpt)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        self.parsers.append(parser)  # the subcommands' parsers: their keys name the closest to a typo
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # `--checkpoint.*` as a plain class group rather than a LightningCLI callback key: the
+        # checkpoint joins the Trainer's callbacks in `instantiate_trainer`, only with checkpointing on
+        parser.add_class_arguments(ModelCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults(
             {
                 "early_stopping.monitor": MONITOR,
@@ -187,14 +195,15 @@ class ForecastCLI(LightningCLI):
             rank_zero_info(epoch_estimate(arch, self.datamodule.splits["train"].size))
 
     def instantiate_trainer(self, **kwargs: Any):
-        """As LightningCLI's, but `--trainer.enable_checkpointing=false` drops our ModelCheckpoint
-        (Lightning refuses a checkpoint callback with checkpointing off), and so does
+        """As LightningCLI's, plus our ModelCheckpoint (`--checkpoint.*`) unless
+        `--trainer.enable_checkpointing=false` (Lightning refuses a checkpoint callback then) or
         `--trainer.fast_dev_run` (its save_last would write ./checkpoints/last.ckpt)."""
-        trainer = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if trainer.get("enable_checkpointing") is False or trainer.get("fast_dev_run"):
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        return self._instantiate_trainer(trainer, callbacks)
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = config.trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if config.trainer.get("enable_checkpointing") is not False and not config.trainer.get("fast_dev_run"):
+            callbacks.append(config.checkpoint)
+        return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
     # -- after each subcommand: say what happened and where ----------------------------------
     def after_fit(self) -> None:
@@ -467,24 +476,50 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
     extra = dict(kwargs.pop("trainer_defaults", {}))
     trainer_defaults["callbacks"] += list(extra.pop("callbacks", []))  # e.g. the search's pruning callback
     trainer_defaults.update(extra)
+    return _build(ForecastCLI, args, run, subcommand, trainer_defaults, **kwargs)
+
+
+class _ParseOnly(ForecastCLI):
+    """Parses and validates a run's arguments and builds nothing (no data read, no model)."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        self.parsed = self.config.clone()  # as parsed: `seed_everything: true` is not drawn yet
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+
+def resolve_config(args: list[str]) -> dict[str, Any]:
+    """The config `forecast fit` would run with, as a plain dict: `args` (`--config FILE` and
+    `--key=value` flags, no subcommand) over configs/trainer/default.yaml, parsed and validated by
+    the run's own parser, nothing instantiated. A bad key or value exits as the parser does."""
+    with quiet_lightning():  # parsing seeds as every run does ("Seed set to ...")
+        cli = _build(_ParseOnly, list(args), False, None, {})
+    return yaml.safe_load(cli.parser.dump(cli.parsed, skip_none=False))
+
+
+def _build(cls: type[ForecastCLI], args, run, subcommand, trainer_defaults, **kwargs) -> ForecastCLI:
     with warnings.catch_warnings():
         # `forecast <subcommand>` hands its argv over as `args`; that is intended, not a mistake.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        return _build(args, run, subcommand, trainer_defaults, **kwargs)
-
-
-def _build(args, run, subcommand, trainer_defaults, **kwargs) -> ForecastCLI:
-    return ForecastCLI(
-        Forecaster,
-        ForecastDataModule,
-        args=args,
-        run=run,
-        seed_everything_default=42,
-        trainer_defaults=trainer_defaults,
-        save_config_callback=SaveConfigCallback if subcommand in (None, "fit") else None,
-        parser_kwargs=_parser_kwargs(run),
-        **kwargs,
-    )
+        return cls(
+            Forecaster,
+            ForecastDataModule,
+            args=args,
+            run=run,
+            seed_everything_default=42,
+            trainer_defaults=trainer_defaults,
+            save_config_callback=SaveConfigCallback if subcommand in (None, "fit") else None,
+            parser_kwargs=_parser_kwargs(run),
+            **kwargs,
+        )
 
 
 @contextlib.contextmanager

@@ -36,7 +36,14 @@ from forecast.hpo.outputs import is_finished
 from forecast.hpo.space import bind, load_space, parse_param
 from forecast.hpo.stop import AbortTrial, StopControl
 from forecast.hpo.storage import WORKER_ATTR, open_storage, recover_dead_trials
-from forecast.hpo.study import HpoOptions, make_pruner, open_study, parse_budget, prepare, run_study
+from forecast.hpo.study import (
+    HpoOptions,
+    make_pruner,
+    open_study,
+    parse_budget,
+    plan_study,
+    run_study,
+)
 from forecast.module import warmup_cosine
 from forecast.train import cli_main
 
@@ -201,17 +208,17 @@ def test_stop_control_ignores_old_stop_files_and_aborts_only_on_a_second_signal(
     with StopControl(stop_file, notify=said.append, keyboard=False) as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)  # the handler runs in this (main) thread at the next bytecode
-        assert stop.requested and stop.reason == "SIGINT"
+        _wait_for(lambda: stop.requested, timeout=5)  # the handler runs in this (main) thread
+        assert stop.reason == "SIGINT"
         stop.in_trial = True
         with pytest.raises(AbortTrial):
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
+            _wait_for(lambda: False, timeout=5)  # ended by the handler's AbortTrial, else times out
     assert signal.getsignal(signal.SIGINT) is before
     assert said and said[0].startswith("stop requested (SIGINT)")
     fresh = StopControl(tmp_path / "other" / "STOP", keyboard=False)
     fresh.watch(stop_file)
-    time.sleep(0.1)
+    assert not fresh.requested
     stop_file.touch()  # touched after this control started: a request
     assert fresh.requested and "STOP found" in fresh.reason
 
@@ -228,7 +235,7 @@ class _Capture(L.Callback):
 
 
 def _observe(data, space_file, tmp_path, params: dict) -> dict:
-    plan = prepare(options(data, space_file, tmp_path / "logs"))
+    plan = plan_study(options(data, space_file, tmp_path / "logs"))
     sample = plan.space.suggest(optuna.trial.FixedTrial(params))
     capture = _Capture()
     cli = cli_main(plan.setup.trial_args(sample, 0), run=False, trainer_defaults={"callbacks": [capture]})
@@ -291,6 +298,10 @@ def test_a_three_trial_study_completes_with_its_records(three, data):
         folder = Path(a["log_dir"])
         assert folder == outcome.folder / f"trial_{t.number:04d}"
         assert (folder / "config.yaml").is_file() and list(folder.glob("events.out.tfevents.*"))
+        events = b"".join(p.read_bytes() for p in folder.glob("events.out.tfevents.*"))
+        # one HParams record (TensorBoard shows the first): the module's, with the trial's draw in it
+        assert events.count(b"_hparams_/session_start_info") == 1
+        assert b"num_parameters" in events and b"d_model" in events and b"warmup_frac" in events
         # the objective is the BEST epoch's score, not the last one's
         assert t.value == pytest.approx(min(t.intermediate_values.values()))
         assert a["best_epoch"] == min(t.intermediate_values, key=t.intermediate_values.get)
@@ -330,7 +341,7 @@ def test_resuming_with_other_settings_is_refused(three, data, space_file):
     changed = options(data, space_file, logs, trials=3)
     changed.overrides.append("--data.scaler=none")
     with pytest.raises(ForecastError, match="data.scaler"):
-        open_study(prepare(changed))
+        open_study(plan_study(changed))
 
 
 def test_resuming_on_a_rebuilt_tier_is_refused_in_one_line(three, data, space_file, tmp_path, capsys):
@@ -471,6 +482,16 @@ def _wait_for(condition, timeout: float = 120.0, proc: subprocess.Popen | None =
         time.sleep(0.1)
 
 
+def _read_until(proc: subprocess.Popen, text: str) -> None:
+    """Read the process's output up to a line holding `text` (fails if it ends first)."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"process ended before printing {text!r}:\n{''.join(seen)}")
+
+
 def _storage_states(logs: Path, storage: str | None = None) -> list[TrialState]:
     try:
         return [t.state for t in load(logs, storage).get_trials()]
@@ -494,9 +515,10 @@ def test_sigint_stops_cleanly_a_second_one_aborts_and_a_rerun_finishes(data, spa
     assert outputs <= {p.name for p in folder.iterdir()}
     # the rerun continues; two Ctrl-C in its trial abort that trial (FAIL), exit 130
     proc = _spawn(args)
-    _wait_for(lambda: (folder / "trial_0001" / "config.yaml").exists(), proc=proc)
+    # its weights exist (HParams are logged at fit start, after the model is built on the device)
+    _wait_for(lambda: any((folder / "trial_0001").glob("events.out.tfevents.*")), proc=proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    _read_until(proc, "stop requested (SIGINT)")  # the first is handled before the second is sent
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
@@ -554,8 +576,8 @@ def test_heartbeat_fails_a_stale_trial_on_rdb_and_retries_it(tmp_path):
     trial.suggest_float("x", 0, 1)
     storage.record_heartbeat(trial._trial_id)  # what the dead worker's heartbeat thread last wrote
     assert recover_dead_trials(study, storage) == []  # still within the grace period
-    time.sleep(3.1)  # grace 2 s; SQLite clocks the beats in whole seconds
-    assert recover_dead_trials(study, storage) == [0]
+    # grace 2 s (SQLite clocks the beats in whole seconds): found stale once that much has passed
+    _wait_for(lambda: recover_dead_trials(study, storage) == [0], timeout=10)
     trials = study.get_trials()
     assert trials[0].state == TrialState.FAIL
     assert trials[1].state == TrialState.WAITING and trials[1].system_attrs["failed_trial"] == 0
@@ -594,6 +616,6 @@ def test_a_budget_that_cannot_fit_is_refused_before_any_trial(data, tmp_path, ca
 
 
 def test_a_cpu_search_says_how_long_an_epoch_takes(data, space_file, tmp_path, capsys):
-    prepare(options(data, space_file, tmp_path / "logs"))
+    plan_study(options(data, space_file, tmp_path / "logs"))
     out = capsys.readouterr().out
     assert "CPU: one epoch of d32-l" in out and "GFLOP" in out and "at least" in out

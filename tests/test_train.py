@@ -24,6 +24,7 @@ from forecast.data.raw import forward_adjust, read_raw, write_raw
 from forecast.data.synthetic import synthetic_ohlcv
 from forecast.data.targets import threshold_targets
 from forecast.data.tiers import build_and_write
+from forecast.errors import ForecastError
 from forecast.metrics import MONITOR
 from forecast.train import cli_main
 
@@ -247,6 +248,21 @@ def test_weight_decay_reaches_the_optimizer(fitted):
     matrices = {id(p) for g in decay for p in g["params"]}
     assert all(p.ndim >= 2 for p in cli.model.parameters() if id(p) in matrices)
     assert all(id(p) not in matrices for p in cli.model.parameters() if p.ndim < 2)
+
+
+def test_an_optimizer_given_the_lightning_cli_way_keeps_the_groups_lr_and_schedule(data_dir, tmp_path):
+    args = [*base_args(data_dir, tmp_path, epochs=1), "--model.weight_decay=0.2",
+            "--model.optimizer=torch.optim.SGD", "--model.optimizer.momentum=0.9", "--model.optimizer.lr=0.5"]
+    cli = cli_main(["fit", *args])
+    optimizer = cli.trainer.optimizers[0]
+    assert type(optimizer) is torch.optim.SGD
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.2, 0.0]  # matrices, then the rest
+    assert {g["momentum"] for g in optimizer.param_groups} == {0.9}
+    assert {g["initial_lr"] for g in optimizer.param_groups} == {3e-3}  # model.lr wins over the optimizer's
+    assert type(cli.trainer.lr_scheduler_configs[0].scheduler) is torch.optim.lr_scheduler.LambdaLR
+    saved = yaml.safe_load((Path(cli.trainer.log_dir) / "config.yaml").read_text())
+    assert saved["model"]["optimizer"]["class_path"] == "torch.optim.SGD"  # replayable by forecast fit
+    assert forecast_main(["test", *base_args(data_dir, tmp_path)]) == 0  # its checkpoint loads
 
 
 def test_test_and_predict_use_the_best_checkpoint_not_the_last(fitted):
@@ -576,3 +592,38 @@ def test_on_cuda_throughput_times_only_the_logged_steps_and_epoch_ends(data_dir,
     timed = list(monitor._throughputs[RunningStage.TRAINING]._batches)
     assert timed[-1] == 12 and len(timed) <= 3  # about every 5th batch and the epoch's last, not all 12
     assert json.loads((Path(cli.trainer.log_dir) / "fit_summary.json").read_text())["train_samples_per_sec"] > 0
+
+
+def test_forecast_cli_overrides_no_private_lightning_cli_member_but_the_meta_instantiator():
+    """Private LightningCLI members change between releases without notice. The one left is
+    `_add_instantiators`: jsonargparse offers no public hook to build the network on `meta`."""
+    import ast
+    import inspect
+
+    from lightning.pytorch.cli import LightningCLI
+
+    import forecast.train as train
+
+    def private_names(source: str) -> set[str]:
+        tree = ast.parse(source)
+        names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        names |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+        return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+    lightning_cli = private_names(inspect.getsource(LightningCLI))  # methods and instance attributes
+    assert "_subcommand_parsers" in lightning_cli and "_instantiate_trainer" in lightning_cli
+    assert private_names(inspect.getsource(train)) & lightning_cli == {"_add_instantiators"}
+
+
+def test_checkpoint_flags_reach_the_checkpoint_and_resolve_builds_nothing(data_dir, tmp_path):
+    from forecast.train import resolve_config
+
+    args = [*base_args(data_dir, tmp_path, epochs=1), "--checkpoint.save_last=false", "--checkpoint.save_top_k=2"]
+    ckpt = cli_main(args, run=False).trainer.checkpoint_callback
+    assert ckpt.save_last is False and ckpt.save_top_k == 2 and ckpt.monitor == MONITOR
+    # the same arguments resolved without building anything: no data is read from a missing folder
+    config = resolve_config([*args, f"--data.data_dir={tmp_path / 'missing'}"])
+    assert config["checkpoint"]["save_top_k"] == 2 and config["data"]["data_dir"] == str(tmp_path / "missing")
+    assert resolve_config([*args, "--seed_everything=true"])["seed_everything"] is True  # as given, not drawn
+    with pytest.raises(ForecastError):
+        cli_main([*args, f"--data.data_dir={tmp_path / 'missing'}"], run=False)

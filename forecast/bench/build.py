@@ -64,7 +64,7 @@ def child(model: Path) -> dict[str, Any]:
                         f"--trainer.logger.init_args.save_dir={tmp}", "--trainer.accelerator=cpu"], run=False)
         built_s = time.perf_counter() - start
         built = _peak_mb()
-        params = sum(p.numel() for p in cli.model.parameters())
+        params = cli.model.num_parameters
         on = str(next(cli.model.parameters()).device)
         cli.model.configure_model()  # what the Trainer does on its device (here: the CPU)
         materialized = _peak_mb()

@@ -52,7 +52,7 @@ def _study(data: Path, space: Path, logs: Path, pruner: str, trials: int, epochs
     """Run one study and measure it from its trials' records."""
     from optuna.trial import TrialState
 
-    from forecast.hpo.study import HpoOptions, open_study, prepare, run_study
+    from forecast.hpo.study import HpoOptions, open_study, plan_study, run_study
 
     flags = [f"--data.data_dir={data}", f"--data.symbol={SYMBOL}", "--data.context_length=32",
              f"--data.val_start={VAL_START}", f"--data.test_start={TEST_START}", "--data.batch_size=64",
@@ -63,7 +63,7 @@ def _study(data: Path, space: Path, logs: Path, pruner: str, trials: int, epochs
     start = time.perf_counter()
     outcome = run_study(options)
     wall = time.perf_counter() - start
-    study = open_study(prepare(options))
+    study = open_study(plan_study(options))
     done = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     first = [t.user_attrs["first_step_s"] for t in done if t.user_attrs.get("first_step_s") is not None]
     return {

@@ -1,6 +1,6 @@
 """The run every trial starts from: the user's configs and flags, resolved once before any trial.
 
-Resolution goes through the real `forecast fit` parser (`--print_config`), so a typo in a flag or
+Resolution goes through the real `forecast fit` parser (parsed, nothing built), so a typo in a flag or
 a search-space key that the model does not have is reported before a trial starts, in the
 parser's own words.
 """
@@ -12,8 +12,6 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import yaml
 
 from forecast.errors import ForecastError
 
@@ -40,21 +38,16 @@ def resolve(args: Sequence[str]) -> dict[str, Any]:
     Raises:
         ForecastError: the parser's complaint, in one line.
     """
-    from forecast.train import cli_main
+    from forecast.train import resolve_config
 
-    out, err = io.StringIO(), io.StringIO()
+    err = io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli_main([*args, "--print_config"], run=False)
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            raise ForecastError(f"invalid trial config: {parser_error(err.getvalue())}") from None
+        with contextlib.redirect_stderr(err):
+            return resolve_config(list(args))
+    except SystemExit:
+        raise ForecastError(f"invalid trial config: {parser_error(err.getvalue()) or 'nothing parsed'}") from None
     except ForecastError as error:  # the CLI's own one-line parse errors (forecast.train)
         raise ForecastError(f"invalid trial config: {error}") from None
-    config = yaml.safe_load(out.getvalue())
-    if not isinstance(config, dict):
-        raise ForecastError(f"invalid trial config: {parser_error(err.getvalue()) or 'nothing parsed'}")
-    return config
 
 
 def parser_error(stderr: str) -> str:

@@ -30,7 +30,6 @@ import lightning.pytorch as L
 import optuna
 import torch
 from lightning.pytorch.callbacks import DeviceStatsMonitor
-from lightning.pytorch.loggers import TensorBoardLogger
 from optuna_integration import PyTorchLightningPruningCallback
 
 from forecast.budget import GB
@@ -40,7 +39,6 @@ from forecast.hpo.space import Sample, SearchSpace
 from forecast.hpo.stop import AbortTrial, StopControl
 from forecast.hpo.storage import WORKER_ATTR, worker_id
 from forecast.metrics import MONITOR, MONITOR_MODE
-from forecast.module import BEST_KEY
 from forecast.planner import estimate
 from forecast.throughput import Throughput
 
@@ -68,15 +66,12 @@ class TrialMonitor(L.Callback):
 
     Args:
         started: `time.time()` when the trial started (for the first-step overhead).
-        hparams: values to show in TensorBoard's HParams tab (the trial's draw).
         on_epoch: called with (epoch, max_epochs) as each training epoch starts.
         stop: re-installs its signal handlers once Lightning has put in its own.
     """
 
-    def __init__(self, started: float, hparams: dict[str, Any], on_epoch: Callable[[int, int], None],
-                 stop: StopControl | None) -> None:
+    def __init__(self, started: float, on_epoch: Callable[[int, int], None], stop: StopControl | None) -> None:
         self.started = started
-        self.hparams = hparams
         self.on_epoch = on_epoch
         self.stop = stop
         self.first_step_s: float | None = None
@@ -87,21 +82,13 @@ class TrialMonitor(L.Callback):
         self.plan: dict[str, Any] = {}
         self.measured: dict[str, Any] = {}  # throughput and peak device memory of the trial
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Before the module's own on_fit_start: TensorBoard keeps the FIRST HParams record of a
-        # run, so this one (module hparams + the trial's draw) is the one it shows.
-        params = {**pl_module.hparams, **self.hparams, "num_parameters": _num_parameters(pl_module)}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(params, {BEST_KEY: float("nan")})
-
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._take_signals_back()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._take_signals_back()
         batch = getattr(trainer.datamodule, "batch_size", None)
-        self.plan = {"params": _num_parameters(pl_module), "micro_batch": batch if isinstance(batch, int) else None,
+        self.plan = {"params": pl_module.num_parameters, "micro_batch": batch if isinstance(batch, int) else None,
                      "accumulate": int(trainer.accumulate_grad_batches),
                      "planner_peak_gb": _planner_peak_gb(trainer, pl_module, batch)}
         if trainer.strategy.root_device.type == "cuda":
@@ -175,10 +162,6 @@ def _metric(trainer: L.Trainer, key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _num_parameters(module: L.LightningModule) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def _planner_peak_gb(trainer: L.Trainer, pl_module: L.LightningModule, batch: Any) -> float | None:
     """The memory planner's estimate of this trial's peak (GB), beside the measured one."""
     args = getattr(getattr(pl_module, "net", None), "init_args", None)
@@ -247,12 +230,11 @@ class Objective:
         self._record_start(trial, sample, folder)
         label = f"#{trial.number} {sample.arch.id}"
         self.display.update(trial=label, epoch="starting")
-        monitor = TrialMonitor(started, {**sample.values, **sample.arch.model_kwargs(), "arch": sample.arch.id,
-                                         "trial": trial.number},
-                               lambda e, n: self.display.update(epoch=f"epoch {e + 1}/{n}"), self.stop)
+        monitor = TrialMonitor(started, lambda e, n: self.display.update(epoch=f"epoch {e + 1}/{n}"), self.stop)
+        shown = {**sample.values, **sample.arch.model_kwargs(), "arch": sample.arch.id, "trial": trial.number}
         value, reason, message = None, "complete", ""
         try:
-            value = self._fit(trial, self.setup.trial_args(sample, trial.number), monitor)
+            value = self._fit(trial, self.setup.trial_args(sample, trial.number), monitor, shown)
             if value is None:
                 reason, message = "error", f"no {MONITOR} was logged (is there a validation split?)"
         except optuna.TrialPruned as err:
@@ -273,7 +255,9 @@ class Objective:
         self.display.update(trial="-", epoch="")
         return _outcome(value, reason, message)
 
-    def _fit(self, trial: optuna.Trial, args: list[str], monitor: TrialMonitor) -> float | None:
+    def _fit(self, trial: optuna.Trial, args: list[str], monitor: TrialMonitor,
+             shown: dict[str, Any]) -> float | None:
+        """Build the trial's run and fit it; `shown` joins the run's HParams (the trial's draw)."""
         from forecast.train import cli_main
 
         extra = list(self.setup.extra_callbacks(trial)) if self.setup.extra_callbacks else []
@@ -282,6 +266,7 @@ class Objective:
             cli = cli_main(args, run=False, trainer_defaults={"callbacks": [monitor, pruning, *extra]})
         except SystemExit as exit_:  # the parser rejected this draw (its message is on stderr)
             raise RuntimeError(f"the trial's arguments were rejected by the parser (exit {exit_.code})") from None
+        cli.model.shown_hparams.update(shown)
         if self.stop is not None:
             self.stop.in_trial = True
         if cli.trainer.strategy.root_device.type == "cuda":  # device memory in TensorBoard as it trains

@@ -79,7 +79,7 @@ class HpoOptions:
 
 
 @dataclass
-class Plan:
+class StudyPlan:
     """A checked study, ready to run: nothing here can fail for a user-mistake reason any more."""
 
     options: HpoOptions
@@ -125,7 +125,7 @@ def parse_budget(text: str) -> tuple[str, int]:
     return text.strip().upper(), int(size)
 
 
-def prepare(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) -> Plan:
+def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) -> StudyPlan:
     """Check the options, configs, search space and storage; raise `ForecastError` on a mistake.
 
     Nothing is trained here. The data module is built once (bad paths or split dates fail
@@ -161,7 +161,7 @@ def prepare(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) 
     fingerprint = _normalize(cfg.fingerprint(config, label, {**spec.as_dict(), "monitor": MONITOR,
                                                              "mode": MONITOR_MODE}))
     fingerprint[DATA_FINGERPRINT] = data_fingerprint  # the exact numbers trials see, not only settings
-    return Plan(options, name, options.log_dir / name, url, open_storage(url, options.heartbeat),
+    return StudyPlan(options, name, options.log_dir / name, url, open_storage(url, options.heartbeat),
                 setup, fingerprint, config["trainer"].get("max_epochs"), prior)
 
 
@@ -264,7 +264,7 @@ class NotAtTheLastEpoch(optuna.pruners.BasePruner):
         return self.pruner.prune(study, trial)
 
 
-def open_study(plan: Plan) -> optuna.Study:
+def open_study(plan: StudyPlan) -> optuna.Study:
     """Create or resume the study; on first creation enqueue the grid's extremes."""
     o = plan.options
     direction = "minimize" if MONITOR_MODE == "min" else "maximize"
@@ -283,7 +283,7 @@ def open_study(plan: Plan) -> optuna.Study:
     return study
 
 
-def _check_same_study(study: optuna.Study, plan: Plan) -> None:
+def _check_same_study(study: optuna.Study, plan: StudyPlan) -> None:
     """A resumed study must have the same targets, data shape, budget and space."""
     stored = study.user_attrs.get("fingerprint")
     if stored is None:
@@ -332,7 +332,7 @@ def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
     holds, so the studies fill evenly and none runs past its N. `--timeout` of the first options
     bounds the whole queue. A storage lost mid-run ends it with one line; rerunning resumes.
     """
-    plans = [prepare(o, extra_callbacks) for o in all_options]
+    plans = [plan_study(o, extra_callbacks) for o in all_options]
     first = plans[0].options
     deadline = None if first.timeout is None else time.time() + first.timeout
     own = stop is None
@@ -366,13 +366,13 @@ def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
     return outcomes
 
 
-def _outcome(plan: Plan, study: optuna.Study, ending: Ending) -> Outcome:
+def _outcome(plan: StudyPlan, study: optuna.Study, ending: Ending) -> Outcome:
     finished = n_finished(study.get_trials(deepcopy=False))
     done = finished >= plan.options.trials
     return Outcome(plan.name, "done" if done else ending, finished, plan.options.trials, plan.folder)
 
 
-def _optimize(queue: list[tuple[Plan, optuna.Study]], stop: StopControl, display: Display,
+def _optimize(queue: list[tuple[StudyPlan, optuna.Study]], stop: StopControl, display: Display,
               deadline: float | None) -> Ending:
     """The loop: one trial at a time for the study furthest from its N; wait for other workers'
     trials when every study is finished or taken; stop on request or at the deadline."""
@@ -438,7 +438,7 @@ class _Claimed:
 class _AfterTrial:
     """Optuna callback after each trial: its line, recovery of dead workers' trials, outputs."""
 
-    def __init__(self, plan: Plan, stop: StopControl, display: Display) -> None:
+    def __init__(self, plan: StudyPlan, stop: StopControl, display: Display) -> None:
         self.plan, self.stop, self.display = plan, stop, display
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -449,7 +449,7 @@ class _AfterTrial:
         _show(self.display, self.plan, study, study.get_trials(deepcopy=False))
 
 
-def _recover(study: optuna.Study, plan: Plan, display: Display) -> None:
+def _recover(study: optuna.Study, plan: StudyPlan, display: Display) -> None:
     failed = recover_dead_trials(study, plan.storage)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)} if failed else {}
     for number in failed:
@@ -461,13 +461,13 @@ def _running(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.RUNNING]
 
 
-def _write(study: optuna.Study, plan: Plan) -> None:
+def _write(study: optuna.Study, plan: StudyPlan) -> None:
     info = StudyInfo(plan.name, plan.folder, describe(plan.url), plan.options.budget, plan.options.trials,
                      len(plan.space.tree.archs), plan.prior)
     write_all(study, info, keep_checkpoints=plan.options.keep_checkpoints)
 
 
-def _show(display: Display, plan: Plan, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+def _show(display: Display, plan: StudyPlan, study: optuna.Study, trials: list[FrozenTrial]) -> None:
     best = best_trial(study)
     text = "-" if best is None else f"{best.value:.5g} (trial {best.number}, {best.user_attrs.get('arch_id')})"
     display.update(study=plan.name, target=plan.options.trials, finished=n_finished(trials),

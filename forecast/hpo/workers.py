@@ -34,13 +34,13 @@ from forecast.hpo.study import (
     Ending,
     HpoOptions,
     Outcome,
-    Plan,
+    StudyPlan,
     _closing_line,
     _outcome,
     _quiet_search,
     _write,
     open_study,
-    prepare,
+    plan_study,
 )
 
 WORKER_ENV = "FORECAST_HPO_WORKER"
@@ -91,7 +91,7 @@ def run_workers(command: str, argv: list[str], all_options: list[HpoOptions], jo
         stop: the caller's stop control (a sweep's), else one of its own.
     """
     ids = device_ids(devices)
-    plans = [prepare(o) for o in all_options]
+    plans = [plan_study(o) for o in all_options]
     with _quiet_search():
         studies = [open_study(p) for p in plans]
     started = time.time()
@@ -133,7 +133,7 @@ def _spawn(command: str, argv: list[str], k: int, ids: list[str], jobs: int) -> 
                             start_new_session=True)  # the terminal's Ctrl-C reaches the parent only
 
 
-def _supervise(procs: list[subprocess.Popen], plans: list[Plan], studies: list[optuna.Study],
+def _supervise(procs: list[subprocess.Popen], plans: list[StudyPlan], studies: list[optuna.Study],
                stop: StopControl, display: Display) -> list[int]:
     """Relay lines and stop requests until every worker has ended; their exit codes."""
     lines: queue.Queue[str] = queue.Queue()
@@ -170,7 +170,7 @@ def _relay(proc: subprocess.Popen, k: int, lines: queue.Queue[str]) -> None:
         lines.put(f"[w{k}] {line.rstrip()}")
 
 
-def _panel(display: Display, plans: list[Plan], studies: list[optuna.Study], pids: dict[str, int]) -> None:
+def _panel(display: Display, plans: list[StudyPlan], studies: list[optuna.Study], pids: dict[str, int]) -> None:
     """Finished/N over the studies, and one row per running trial (whichever host runs it)."""
     rows, finished, target, tally = [], 0, 0, {}
     try:
@@ -187,7 +187,7 @@ def _panel(display: Display, plans: list[Plan], studies: list[optuna.Study], pid
                    finished=finished, counts=tally, trial="\n".join(sorted(rows)) or "-", epoch="")
 
 
-def _row(plan: Plan, trial: FrozenTrial, pids: dict[str, int], named: bool) -> str:
+def _row(plan: StudyPlan, trial: FrozenTrial, pids: dict[str, int], named: bool) -> str:
     host, pid = (str(trial.user_attrs.get("worker", "")).split(":") + ["", ""])[:2]
     who = f"w{pids[pid]}" if pid in pids else (f"{host}:{pid}" if host else "?")
     epoch = f"epoch {len(trial.intermediate_values)}/{plan.max_epochs}" if trial.intermediate_values else "starting"
