@@ -422,6 +422,28 @@ def test_oom_nan_and_errors_are_recorded_and_the_study_goes_on(data, space_file,
     assert "1 oom" in summary and "1 diverged" in summary and "1 error" in summary
 
 
+class _AbortSurfacesAsAnotherError(L.Callback):
+    """A second stop signal lands, and what reaches the objective is some other exception (as when
+    Lightning's teardown moves a network that is still on `meta`)."""
+
+    def __init__(self, stop: StopControl):
+        self.stop = stop
+
+    def on_train_start(self, trainer, pl_module):
+        self.stop.aborted = True
+        raise NotImplementedError("Cannot copy out of meta tensor; no data!")
+
+
+def test_an_abort_that_surfaces_as_another_error_is_recorded_as_aborted(data, space_file, tmp_path):
+    with StopControl(tmp_path / "STOP", notify=lambda _: None, keyboard=False) as stop:
+        outcome = run_study(options(data, space_file, tmp_path, trials=2), stop=stop,
+                            extra_callbacks=lambda trial: [_AbortSurfacesAsAnotherError(stop)])
+    assert outcome.ending == "aborted"  # the search ends, as on any second Ctrl-C
+    (trial,) = load(tmp_path).get_trials(states=(TrialState.FAIL, TrialState.COMPLETE))  # one ran
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "aborted"
+    assert "NotImplementedError" in trial.user_attrs["message"]
+
+
 # -- bad input: one line, exit 2, before any trial --------------------------------------------
 @pytest.mark.parametrize("change,message", [
     ({"budget": "3X"}, "unknown budget '3X'"),

@@ -246,8 +246,13 @@ class Objective:
         except AbortTrial as err:
             reason, message = "aborted", str(err)
         except Exception as err:
-            reason, message = "error", f"{type(err).__name__}: {_first_line(err)}"
-            _write_traceback(folder)
+            if self.stop is not None and self.stop.aborted:
+                # the abort surfaced as another error: e.g. Lightning's teardown moving a network
+                # that was still on `meta` (a second Ctrl-C before the model was built)
+                reason, message = "aborted", f"aborted by a second stop signal ({type(err).__name__} after it)"
+            else:
+                reason, message = "error", f"{type(err).__name__}: {_first_line(err)}"
+                _write_traceback(folder)
         # Out of the except blocks the traceback, and the model and optimizer its frames hold,
         # are gone; only now can the memory really be given back.
         release_memory()
