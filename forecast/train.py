@@ -152,14 +152,11 @@ class ForecastCLI(LightningCLI):
         parser.link_arguments("data.n_features", "model.net.init_args.n_features", apply_on="instantiate")
         parser.link_arguments("data.context_length", "model.net.init_args.context_length", apply_on="parse")
 
-    def _add_instantiators(self) -> None:
-        """As LightningCLI's, plus: the network (`model.net`, any nn.Module but the LightningModule
-        itself) is built on `meta`, without storage; `Forecaster.configure_model` materialises it on
-        the device the Trainer runs it on."""
-        super()._add_instantiators()
-        self.parser.add_instantiator(_on_meta, nn.Module, subclasses=True)
-
     def before_instantiate_classes(self) -> None:
+        # The network (`model.net`, any nn.Module but the LightningModule itself) is built on `meta`,
+        # without storage; `Forecaster.configure_model` materialises it on the Trainer's device.
+        # Added here, after LightningCLI's own instantiators, through the parser's public API.
+        self.parser.add_instantiator(_on_meta, nn.Module, subclasses=True)
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: the search
         _follow_root_dir(config)
         kind = accelerator_kind(config.trainer.accelerator)

@@ -594,9 +594,8 @@ def test_on_cuda_throughput_times_only_the_logged_steps_and_epoch_ends(data_dir,
     assert json.loads((Path(cli.trainer.log_dir) / "fit_summary.json").read_text())["train_samples_per_sec"] > 0
 
 
-def test_forecast_cli_overrides_no_private_lightning_cli_member_but_the_meta_instantiator():
-    """Private LightningCLI members change between releases without notice. The one left is
-    `_add_instantiators`: jsonargparse offers no public hook to build the network on `meta`."""
+def test_forecast_cli_uses_no_private_lightning_cli_member():
+    """Private LightningCLI members change between releases without notice."""
     import ast
     import inspect
 
@@ -612,7 +611,7 @@ def test_forecast_cli_overrides_no_private_lightning_cli_member_but_the_meta_ins
 
     lightning_cli = private_names(inspect.getsource(LightningCLI))  # methods and instance attributes
     assert "_subcommand_parsers" in lightning_cli and "_instantiate_trainer" in lightning_cli
-    assert private_names(inspect.getsource(train)) & lightning_cli == {"_add_instantiators"}
+    assert private_names(inspect.getsource(train)) & lightning_cli == set()
 
 
 def test_checkpoint_flags_reach_the_checkpoint_and_resolve_builds_nothing(data_dir, tmp_path):
