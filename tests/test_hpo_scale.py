@@ -21,15 +21,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import synthetic_raw
 from optuna.trial import TrialState
-from test_hpo import ENV, ROOT, SYMBOL, TINY_SPACE, assert_no_duplicates, cli_args, finished
+from test_hpo import ENV, ROOT, assert_no_duplicates, cli_args, data, finished, space_file
 
 from forecast.cli import main as forecast_main
-from forecast.data.raw import write_raw
-from forecast.data.tiers import build_and_write
 from forecast.hpo.outputs import is_finished
 from forecast.hpo.storage import open_storage
+
+__all__ = ["data", "space_file"]  # module-scoped fixtures shared with test_hpo
 
 STUDY = "SYN-a25-threshold0.01-h1-20K"
 
@@ -37,22 +36,6 @@ STUDY = "SYN-a25-threshold0.01-h1-20K"
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(one_thread):
     """Tiny models on one intra-op thread (conftest's `one_thread`)."""
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """The synthetic a25 tier of test_hpo."""
-    root = tmp_path_factory.mktemp("data")
-    write_raw(root, SYMBOL, synthetic_raw(n=1000, start="2014-01-02"), source="synthetic test series")
-    build_and_write(root, SYMBOL, "a25")
-    return root
-
-
-@pytest.fixture(scope="module")
-def space_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("space") / "space.yaml"
-    path.write_text(TINY_SPACE)
-    return path
 
 
 # -- the server -------------------------------------------------------------------------------

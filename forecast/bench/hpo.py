@@ -14,7 +14,6 @@ Benchmarks report; no test asserts a timing.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from forecast.bench import publish
 
 SYMBOL = "SYN"
 VAL_START, TEST_START = "2016-10-03", "2017-10-02"  # data: 2013-10 (after warm-up) to 2019-01
@@ -117,11 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args(argv)
     results = bench_hpo(args.trials, args.epochs)
-    print(json.dumps(results, indent=2, default=str))
-    from forecast.io import write_json_atomic
-
-    write_json_atomic(args.out, results)
-    print(f"written: {args.out}")
+    publish(results, args.out)
     return 0
 
 

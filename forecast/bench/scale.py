@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import subprocess
@@ -30,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from forecast.bench import publish
 from forecast.bench.hpo import SPACE, SYMBOL, TEST_START, VAL_START, _tier
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -192,11 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         {"throughput": bench_throughput} if args.only == "throughput" else {"storage": bench_storage,
                                                                             "throughput": bench_throughput}
     results = {k: fn() for k, fn in results.items()}
-    print(json.dumps(results, indent=2, default=str))
-    from forecast.io import write_json_atomic
-
-    write_json_atomic(args.out, results)
-    print(f"written: {args.out}")
+    publish(results, args.out)
     return 0
 
 
