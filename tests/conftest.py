@@ -17,6 +17,14 @@ __all__ = ["synthetic_raw", "synthetic_vix"]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (`make test` runs two workers), every test on the PostgreSQL server runs in one worker, so the
+    session fixture that may start the server (and stops what it started) exists once."""
+    for item in items:
+        if "pg_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("postgres"))
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module: tiny models on a shared 2-core box run faster without contention."""
