@@ -1,7 +1,7 @@
 """The `forecast` command: one entry point that dispatches to each subcommand's own parser.
 
 `data` and `arch` are argparse programs; `fit|validate|test|predict` are LightningCLI
-(see `forecast.train`). A `ForecastError` anywhere becomes one line on stderr and exit 2.
+(see `forecast.training.cli`). A `ForecastError` anywhere becomes one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ commands:
   hpo        Optuna search over one budget
   sweep      run hpo over budgets x horizons
   report     scaling report from finished studies
+  configs    list the configs that ship with forecast, or copy them (--copy DIR) to edit
 
 `forecast <command> --help` shows each command's options.
 """
@@ -52,13 +53,19 @@ def _data(argv: list[str]) -> int:
 
 
 def _arch(argv: list[str]) -> int:
-    from forecast.arch import main
+    from forecast.sizing.arch import main
+
+    return main(argv)
+
+
+def _configs(argv: list[str]) -> int:
+    from forecast.configs import main
 
     return main(argv)
 
 
 def _lightning(argv: list[str]) -> int:
-    from forecast.train import cli_main
+    from forecast.training.cli import cli_main
 
     cli_main(argv)
     return 0
@@ -88,6 +95,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "hpo": _hpo,
     "sweep": _sweep,
     "report": _report,
+    "configs": _configs,
     **{name: _lightning for name in LIGHTNING_COMMANDS},
 }
 

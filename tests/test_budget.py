@@ -12,19 +12,21 @@ import pytest
 import torch
 import yaml
 
-from forecast.budget import (
+from forecast.errors import ForecastError
+from forecast.model import PatchTST
+from forecast.sizing.budget import (
     BUDGETS,
     GRID_PATH,
     Arch,
     architectures,
+    budget_size,
     count_parameters,
     load_grid,
+    parse_budget,
     tier_features,
     training_flops_per_sample,
 )
-from forecast.errors import ForecastError
-from forecast.model import PatchTST
-from forecast.planner import estimate, measured_peak_bytes, plan
+from forecast.sizing.planner import estimate, measured_peak_bytes, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 A25 = {"n_features": 25, "context_length": 80, "patch_len": 16, "stride": 8}
@@ -92,8 +94,8 @@ def test_grid_file_has_every_axis() -> None:
 
 
 def test_unknown_budget_and_impossible_shape_raise() -> None:
-    with pytest.raises(ForecastError, match="unknown budget '3M'"):
-        architectures("3M", 25)
+    with pytest.raises(ForecastError, match="unknown budget '3X'"):
+        architectures("3X", 25)
     with pytest.raises(ForecastError, match="no grid architecture lies within"):
         architectures("2M", 5000)  # the patch embedding alone is over 2.5M
 
@@ -215,7 +217,30 @@ def test_arch_json_lists_rows_with_exact_counts() -> None:
 
 
 def test_arch_unknown_budget_exits_2_with_one_line() -> None:
-    out = run_forecast("arch", "--budget", "3M")
+    out = run_forecast("arch", "--budget", "3X")
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
-    assert "unknown budget '3M'" in out.stderr and "Traceback" not in out.stderr
+    assert "unknown budget '3X'" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(("text", "label", "size"), [
+    ("2M", "2M", 2_000_000), ("2m", "2M", 2_000_000), (" 2B ", "2B", 2_000_000_000), ("50k", "50K", 50_000),
+    ("1.5M", "1.5M", 1_500_000), ("300000", "300000", 300_000), (120_000, "120000", 120_000),
+])
+def test_one_budget_parser_takes_names_and_counts(text, label, size) -> None:
+    assert parse_budget(text) == (label, size)
+    assert budget_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["3X", "", "-2M", "M", "0", "0.4", "1e6", "2MB", True, 2.5])
+def test_one_budget_parser_refuses_what_is_not_a_count(text) -> None:
+    with pytest.raises(ForecastError, match="budget"):
+        parse_budget(text)
+
+
+def test_arch_takes_any_count_as_hpo_does() -> None:
+    """`forecast arch --budget 50K` lists the grid architectures within +-25% of 50,000 parameters."""
+    out = run_forecast("arch", "--budget", "50k", "--n-features", "25", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    counts = [row["params"] for row in json.loads(out.stdout)]
+    assert counts and all(abs(c - 50_000) <= 0.25 * 50_000 for c in counts)

@@ -25,13 +25,11 @@ import yaml
 from conftest import synthetic_raw
 from optuna.trial import TrialState
 
-from forecast.baselines import prior_scores
 from forecast.cli import main as forecast_main
 from forecast.data.datamodule import ForecastDataModule
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
 from forecast.errors import ForecastError
-from forecast.hpo.config import resolve
 from forecast.hpo.outputs import is_finished
 from forecast.hpo.space import bind, load_space, parse_param
 from forecast.hpo.stop import AbortTrial, StopControl
@@ -40,12 +38,14 @@ from forecast.hpo.study import (
     HpoOptions,
     make_pruner,
     open_study,
-    parse_budget,
     plan_study,
     run_study,
 )
-from forecast.module import warmup_cosine
-from forecast.train import cli_main
+from forecast.sizing.budget import parse_budget
+from forecast.training.baselines import prior_scores
+from forecast.training.cli import cli_main
+from forecast.training.config import resolve
+from forecast.training.module import warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOL = "SYN"

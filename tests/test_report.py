@@ -228,7 +228,7 @@ def test_folds_that_would_test_on_the_searched_validation_period_are_refused(stu
 def test_a_fold_can_be_reproduced_by_hand_with_fit(report, studies, tmp_path):
     """`forecast fit --data.folds K --data.fold k` with the best config trains on the fold's data:
     the same data fingerprint the report's retrain of that fold checked."""
-    from forecast.train import cli_main
+    from forecast.training.cli import cli_main
 
     _, out, _ = report
     runs = pd.read_csv(out / "runs.csv")

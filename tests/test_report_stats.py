@@ -12,7 +12,6 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from forecast.baselines import fit_baselines, stationary_features
 from forecast.report.regimes import LEVELS, regimes, vix_at_test_windows
 from forecast.report.stats import (
     BETTER,
@@ -31,6 +30,7 @@ from forecast.report.stats import (
     scaling_verdict,
     t_interval,
 )
+from forecast.training.baselines import fit_baselines, stationary_features
 
 BUDGETS = [2e6, 2e7, 2e8, 2e9]
 

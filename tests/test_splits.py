@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train import SYMBOL, data_dir, dm_kwargs  # the same synthetic tier and settings
+from synthetic_run import SYMBOL, data_dir, dm_kwargs  # the same synthetic tier and settings
 
 from forecast.data.datamodule import ForecastDataModule, split_bounds, split_samples
 from forecast.data.manifest import load_manifest, write_manifest

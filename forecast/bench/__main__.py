@@ -81,7 +81,7 @@ def _model(n_features: int, context_length: int):
 
 def _plain_loop(loader, steps: int, lr: float) -> float:
     """The same work written by hand: AdamW with the module's decay groups, its LR schedule, clipping."""
-    from forecast.module import decay_groups, warmup_cosine
+    from forecast.training.module import decay_groups, warmup_cosine
 
     torch.manual_seed(0)
     net = _model(25, 80)
@@ -108,8 +108,8 @@ def _plain_loop(loader, steps: int, lr: float) -> float:
 def _trainer_loop(loader, steps: int, lr: float, train_metrics: bool = False) -> float:
     import lightning.pytorch as L
 
-    from forecast.module import Forecaster
-    from forecast.throughput import Throughput
+    from forecast.sizing.throughput import Throughput
+    from forecast.training.module import Forecaster
 
     class StepClock(L.Callback):
         def on_train_batch_start(self, trainer, *_):
@@ -143,7 +143,7 @@ def bench_fit(steps: int = 60, batch_size: int = 64, repeats: int = 3) -> dict:
             "trainer_with_train_metrics_s_per_step": m, "ratio_with_train_metrics": m / p,
             "note": "min over interleaved repeats; same model, data, AdamW groups, LR schedule and clipping; "
                     "the goal's run has train metrics off (model.train_metrics=false), as the plain loop, "
-                    "and throughput recording on (forecast.throughput.Throughput)"}
+                    "and throughput recording on (forecast.sizing.throughput.Throughput)"}
 
 
 def main(argv: list[str] | None = None) -> int:

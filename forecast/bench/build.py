@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL_200M = ROOT / "configs" / "model" / "patchtst_200m.yaml"
+from forecast import configs
+
+MODEL_200M = configs.path("model/patchtst_200m.yaml")
 SYMBOL = "SYN"
 KIB = 1024  # ru_maxrss is in KiB on Linux
 MB = 1e6
@@ -53,14 +54,14 @@ def child(model: Path) -> dict[str, Any]:
     """Runs in the child: build through the CLI and report the peaks (MB)."""
     import torch
 
-    from forecast.train import cli_main
+    from forecast.training.cli import cli_main
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         flags = synthetic_tier(Path(tmp) / "data")
         before = _peak_mb()
         start = time.perf_counter()
-        cli = cli_main(["--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(model), *flags,
+        cli = cli_main(["--config", str(configs.path("demo.yaml")), "--config", str(model), *flags,
                         f"--trainer.logger.init_args.save_dir={tmp}", "--trainer.accelerator=cpu"], run=False)
         built_s = time.perf_counter() - start
         built = _peak_mb()

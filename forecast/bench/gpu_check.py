@@ -29,8 +29,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
+from forecast import configs
+
+DEMO = configs.path("demo.yaml")
 KIB, MB, GB = 1024, 1e6, 1e9
 
 
@@ -77,9 +78,9 @@ def measure_model(name: str, config: Path, data_flags: list[str], logs: Path, si
     import torch
     from lightning.pytorch.trainer.states import RunningStage
 
-    from forecast.planner import estimate
-    from forecast.throughput import Throughput
-    from forecast.train import cli_main
+    from forecast.sizing.planner import estimate
+    from forecast.sizing.throughput import Throughput
+    from forecast.training.cli import cli_main
 
     args = ["--config", str(DEMO), "--config", str(config), *data_flags, *sizes.model_flags,
             "--data.batch_size=auto", f"--trainer.accelerator={sizes.accelerator}",
@@ -110,7 +111,7 @@ def measure_model(name: str, config: Path, data_flags: list[str], logs: Path, si
     planned = estimate(**net, precision=sizes.precision, device=device.type if device.type == "cuda" else "cpu",
                        micro_batch=micro, accumulate=accumulate).peak_bytes
     measured = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    steady = monitor._throughputs[RunningStage.TRAINING].compute()
+    steady = monitor._throughputs[RunningStage.TRAINING].compute()  # private API: no public per-stage accessor
     whole = monitor.summary()
     samples = steady.get("device/samples_per_sec")
     return {
@@ -206,7 +207,7 @@ def run(out: Path, budget_s: float, sections: set[str], sizes: Sizes) -> int:
         root = Path(tmp)
         data = synthetic_tier(root / "data", rows=sizes.rows) + ["--data.min_windows=20"]
         result["data"] = {"rows": sizes.rows, "source": "forecast.data.synthetic"}
-        section("models", lambda: [measure_model(n, ROOT / "configs" / "model" / f, data, root / "logs", sizes)
+        section("models", lambda: [measure_model(n, configs.path(f"model/{f}"), data, root / "logs", sizes)
                                    for n, f in sizes.models])
         section("search", lambda: run_search(sizes.search_budget, sizes.search_trials, sizes.search_epochs, data,
                                              root / "search", sizes))

@@ -107,14 +107,14 @@ def release_heap() -> None:
 
 def train_steps(cfg: BenchConfig, steps: int, micro_batch: int, **overrides: Any) -> Any:
     """Build the model and AdamW, run `steps` optimizer steps (`planner.train_steps`)."""
-    from forecast.planner import train_steps as run
+    from forecast.sizing.planner import train_steps as run
 
     return run({**cfg.model_kwargs(), **overrides}, micro_batch, steps=steps, accumulate=cfg.accumulate)
 
 
 def tensor_peak_bytes(cfg: BenchConfig) -> int:
     """Peak bytes held by tensors over model build + two steps (`planner.measured_peak_bytes`)."""
-    from forecast.planner import measured_peak_bytes
+    from forecast.sizing.planner import measured_peak_bytes
 
     return measured_peak_bytes(cfg.model_kwargs(), cfg.micro_batch, accumulate=cfg.accumulate)
 
@@ -150,8 +150,8 @@ def run_child(cfg: BenchConfig, fixed_mmap: bool = False) -> dict[str, int]:
 
 
 def row(cfg: BenchConfig, fixed_mmap: bool = False) -> dict[str, Any]:
-    from forecast.budget import count_parameters
-    from forecast.planner import estimate
+    from forecast.sizing.budget import count_parameters
+    from forecast.sizing.planner import estimate
 
     kwargs = cfg.model_kwargs()
     est = estimate(**kwargs, precision="32", device="cpu", micro_batch=cfg.micro_batch,

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from forecast import configs
 from forecast.bench import publish
 from forecast.bench.hpo import SPACE, SYMBOL, TEST_START, VAL_START, _tier
 
@@ -70,7 +71,7 @@ def _trivial_worker(data: str, space: str, logs: str, storage: str, trials: int,
         return random.random()
 
     objective.Objective._fit = fit
-    run_study(HpoOptions(budget="20K", trials=trials, configs=[str(ROOT / "configs" / "demo.yaml")],
+    run_study(HpoOptions(budget="20K", trials=trials, configs=[str(configs.path("demo.yaml"))],
                          overrides=_flags(Path(data), FAKE_EPOCHS), search_space=Path(space), log_dir=Path(logs),
                          storage=storage, pruner="none", live=False, heartbeat=60))
 
@@ -162,7 +163,7 @@ def bench_throughput(trials: int = 8, epochs: int = 10) -> dict[str, Any]:
         for name, (jobs, threads) in runs.items():
             logs = root / name
             args = ["hpo", "--budget", "20K", "--trials", str(trials), "--jobs", str(jobs), "--no-live",
-                    "--config", str(ROOT / "configs" / "demo.yaml"), "--search-space", str(space),
+                    "--config", str(configs.path("demo.yaml")), "--search-space", str(space),
                     "--log-dir", str(logs), "--pruner", "none", "--storage", str(logs / "optuna.journal"),
                     *_flags(data, epochs)]
             env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

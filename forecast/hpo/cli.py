@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from forecast.errors import ForecastError, OneLineParser
-from forecast.hpo.config import flag_keys
 from forecast.hpo.stop import STOP_FILE, StopControl
 from forecast.hpo.study import (
     DEFAULT_CONFIG,
@@ -21,10 +20,11 @@ from forecast.hpo.study import (
     PRUNERS,
     HpoOptions,
     Outcome,
-    parse_budget,
     run_queue,
 )
 from forecast.hpo.workers import run_workers, worker_number
+from forecast.sizing.budget import parse_budget
+from forecast.training.config import flag_keys
 
 ABORTED_EXIT = 130  # a second Ctrl-C ended a trial: like any interrupted command
 

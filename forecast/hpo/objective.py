@@ -16,7 +16,6 @@ its training time, peak_memory_gb (CUDA's max allocated) and planner_peak_gb (th
 
 from __future__ import annotations
 
-import gc
 import math
 import shlex
 import time
@@ -32,15 +31,16 @@ import torch
 from lightning.pytorch.callbacks import DeviceStatsMonitor
 from optuna_integration import PyTorchLightningPruningCallback
 
-from forecast.budget import GB
 from forecast.errors import ForecastError
 from forecast.hpo.display import Display
 from forecast.hpo.space import Sample, SearchSpace
 from forecast.hpo.stop import AbortTrial, StopControl
 from forecast.hpo.storage import WORKER_ATTR, worker_id
 from forecast.metrics import MONITOR, MONITOR_MODE
-from forecast.planner import estimate
-from forecast.throughput import Throughput
+from forecast.sizing.budget import GB
+from forecast.sizing.devices import release_memory
+from forecast.sizing.planner import estimate
+from forecast.sizing.throughput import Throughput
 
 OOM_ERRORS = (torch.cuda.OutOfMemoryError, MemoryError)
 TRAIN_LOSS = "train/loss"
@@ -263,7 +263,7 @@ class Objective:
     def _fit(self, trial: optuna.Trial, args: list[str], monitor: TrialMonitor,
              shown: dict[str, Any]) -> float | None:
         """Build the trial's run and fit it; `shown` joins the run's HParams (the trial's draw)."""
-        from forecast.train import cli_main
+        from forecast.training.cli import cli_main
 
         extra = list(self.setup.extra_callbacks(trial)) if self.setup.extra_callbacks else []
         pruning = PyTorchLightningPruningCallback(trial, monitor=MONITOR)
@@ -318,13 +318,6 @@ def _outcome(value: float | None, reason: str, message: str) -> float:
     if reason == "aborted":
         raise AbortTrial(message)  # not caught by optimize: the trial FAILs and the search ends
     raise TrialFailed(f"{reason}: {message}")
-
-
-def release_memory() -> None:
-    """Give back what a finished (or failed) trial held before the next one allocates."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _first_line(err: BaseException) -> str:

@@ -31,8 +31,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from forecast.budget import Arch, architectures, load_grid
 from forecast.errors import ForecastError
+from forecast.sizing.budget import Arch, architectures, load_grid
 
 NET_PREFIX = "model.net.init_args."
 # PatchTST arguments an architecture fixes; the search space may not name them itself.

@@ -29,8 +29,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from forecast.budget import BUDGETS
-from forecast.devices import one_device
+from forecast import configs
 from forecast.errors import ForecastError
 from forecast.hpo import config as cfg
 from forecast.hpo.display import Display
@@ -46,12 +45,14 @@ from forecast.hpo.storage import (
     retry_queued,
     worker_id,
 )
-from forecast.machine import check_search
 from forecast.metrics import MONITOR, MONITOR_MODE
+from forecast.sizing.budget import parse_budget
+from forecast.sizing.devices import one_device
+from forecast.sizing.machine import check_search
+from forecast.training.config import differences, flag_keys, lookup, resolve
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_CONFIG = CONFIG_DIR / "spy.yaml"
-DEFAULT_SPACE = CONFIG_DIR / "hpo" / "search_space.yaml"
+DEFAULT_CONFIG = configs.path("spy.yaml")
+DEFAULT_SPACE = configs.path("hpo/search_space.yaml")
 PRUNERS = ("median", "hyperband", "none")
 DATA_FINGERPRINT = "data_fingerprint"  # key of the study fingerprint: md5 of what the trials train on
 WAIT_S = 2.0  # how often a process waiting for other workers' trials looks again
@@ -111,20 +112,6 @@ class Outcome:
 # ------------------------------------------------------------------------------ checking
 
 
-def parse_budget(text: str) -> tuple[str, int]:
-    """(label, parameters) of a named budget (2M, 20M, 200M, 2B) or a count such as 50K or 1.5M."""
-    if text in BUDGETS:
-        return text, BUDGETS[text]
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMB]?)", text.strip().upper())
-    if not match:
-        raise ForecastError(f"unknown budget {text!r}; choose one of {', '.join(BUDGETS)} "
-                            "or a parameter count such as 50K")
-    size = float(match.group(1)) * {"": 1, "K": 1e3, "M": 1e6, "B": 1e9}[match.group(2)]
-    if size < 1:
-        raise ForecastError(f"budget {text!r} must be at least 1 parameter")
-    return text.strip().upper(), int(size)
-
-
 def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = None) -> StudyPlan:
     """Check the options, configs, search space and storage; raise `ForecastError` on a mistake.
 
@@ -132,23 +119,23 @@ def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = Non
     now, not in every trial), and the ends of the space are parsed by the real CLI parser.
     """
     _check_numbers(options)
-    label, size = parse_budget(options.budget)
+    label = parse_budget(options.budget).label
     spec = load_space(options.search_space)
     _check_no_clash(options.overrides, [p.key for p in spec.params])
     config_args = [a for c in options.configs or [DEFAULT_CONFIG] for a in ("--config", str(c))]
     user_args = [*config_args, *options.overrides]
     base_args = [*config_args, *cfg.TRIAL_DEFAULTS, *options.overrides]  # configs first: flags win
-    config = cfg.resolve(base_args)
+    config = resolve(base_args)
     one_device(config["trainer"], "search trials")
     _check_model(config, spec)
     n_features, prior, data_fingerprint = _data_reference(config)
     if config["model"].get("pos_weight") is not None:
         prior = None  # val/loss is then a weighted BCE: not comparable with the prior's log-loss
     net = config["model"]["net"]["init_args"]
-    space = bind(spec, size if label not in BUDGETS else label, n_features, config["data"]["context_length"],
+    space = bind(spec, label, n_features, config["data"]["context_length"],
                  net["patch_len"], net["stride"], net["patch_mode"])
     for draw in space.end_overrides():  # the ends of every range, checked by the real parser
-        cfg.resolve([*base_args, *draw])
+        resolve([*base_args, *draw])
     name = options.study_name or cfg.study_name(config, label)
     said = check_search(config, space.tree.archs, n_features, options.log_dir, options.keep_checkpoints,
                         options.trials, f"budget {options.budget}")  # memory and disk, before any trial
@@ -178,7 +165,7 @@ def _check_numbers(options: HpoOptions) -> None:
 
 def _check_no_clash(overrides: list[str], searched: list[str]) -> None:
     """A flag may not fix what the search varies (the trial's value would silently win)."""
-    fixed = cfg.flag_keys(overrides) & {*searched, *(NET_PREFIX + a for a in ARCH_ARGS)}
+    fixed = flag_keys(overrides) & {*searched, *(NET_PREFIX + a for a in ARCH_ARGS)}
     if fixed:
         raise ForecastError(f"--{sorted(fixed)[0]} is searched by this study; drop the flag or the "
                             "search-space entry")
@@ -189,7 +176,7 @@ def _check_model(config: dict[str, Any], spec: Any) -> None:
         raise ForecastError("the search sizes forecast.model.PatchTST; the config's model.net is "
                             f"{config['model']['net'].get('class_path')}")
     for p in spec.params:
-        found, _ = cfg.lookup(config, p.key)
+        found, _ = lookup(config, p.key)
         if not found:
             raise ForecastError(f"{spec.path}: params.{p.name} sets {p.key}, which the model, "
                                 "optimizer, data and trainer have no argument for")
@@ -198,8 +185,8 @@ def _check_model(config: dict[str, Any], spec: Any) -> None:
 def _data_reference(config: dict[str, Any]) -> tuple[int, dict[str, float], str]:
     """Build the data module once (bad data settings fail here, before any trial): its feature
     count, the class prior's validation scores that every trial should beat, and its fingerprint."""
-    from forecast.baselines import prior_scores
     from forecast.data.datamodule import ForecastDataModule
+    from forecast.training.baselines import prior_scores
 
     dm = ForecastDataModule(**config["data"])
     return dm.n_features, {"positive_rate": dm.balance["train"], **prior_scores(dm, "val")}, dm.fingerprint()
@@ -302,7 +289,7 @@ def _check_same_study(study: optuna.Study, plan: StudyPlan) -> None:
                             f"{str(stored.get(DATA_FINGERPRINT))[:8]}, now {plan.fingerprint[DATA_FINGERPRINT][:8]}: "
                             "a rebuilt or re-imported tier); restore that data or start a new --study-name")
     if stored != plan.fingerprint:
-        diff = cfg.differences(stored, plan.fingerprint)
+        diff = differences(stored, plan.fingerprint)
         raise ForecastError(f"study {plan.name} in {describe(plan.url)} was run with other settings "
                             f"({'; '.join(diff[:3])}); use the same settings or another --study-name")
 
@@ -523,10 +510,11 @@ def _first_line(err: BaseException) -> str:
 @contextlib.contextmanager
 def _quiet_search() -> Iterator[None]:
     """Lightning's per-trial lines and Optuna's own log stay out: the search prints one line per trial."""
-    from forecast.train import quiet_lightning
+    from forecast.training.messages import quiet_lightning
 
     optuna_level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures too: the search prints its own line per trial
+    # private API: Optuna logs a trial's traceback under its private module's logger; no public switch for it
     no_trace, optimize_log = _NoAbortTrace(), logging.getLogger("optuna.study._optimize")
     optimize_log.addFilter(no_trace)
     try:

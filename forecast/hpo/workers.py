@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -45,7 +44,6 @@ from forecast.hpo.study import (
 
 WORKER_ENV = "FORECAST_HPO_WORKER"
 POLL_S = 1.0  # how often the parent reads the storage for the panel
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker_number() -> int | None:

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.baselines import BASELINES, fit_baselines, labels
 from forecast.errors import ForecastError
-from forecast.hpo.api import describe, release_memory
+from forecast.hpo.api import describe
 from forecast.report.collect import Series, StudyEntry, collect
 from forecast.report.regimes import Regime, regimes, vix_at_test_windows
 from forecast.report.retrain import (
@@ -51,6 +50,8 @@ from forecast.report.stats import (
     paired_bootstrap,
     scaling_verdict,
 )
+from forecast.sizing.devices import release_memory
+from forecast.training.baselines import BASELINES, fit_baselines, labels
 
 
 @dataclass

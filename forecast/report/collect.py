@@ -24,13 +24,13 @@ from forecast.hpo.api import (
     TrialState,
     counts,
     describe,
-    differences,
     journal_path,
     load_study,
     open_storage,
-    parse_budget,
     study_names,
 )
+from forecast.sizing.budget import parse_budget
+from forecast.training.config import differences
 
 SHOWN_NAMES = 8  # study names listed in an "unknown study" message
 _HEADER = re.compile(r"#\s*Best trial (\d+) of study")

@@ -7,10 +7,10 @@ import shlex
 from collections.abc import Sequence
 from datetime import datetime
 
-from forecast.baselines import BASELINES
 from forecast.report.build import Report, SeriesResult
 from forecast.report.stats import LEVEL, MIN_BUDGETS_FOR_FIT, MIN_SEEDS, Comparison
 from forecast.report.tables import series_folds
+from forecast.training.baselines import BASELINES
 
 BASELINE_NAMES = {"prior": "class prior", "logistic": "logistic regression", "hist_gb": "HistGradientBoosting"}
 

@@ -14,10 +14,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from forecast.baselines import BASELINES
 from forecast.io import atomic_path
 from forecast.report.build import Report
 from forecast.report.tables import folds_frame
+from forecast.training.baselines import BASELINES
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
           "tab:olive", "tab:cyan", "tab:gray")

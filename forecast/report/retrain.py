@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-from forecast.devices import one_device
 from forecast.errors import ForecastError
-from forecast.hpo.api import OPERATIONAL_DATA_KEYS, differences, resolve
 from forecast.io import write_json_atomic
 from forecast.report.collect import StudyEntry
+from forecast.sizing.devices import one_device
+from forecast.training.config import OPERATIONAL_DATA_KEYS, differences, resolve
 
 RESULT = "result.json"
 # Flags a retrain may add to the best config: how it runs, never what it measures. (Epochs are a
@@ -161,7 +161,8 @@ def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequ
 
 def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[str], data: str,
                   version: str) -> SeedRun:
-    from forecast.train import cli_main, quiet_lightning
+    from forecast.training.cli import cli_main
+    from forecast.training.messages import quiet_lightning
 
     logger = "--trainer.logger.init_args."
     args = [*entry.config_args, ONE_DEVICE, f"--seed_everything={seed}", *QUIET, *WEIGHTS_ONLY, f"{logger}save_dir={root}",

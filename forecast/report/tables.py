@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.baselines import BASELINES, scores
 from forecast.metrics import MONITOR
 from forecast.report.build import Report, SeriesResult
 from forecast.report.collect import Series
 from forecast.report.stats import LEVEL
+from forecast.training.baselines import BASELINES, scores
 
 
 def _series_cols(s: Series) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""The `forecast` command: one entry point that dispatches to each subcommand's own parser.
+
+`data` and `arch` are argparse programs; `fit|validate|test|predict` are LightningCLI
+(see `forecast.training.cli`). A `ForecastError` anywhere becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from forecast.errors import ForecastError
+
+USAGE = """usage: forecast <command> [options]
+
+commands:
+  data       get prices (download / import / sample), build feature tiers, verify manifests
+  fit        train a model (LightningCLI; --config FILE, repeatable)
+  validate   evaluate a checkpoint on the validation split
+  test       evaluate the best checkpoint on the test split, write metrics JSON
+  predict    write per-date probabilities as CSV
+  arch       list the architectures of a parameter budget with their memory plan
+  hpo        Optuna search over one budget
+  sweep      run hpo over budgets x horizons
+  report     scaling report from finished studies
+  configs    list the configs that ship with forecast, or copy them (--copy DIR) to edit
+
+`forecast <command> --help` shows each command's options.
+"""
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+DASH_VALUE_FLAGS = ("--budget",)  # values that may start with "-" (a mistyped "-2M")
+
+
+def join_dash_values(argv: list[str]) -> list[str]:
+    """`--budget -2M` -> `--budget=-2M`: argparse takes "-2M" for a flag ("expected one argument");
+    joined, the value reaches the budget check, which says what is wrong with it."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in DASH_VALUE_FLAGS and arg.startswith("-") and not arg.startswith("--"):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _data(argv: list[str]) -> int:
+    from forecast.data.cli import main
+
+    return main(argv)
+
+
+def _arch(argv: list[str]) -> int:
+    from forecast.sizing.arch import main
+
+    return main(argv)
+
+
+def _configs(argv: list[str]) -> int:
+    from forecast.configs import main
+
+    return main(argv)
+
+
+def _lightning(argv: list[str]) -> int:
+    from forecast.training.cli import cli_main
+
+    cli_main(argv)
+    return 0
+
+
+def _hpo(argv: list[str]) -> int:
+    from forecast.hpo.cli import main
+
+    return main(argv)
+
+
+def _sweep(argv: list[str]) -> int:
+    from forecast.hpo.cli import sweep_main
+
+    return sweep_main(argv)
+
+
+def _report(argv: list[str]) -> int:
+    from forecast.report.cli import main
+
+    return main(argv)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "data": _data,
+    "arch": _arch,
+    "hpo": _hpo,
+    "sweep": _sweep,
+    "report": _report,
+    "configs": _configs,
+    **{name: _lightning for name in LIGHTNING_COMMANDS},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = join_dash_values(list(sys.argv[1:] if argv is None else argv))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"forecast: error: unknown command {argv[0]!r} (see `forecast --help`)", file=sys.stderr)
+        return 2
+    try:
+        return command(argv if argv[0] in LIGHTNING_COMMANDS else argv[1:])
+    except ForecastError as err:
+        print(f"forecast: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("forecast: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as err:
+        # Lightning ends a run on SIGTERM with SIGTERMException, a SystemExit whose code is 0;
+        # a killed run must not look like a finished one to the shell or a scheduler.
+        if type(err).__name__ != "SIGTERMException":
+            raise
+        print("forecast: stopped by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except BrokenPipeError:
+        # `forecast arch ... | head`: the reader left; say nothing more (Python docs' recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -1,0 +1,229 @@
+"""`forecast data`: get prices, build feature tiers, check and list what is on disk.
+
+    forecast data download SYMBOL... [--start DAY] [--end DAY]
+    forecast data import SYMBOL FILE
+    forecast data sample
+    forecast data build --symbol SPY [--tier a25] [--vix VIX]
+    forecast data verify
+    forecast data info
+
+Every subcommand takes --data-dir (default $FORECAST_DATA_DIR, else ./data). Every input is
+validated before anything is written, so a failed command leaves the data directory as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from forecast.data.manifest import load_manifest, verify
+from forecast.data.paths import DATA_DIR_ENV, resolve_data_dir, storage_symbol
+from forecast.data.raw import check_raw, write_raw
+from forecast.errors import ForecastError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a wrong flag as one line (ForecastError) instead of usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ForecastError(f"{self.prog}: {message} (see --help)")
+
+
+def _console() -> Console:
+    """Rich falls back to 80 columns when piped, which folds file names; logs can be wider."""
+    return Console(width=None if sys.stdout.isatty() else 120)
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _tell_written(entry: dict[str, Any]) -> None:
+    sample = " [sample]" if entry.get("sample") else ""
+    _echo(
+        f"wrote {entry['path']}: {entry['rows']} rows, {entry['first']}..{entry['last']}, "
+        f"from {entry['source']}{sample}"
+    )
+    for note in entry.get("notes", []):
+        _echo(f"  {note}")
+
+
+def _write_all(data_dir: Path, items: Sequence[tuple[str, Any, str, bool]]) -> None:
+    """Validate every (symbol, frame, source, sample) first, then write them one by one."""
+    for _symbol, frame, source, _sample in items:
+        check_raw(frame, source)
+    for symbol, frame, source, sample in items:
+        _tell_written(write_raw(data_dir, symbol, frame, source, sample=sample))
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """`download`: fetch every symbol, validate all, then write them."""
+    from forecast.data.sources import fetch_yahoo
+
+    for symbol in args.symbols:
+        storage_symbol(symbol)  # a bad name fails before any network call
+    items = [
+        (
+            symbol,
+            fetch_yahoo(symbol, args.start, args.end, echo=_echo),
+            f"yfinance {symbol} (auto_adjust=False)",
+            False,
+        )
+        for symbol in args.symbols
+    ]
+    _write_all(args.data_dir, items)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """`import`: one CSV file as one symbol."""
+    from forecast.data.sources import read_price_csv
+
+    frame = read_price_csv(args.file, args.symbol)
+    _write_all(args.data_dir, [(args.symbol, frame, str(args.file), False)])
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """`sample`: the offline series shipped with `arch`."""
+    from forecast.data.sources import sample_series
+
+    _write_all(args.data_dir, [(s.symbol, s.frame, s.source, True) for s in sample_series()])
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """`build`: one feature tier of one symbol."""
+    from forecast.data.tiers import build_and_write
+
+    build_and_write(args.data_dir, args.symbol, args.tier, args.vix, echo=_echo)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """`verify`: table of every manifest entry; exit 1 naming each mismatch."""
+    checks = verify(args.data_dir)
+    table = Table(title=f"manifests under {args.data_dir}")
+    for column in ("file", "rows", "status"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        status = "[green]ok[/]" if check.ok else "[red]" + escape("; ".join(check.problems)) + "[/]"
+        table.add_row(check.path, "" if check.rows is None else str(check.rows), status)
+    _console().print(table)
+    bad = [check for check in checks if not check.ok]
+    console = Console(stderr=True, highlight=False)
+    for check in bad:
+        console.print(
+            f"mismatch: {check.path}: {'; '.join(check.problems)}", markup=False, soft_wrap=True
+        )
+    print(f"{len(checks) - len(bad)} of {len(checks)} files ok")
+    return 1 if bad else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """`info`: what is on disk and which tiers exist."""
+    from forecast.data.tiers import TIERS
+
+    data_dir = args.data_dir
+    raw, processed = load_manifest(data_dir, "raw"), load_manifest(data_dir, "processed")
+    if not raw and not processed:
+        _echo(
+            f"no data under {data_dir} yet: run `forecast data sample` (offline) or "
+            f"`forecast data download SPY ^VIX` (set {DATA_DIR_ENV} or --data-dir to change where)"
+        )
+    table = Table(title=f"data under {data_dir}")
+    for column in ("file", "rows", "first", "last", "repaired bars", "from"):
+        table.add_column(column, overflow="fold")
+    for entry in [*raw.values(), *processed.values()]:
+        origin = entry.get("source", "")
+        if "tier" in entry:
+            origin = (
+                f"tier {entry['tier']} v{entry['tier_version']} of {', '.join(entry['sources'])}"
+            )
+        origin += " [sample]" if entry.get("sample") else ""
+        repaired = str(entry.get("repaired_bars", "")) if "tier" not in entry else ""
+        table.add_row(entry["path"], str(entry["rows"]), entry["first"], entry["last"], repaired, origin)
+    if raw or processed:
+        _console().print(table)
+    _echo(
+        "tiers: "
+        + "; ".join(
+            f"{t.name} ({len(t.columns)} features): {t.description}" for t in TIERS.values()
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `forecast data` argument parser."""
+    parser = _Parser(prog="forecast data", description="Prices, feature tiers and their manifests.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"data directory (default ${DATA_DIR_ENV}, else ./data)",
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    p = sub.add_parser("download", parents=[common], help="daily prices from Yahoo (yfinance)")
+    p.add_argument(
+        "symbols", nargs="+", metavar="SYMBOL", help="Yahoo tickers; ^VIX is stored as VIX"
+    )
+    p.add_argument("--start", help="first day, YYYY-MM-DD (default: all history)")
+    p.add_argument("--end", help="last day, inclusive, YYYY-MM-DD (default: today)")
+    p.set_defaults(run=cmd_download)
+
+    p = sub.add_parser("import", parents=[common], help="a Yahoo-layout CSV file")
+    p.add_argument("symbol", metavar="SYMBOL", help="the symbol to store it as")
+    p.add_argument(
+        "file", type=Path, metavar="FILE", help="Date,Open,High,Low,Close,Adj Close,Volume"
+    )
+    p.set_defaults(run=cmd_import)
+
+    p = sub.add_parser(
+        "sample",
+        parents=[common],
+        help="offline sample: S&P 500 1999-2018 (SP500) and VIX closes 2014-2019 (VIX)",
+    )
+    p.set_defaults(run=cmd_sample)
+
+    from forecast.data.tiers import DEFAULT_TIER, TIERS
+
+    p = sub.add_parser("build", parents=[common], help="build a feature tier from raw prices")
+    p.add_argument("--symbol", required=True, help="raw symbol to build from")
+    p.add_argument(
+        "--tier", default=DEFAULT_TIER, help=f"one of {', '.join(TIERS)} (default {DEFAULT_TIER})"
+    )
+    p.add_argument(
+        "--vix", default=None, help="raw symbol holding VIX, for tiers that use it (default VIX)"
+    )
+    p.set_defaults(run=cmd_build)
+
+    p = sub.add_parser(
+        "verify", parents=[common], help="check every file against its manifest entry"
+    )
+    p.set_defaults(run=cmd_verify)
+    p = sub.add_parser("info", parents=[common], help="list what is on disk")
+    p.set_defaults(run=cmd_info)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run `forecast data ARGV...`; returns the exit status.
+
+    Raises:
+        ForecastError: for user mistakes (forecast.cli prints it as one line, exit 2).
+    """
+    args = build_parser().parse_args(argv)
+    args.data_dir = resolve_data_dir(args.data_dir)
+    return args.run(args)

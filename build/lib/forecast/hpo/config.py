@@ -1,0 +1,43 @@
+"""The run every trial starts from: the user's configs and flags, resolved once before any trial
+(`forecast.training.config.resolve`), the settings every trial adds, and what names and fingerprints a study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from forecast.training.config import OPERATIONAL_DATA_KEYS
+
+# Settings every trial gets unless the user's flags say otherwise: no per-step progress bar
+# (the search shows its own display), no model table per trial, and only the best checkpoint's
+# weights (no last.ckpt, no AdamW moments: a 2B trial's best is 8 GB, not 24 GB plus a last one).
+TRIAL_DEFAULTS = (
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--checkpoint.save_last=false",
+    "--checkpoint.save_weights_only=true",
+    "--trainer.devices=1",  # a trial is one process: the pruning callback and the objective read one rank
+)
+
+
+def study_name(config: Mapping[str, Any], budget: str) -> str:
+    """`SPY-a25-threshold0.01-h1-2M`: everything that tells two studies' targets apart."""
+    data = config["data"]
+    task = data["task"] + (f"{data['threshold']:g}" if data["task"] == "threshold" else "")
+    return f"{data['symbol']}-{data['tier']}-{task}-h{data['horizon']}-{budget}"
+
+
+def fingerprint(config: Mapping[str, Any], budget: str, space: Mapping[str, Any]) -> dict[str, Any]:
+    """What must not change when a study is resumed: targets, data shape, budget, space.
+
+    Epochs, batch size or file locations may change between runs; the labels, the splits, the
+    inputs and the architecture grid may not, or the trials would not be comparable.
+    """
+    data = {k: v for k, v in config["data"].items() if k not in OPERATIONAL_DATA_KEYS}
+    net = config["model"]["net"]["init_args"]
+    shape = {k: net.get(k) for k in ("patch_len", "stride", "patch_mode", "revin")}
+    return {"data": data, "shape": shape, "budget": budget, "space": dict(space),
+            "seed_everything": config.get("seed_everything")}
+
+

@@ -1,0 +1,60 @@
+"""Metric names and the torchmetrics collection every split uses.
+
+`MONITOR` is the single name that checkpointing, early stopping, pruning and the search
+objective all import; `MONITOR_MODE` says which way is better.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import CatMetric, Metric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryAveragePrecision,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+)
+from torchmetrics.regression import MeanSquaredError
+
+MONITOR = "val/loss"
+MONITOR_MODE = "min"
+COLLAPSE_STD = 1e-3  # predicted-probability std below this means the model outputs one number
+
+
+class ProbabilitySpread(Metric):
+    """std, min and max of the predicted probabilities: a collapse to the class prior shows here."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probs = CatMetric(nan_strategy="disable")  # keep NaN: a diverged model must show, not crash
+
+    def update(self, probs: torch.Tensor) -> None:
+        self.probs.update(probs.detach().float())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        p = self.probs.compute()
+        return {"prob_std": p.std(unbiased=False), "prob_min": p.min(), "prob_max": p.max()}
+
+    def reset(self) -> None:
+        super().reset()
+        self.probs.reset()
+
+
+def classification_metrics(prefix: str) -> MetricCollection:
+    """AUROC, AP, accuracy/precision/recall/F1 at 0.5 and the Brier score, keyed `<prefix>/<name>`."""
+    return MetricCollection(
+        {
+            "auroc": BinaryAUROC(),
+            "ap": BinaryAveragePrecision(),
+            "acc": BinaryAccuracy(threshold=0.5),
+            "precision": BinaryPrecision(threshold=0.5),
+            "recall": BinaryRecall(threshold=0.5),
+            "f1": BinaryF1Score(threshold=0.5),
+            "brier": MeanSquaredError(),  # mean (p - y)^2 on probabilities
+        },
+        prefix=f"{prefix}/",
+    )

@@ -1,0 +1,72 @@
+"""`forecast report`: argparse front end of `forecast.report.build.make_report`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from forecast.errors import OneLineParser
+from forecast.report.build import ReportOptions
+from forecast.report.outputs import make_report
+
+PARTIAL_EXIT = 1  # the report was written, but some study could not be reported
+
+EPILOG = """\
+Any --trainer.* flag (e.g. --trainer.accelerator=cpu, --trainer.max_epochs=5) is added to every
+retrain, and --data.data_dir / --data.num_workers say where and how the data are read; flags that
+would change what a study measured (labels, splits, model) are refused. Finished retrains are
+reused when the report is run again with the same settings.
+
+Exit status: 0 when every study was reported; 1 when the report was written but some study could
+not be (its best config no longer loads, a retrain failed: listed in report.md and on stderr);
+2 for a mistake in the command (storage, study names, flags).
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="forecast report", allow_abbrev=False, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Scaling report from finished `forecast hpo` studies: the studies' test period cut "
+                    "into walk-forward folds, each budget's best config retrained per fold x seed and tested "
+                    "once, baselines on the same samples, date-paired block-bootstrap intervals, the scaling "
+                    "verdict per horizon, tables and plots.")
+    p.add_argument("--storage", required=True, metavar="URL",
+                   help="the Optuna storage the studies live in (sqlite:///logs/hpo/optuna.db, a *.journal "
+                        "file, postgresql://...)")
+    p.add_argument("--study", nargs="+", default=[], metavar="NAME",
+                   help="studies to report (default: every study in the storage)")
+    p.add_argument("--seeds", type=int, default=2, metavar="S",
+                   help="retrains of each best config per fold, seeds 0..S-1 (default: 2; a verdict needs >= 2)")
+    p.add_argument("--folds", type=int, default=4, metavar="K",
+                   help="walk-forward folds the test period is cut into (default: 4)")
+    p.add_argument("--test-start", metavar="DATE",
+                   help="first day of the folds' test period (default: the studies' test_start; never earlier, "
+                        "since the search validated on the days before it)")
+    p.add_argument("--test-end", metavar="DATE",
+                   help="last day of the folds' test period (default: the studies' test_end, else the data's end)")
+    p.add_argument("--out", type=Path, default=Path("logs/report"), metavar="DIR",
+                   help="where report.md, the CSVs, plots, TensorBoard events and retrain runs go "
+                        "(default: logs/report)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="joint block-bootstrap resamples of dates and seeds (default: 1000)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the retrains' checkpoints (default: deleted once tested)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `forecast report`; returns the exit status (see the epilog)."""
+    args, extra = parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    options = ReportOptions(storage=args.storage, studies=args.study, seeds=args.seeds, folds=args.folds,
+                            test_start=args.test_start, test_end=args.test_end, out=args.out, overrides=extra,
+                            keep_checkpoints=args.keep_checkpoints, bootstrap=args.bootstrap)
+    report = make_report(options)
+    for r in report.series:
+        print(f"{r.series.label}: {r.verdict}")
+    print(f"report: {options.out / 'report.md'} ({report.wall_s:.0f} s)")
+    for name, problem in report.problems:
+        print(f"forecast report: study {name} not reported: {problem}", file=sys.stderr)
+    return PARTIAL_EXIT if report.problems else 0

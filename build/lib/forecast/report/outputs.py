@@ -1,0 +1,64 @@
+"""Write the report's files under `--out`, each atomically; the figures also to TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forecast.io import atomic_path, write_text_atomic
+from forecast.report.build import Report, ReportOptions, Say, build_report
+from forecast.report.markdown import render
+from forecast.report.plots import folds_figure, save_png, scaling_figure
+from forecast.report.tables import TABLES
+
+TENSORBOARD = "tensorboard"
+
+
+def make_report(options: ReportOptions, say: Say = print) -> Report:
+    """`forecast report`: build the report (`build.build_report`) and write every file under `options.out`."""
+    report = build_report(options, say)
+    write_outputs(report, options.out)
+    return report
+
+
+def write_outputs(report: Report, out: Path) -> list[Path]:
+    """report.md, the CSVs, folds.png, scaling.png and TensorBoard figures.
+
+    Returns:
+        The files written, report.md last (it lists the others).
+    """
+    written = []
+    for name, make in TABLES.items():
+        frame = make(report)
+        if frame.empty:  # e.g. regimes.csv of a tier without VIX: no file, and no stale one
+            (out / name).unlink(missing_ok=True)
+            continue
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6g")
+        written.append(out / name)
+    figures = {"folds": folds_figure(report), "scaling": scaling_figure(report)}
+    for name, fig in figures.items():
+        save_png(fig, out / f"{name}.png")
+        written.append(out / f"{name}.png")
+    text = render(report, [p.name for p in written] + [f"{TENSORBOARD}/", "runs/<study>/fold<k>-seed<s>/"])
+    _tensorboard(out / TENSORBOARD, figures, text)
+    write_text_atomic(out / "report.md", text)
+    return [*written, out / "report.md"]
+
+
+def _tensorboard(folder: Path, figures: dict, text: str) -> None:
+    """The figures and the report text under `report/` in TensorBoard (IMAGES and TEXT tabs).
+
+    Earlier reports' event files in this folder are removed first: TensorBoard would show both.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("events.out.tfevents.*"):
+        old.unlink()
+    writer = SummaryWriter(log_dir=str(folder))
+    try:
+        for name, fig in figures.items():
+            writer.add_figure(f"report/{name}", fig, global_step=0, close=False)
+        writer.add_text("report/markdown", text, global_step=0)
+    finally:
+        writer.close()

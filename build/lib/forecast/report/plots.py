@@ -1,0 +1,95 @@
+"""The report's figures, drawn with matplotlib's Agg canvas (no display, no pyplot state).
+
+- `folds_figure`: test AUROC per walk-forward fold, one line per budget (mean over seeds, each
+  seed a dot) and one dashed line per baseline; one panel per series.
+- `scaling_figure`: pooled test loss and AUROC against exact parameter count (log axis), one line
+  per series, error bars = the joint block-bootstrap interval; the baselines as horizontal lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from forecast.io import atomic_path
+from forecast.report.build import Report
+from forecast.report.tables import folds_frame
+from forecast.training.baselines import BASELINES
+
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+          "tab:olive", "tab:cyan", "tab:gray")
+BASELINE_STYLE = {"prior": ":", "logistic": "--", "hist_gb": "-."}
+PANELS = (("loss", "pooled test loss (BCE, lower is better)"), ("auroc", "pooled test AUROC (higher is better)"))
+
+
+def _figure(width: float, height: float, cols: int = 1) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # Agg canvas: savefig and TensorBoard's add_figure render through it
+    return fig, list(fig.subplots(1, cols, squeeze=False)[0])
+
+
+def folds_figure(report: Report) -> Figure:
+    """Per-fold test AUROC by budget, with the baselines, one panel per series."""
+    frame = folds_frame(report)
+    fig, axes = _figure(max(7.0, 5.5 * len(report.series)), 4.5, cols=max(len(report.series), 1))
+    for ax, r in zip(axes, report.series, strict=False):
+        if not r.folds:
+            ax.set_title(f"{r.series.label}: not reported", fontsize=10)
+            continue
+        rows = frame[(frame["horizon"] == r.series.horizon) & (frame["task"] == r.series.task)
+                     & (frame["tier"] == r.series.tier) & (frame["symbol"] == r.series.symbol)]
+        models = [s.entry.budget for s in r.reported]
+        for i, budget in enumerate(models):
+            own = rows[rows["budget"] == budget]
+            mean = own.groupby("fold")["auroc"].mean()
+            ax.plot(mean.index, mean.values, color=COLORS[i % len(COLORS)], marker="o", label=f"PatchTST {budget}")
+            ax.plot(own["fold"], own["auroc"], ".", color=COLORS[i % len(COLORS)], alpha=0.5)
+        for b in BASELINES:
+            own = rows[rows["budget"] == b].sort_values("fold")
+            ax.plot(own["fold"], own["auroc"], color="black", ls=BASELINE_STYLE[b], lw=1, label=b)
+        ax.set_xticks([f.index for f in r.folds], [f"{f.index}\n{f.test[0][:7]}" for f in r.folds], fontsize=8)
+        ax.set_xlabel("fold (first test month)")
+        ax.set_ylabel("test AUROC")
+        ax.set_title(r.series.label, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Walk-forward folds: test AUROC per fold (line: mean over seeds, dots: seeds)", fontsize=10)
+    return fig
+
+
+def scaling_figure(report: Report) -> Figure:
+    """Pooled test loss and AUROC vs parameters, every series with its baselines."""
+    fig, axes = _figure(12, 4.8, cols=len(PANELS))
+    for i, r in enumerate(report.series):
+        if r.draws is None:
+            continue
+        color = COLORS[i % len(COLORS)]
+        ok = r.reported
+        for ax, (metric, _) in zip(axes, PANELS, strict=True):
+            x = [s.entry.best.params for s in ok]
+            y = np.array([r.draws.column(metric, s.entry.budget) for s in ok])
+            drawn = [np.asarray(r.draws.column(metric, s.entry.budget, draws=True)) for s in ok]
+            lo = np.array([np.nanquantile(v, 0.025) if np.isfinite(v).any() else np.nan for v in drawn])
+            hi = np.array([np.nanquantile(v, 0.975) if np.isfinite(v).any() else np.nan for v in drawn])
+            err = np.nan_to_num(np.stack([y - lo, hi - y]))
+            ax.errorbar(x, y, yerr=err, color=color, marker="o", capsize=4, label=r.series.label)
+            for b in BASELINES:
+                ax.axhline(r.draws.column(metric, b), color=color, ls=BASELINE_STYLE[b], lw=1, alpha=0.7)
+    for ax, (_, title) in zip(axes, PANELS, strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters (exact count of each budget's best model)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:  # nothing to name when no series could be reported
+        axes[0].legend(fontsize=8, title="baselines: prior ':', logistic '--', HistGB '-.'", title_fontsize=7)
+    fig.suptitle("Scaling over all folds: 95% joint block-bootstrap intervals (dates x seeds)")
+    return fig
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """Write a figure as PNG atomically (the temporary name has no .png: say the format)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)

@@ -1,0 +1,79 @@
+"""How many devices a run uses: the search, the report and evaluation each need exactly one."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import torch
+
+from forecast.errors import ForecastError
+
+
+def device_count(devices: Any) -> int:
+    """How many devices a `trainer.devices` value asks for ("auto" and -1 count as more than one)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    if text == "auto":
+        return -1
+    try:
+        count = int(text)
+    except ValueError:
+        raise ForecastError(f"--trainer.devices={devices}: expected a count, a list of device ids, or auto") from None
+    return count
+
+
+def one_device(trainer: Any, what: str) -> None:
+    """Refuse a trainer config that runs on more than one device or node (`what` says who needs one).
+
+    Raises:
+        ForecastError: `devices` other than 1 (or one id), or `num_nodes` > 1.
+    """
+    devices, nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
+    if device_count(devices) != 1 or int(nodes) != 1:
+        raise ForecastError(f"{what} run on one device (got --trainer.devices={devices}, --trainer.num_nodes={nodes}): "
+                            "under DDP the shards are padded with repeated windows and each rank holds part "
+                            "of the predictions; train on several devices with `forecast fit`")
+
+
+def accelerator_kind(accelerator: Any, cuda_available: bool | None = None) -> str:
+    """What `trainer.accelerator` will run on: "cuda", "cpu" or another Lightning name ("mps"...).
+
+    "auto" and "gpu" mean CUDA when a CUDA device is visible (as Lightning resolves them).
+    """
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    text = str(accelerator).lower()
+    if text in ("auto", "gpu"):
+        return "cuda" if cuda else "cpu"
+    return text
+
+
+def default_precision(kind: str, bf16_supported: bool = True) -> str:
+    """The precision of a run whose config sets none: bf16-mixed on CUDA (16-mixed where the GPU
+    has no bf16), 32-true anywhere else. Decided from the accelerator the run USES, so
+    `--trainer.accelerator cpu` on a GPU machine trains in fp32."""
+    if kind != "cuda":
+        return "32-true"
+    return "bf16-mixed" if bf16_supported else "16-mixed"
+
+
+def use_tensor_cores(kind: str) -> None:
+    """On CUDA, let the fp32 matmuls that remain (all of them under 32-true; the optimizer-side and
+    fp32-kept ops under autocast) use TF32 tensor cores."""
+    import torch
+
+    if kind == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
+def release_memory() -> None:
+    """Give back what a finished (or failed) run held before the next one allocates (a search's next trial,
+    a report's next retrain): Python's garbage, then the CUDA caching allocator's free blocks."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

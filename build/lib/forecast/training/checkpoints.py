@@ -1,0 +1,44 @@
+"""Checkpoint files: vetted before anything reads them (weights-only: tensors and plain data, never code),
+and found in a run folder by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from forecast.errors import ForecastError
+
+BEST_PREFIX = "best"  # checkpoints/best-<epoch>.ckpt: the monitored metric's best epoch
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse, in one line, a file that is not a Lightning checkpoint loadable weights-only.
+
+    `mmap=True` maps the tensors instead of reading them, so even a 2B checkpoint costs only its
+    small pickle: a text file, a truncated file or pickled code fails here, not deep in `fit`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ForecastError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises several types for these; none is the user's bug
+        raise ForecastError(
+            f"{path}: not a loadable checkpoint ({type(err).__name__}; a text file, a truncated "
+            "file or one holding code); pass a .ckpt written by `forecast fit`"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ForecastError(f"{path}: a torch file but not a Lightning checkpoint (no state_dict)")
+
+
+def checkpoint_in(run: Path, which: str) -> Path:
+    folder = run / "checkpoints"
+    if not folder.is_dir():
+        raise ForecastError(f"run {run} saved no checkpoints (trained with checkpointing off); "
+                            "pass --ckpt_path FILE")
+    found = sorted(folder.glob(f"{BEST_PREFIX}-*.ckpt")) if which == "best" else [folder / "last.ckpt"]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        raise ForecastError(f"no {which} checkpoint in {folder}")
+    return found[-1]

@@ -1,0 +1,72 @@
+"""A run's config as data: what `forecast fit` would run with, resolved by its own parser (nothing built),
+and the helpers that compare and look into such configs (the search's trials and the report's retrains use them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from forecast.errors import ForecastError
+
+# Data settings that do not change what a trial learns from (where files live, loader workers).
+OPERATIONAL_DATA_KEYS = ("data_dir", "num_workers", "eval_batch_size", "batch_size", "predict_split")
+
+
+def resolve(args: Sequence[str]) -> dict[str, Any]:
+    """Parse `args` as `forecast fit` would and return the resolved config as a dict.
+
+    Args:
+        args: `--config FILE` and `--key=value` flags, without a subcommand.
+
+    Raises:
+        ForecastError: the parser's complaint, in one line.
+    """
+    from forecast.training.cli import resolve_config
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return resolve_config(list(args))
+    except SystemExit:
+        raise ForecastError(f"invalid trial config: {parser_error(err.getvalue()) or 'nothing parsed'}") from None
+    except ForecastError as error:  # the CLI's own one-line parse errors (forecast.training.cli)
+        raise ForecastError(f"invalid trial config: {error}") from None
+
+
+def parser_error(stderr: str) -> str:
+    """The jsonargparse error message after its usage text, folded into one line."""
+    text = stderr.split("error:", 1)[-1] if "error:" in stderr else stderr
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def lookup(config: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    """(found, value) of a dotted key in a nested config dict."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def flag_keys(args: Sequence[str]) -> set[str]:
+    """Dotted keys set by `--key=value` / `--key value` flags (not `--config`)."""
+    keys = set()
+    for arg in args:
+        if arg.startswith("--") and arg != "--config":
+            keys.add(arg[2:].split("=", 1)[0])
+    return keys
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (for an error message)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]

@@ -1,0 +1,235 @@
+"""The LightningModule: loss, optimizer, schedule and metrics around an injected network.
+
+The network (`forecast.model.PatchTST`) arrives ready-made, so this file knows nothing of
+architecture; gradient clipping, accumulation and precision are Trainer settings. The CLI builds
+the network on `meta` (no storage); `configure_model` gives it storage and its initial weights on
+the device the Trainer runs it on, so a 2B model is never materialised in fp32 on the host first.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from forecast.data.datamodule import SPLITS
+from forecast.metrics import (
+    COLLAPSE_STD,
+    MONITOR,
+    MONITOR_MODE,
+    ProbabilitySpread,
+    classification_metrics,
+)
+from forecast.model import num_parameters
+from forecast.sizing.budget import training_flops_per_sample
+
+BEST_KEY = "hp/best_" + MONITOR.replace("/", "_")  # TensorBoard HParams metric: best monitored value so far
+
+
+class Forecaster(L.LightningModule):
+    """Binary forecaster: BCE on logits, AdamW with real weight decay, warmup + cosine schedule.
+
+    Args:
+        net: The network, `[B, L, F] -> logits [B]` (e.g. `forecast.model.PatchTST`).
+        lr: Peak learning rate (of any optimizer: the schedule warms up to it, then decays it).
+        weight_decay: Weight decay on matrices (norms, biases and embeddings of dim < 2 get none).
+        betas: AdamW betas (of the default optimizer).
+        optimizer: Another optimizer than the default AdamW (fused on CUDA), the LightningCLI way:
+            `--model.optimizer=torch.optim.SGD --model.optimizer.momentum=0.9`. It gets the same
+            two parameter groups, and `lr` and `weight_decay` above win over its own.
+        warmup_frac: Fraction of all optimizer steps spent warming the learning rate up linearly.
+        min_lr_ratio: Floor of the cosine decay as a fraction of `lr`.
+        pos_weight: Weight of positive samples in the loss (None = unweighted).
+        train_metrics: Also compute AUROC, AP, Brier... over the training batches of each epoch
+            (`train/*` in TensorBoard). Off, training tracks only its loss, which is a little faster.
+        compile: Compile the network with `torch.compile` where it runs (slower start, faster
+            steps on a GPU; the checkpoint's weights keep their names): true for the default
+            backend (inductor), or a backend's name ("eager" checks the graph capture only).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        optimizer: OptimizerCallable | None = None,
+        warmup_frac: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        pos_weight: float | None = None,
+        train_metrics: bool = True,
+        compile: bool | str = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.optimizer = optimizer
+        self.loss_fn = nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(pos_weight))
+        # keyed "<split>_" because nn.Module already has an attribute named `train`
+        self.metrics = nn.ModuleDict({f"{s}_": classification_metrics(s) for s in SPLITS})
+        self.spread = nn.ModuleDict({f"{s}_": ProbabilitySpread() for s in SPLITS})
+        self.history: list[dict[str, float]] = []  # val metrics of every finished epoch
+        self.flops_per_sample = _flops_per_sample(net)  # training matmul FLOPs (None: unknown network)
+        self.flops_per_batch: int | None = None  # of the last training batch, for ThroughputMonitor's MFU
+        # More values for TensorBoard's HParams tab (a search trial adds its draw), logged at fit start
+        self.shown_hparams: dict[str, Any] = {}
+        self._compiled = False
+
+    def best_epoch(self) -> dict[str, float] | None:
+        """Val metrics of the epoch with the best monitored value (the best checkpoint's epoch)."""
+        scored = [h for h in self.history if MONITOR in h]
+        if not scored:
+            return None
+        pick = min if MONITOR_MODE == "min" else max
+        return pick(scored, key=lambda h: h[MONITOR])
+
+    @property
+    def num_parameters(self) -> int:
+        return num_parameters(self.net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # [B, L, F] -> [B] logits
+
+    def configure_model(self) -> None:
+        """Give a network built on `meta` its storage and initial weights where the Trainer runs it,
+        then compile it if asked. Lightning calls this under its device context before it restores
+        a checkpoint, for every fit/validate/test/predict, so it must be idempotent."""
+        if any(p.is_meta for p in self.net.parameters()):
+            self.net.to_empty(device=torch.get_default_device())  # the Trainer's device
+            initialise(self.net)
+        backend = self.hparams.compile
+        if backend and not self._compiled:
+            # in place: forward is compiled, state_dict keys are unchanged
+            self.net.compile(**({} if backend is True else {"backend": backend}))
+            self._compiled = True
+
+    def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        x, y = batch  # [B, L, F], [B]
+        if split == "train" and self.flops_per_sample is not None:
+            self.flops_per_batch = self.flops_per_sample * len(y)
+        logits = self(x).float()  # [B]; float so bf16 autocast never reaches the loss
+        loss = self.loss_fn(logits, y)
+        if split != "train" or self.hparams.train_metrics:
+            probs = torch.sigmoid(logits.detach())
+            self.metrics[f"{split}_"].update(probs, y.long())
+            self.spread[f"{split}_"].update(probs)
+        self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.model_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.model_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.model_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, _ = batch
+        return torch.sigmoid(self(x).float())
+
+    # -- epoch ends -------------------------------------------------------------------------
+    def on_train_epoch_end(self) -> None:
+        if self.hparams.train_metrics:
+            self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+        if self.trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        self.history.append({"epoch": self.current_epoch, **metrics})
+        if MONITOR in metrics:
+            self.log(BEST_KEY, self.best_epoch()[MONITOR], sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def _log_epoch(self, split: str) -> None:
+        metrics, spread_metric = self.metrics[f"{split}_"], self.spread[f"{split}_"]
+        # torchmetrics gathers every rank's state in compute(); sync_dist only tells Lightning so
+        # (and averages identical values), while the loss above is really averaged across ranks.
+        self.log_dict(metrics.compute(), sync_dist=True)
+        metrics.reset()
+        spread = spread_metric.compute()
+        spread_metric.reset()
+        self.log_dict({f"{split}/{k}": v for k, v in spread.items()}, sync_dist=True)
+        if spread["prob_std"] < COLLAPSE_STD and not self.trainer.sanity_checking:
+            warnings.warn(
+                f"{split}: predicted probabilities collapsed (std {float(spread['prob_std']):.2e} < {COLLAPSE_STD}); "
+                "the model predicts one number for every window",
+                stacklevel=1,
+            )
+
+    def on_fit_start(self) -> None:
+        """Record the real parameter count and register the HParams metric with a real value to come:
+        the one HParams record of the run (TensorBoard shows the first it gets)."""
+        rank_zero_info(f"model: {type(self.net).__name__} with {self.num_parameters:,} parameters")
+        if self.logger is not None:
+            hparams = {**self.hparams, **self.shown_hparams, "num_parameters": self.num_parameters}
+            self.logger.log_hyperparams(hparams, {BEST_KEY: float("nan")})
+
+    # -- optimization -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        groups = decay_groups(self.net, self.hparams.weight_decay)
+        if self.optimizer is None:
+            optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                          **adamw_options(self.device))
+        else:
+            optimizer = self.optimizer(groups, lr=self.hparams.lr)  # the groups carry the weight decay
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = warmup_cosine(total, self.hparams.warmup_frac, self.hparams.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+def decay_groups(net: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices only (norms, biases, dim < 2 get none)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def adamw_options(device: torch.device) -> dict:
+    """On CUDA, the fused AdamW: one kernel updates every tensor (the default `foreach` launches a
+    few per tensor group and keeps an fp32 temporary of all parameters)."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+def initialise(net: nn.Module) -> None:
+    """Initial weights for a network that has storage but no values (after `to_empty`)."""
+    if hasattr(net, "reset_parameters"):
+        net.reset_parameters()  # PatchTST: the constructor's init, in the constructor's order
+        return
+    for module in net.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+def _flops_per_sample(net: nn.Module) -> int | None:
+    """Training matmul FLOPs of one sample (`forecast.sizing.budget.training_flops_per_sample`)."""
+    args = getattr(net, "init_args", None)
+    if args is None:
+        return None
+    keys = ("n_features", "context_length", "patch_len", "stride", "d_model", "n_layers", "d_ff", "patch_mode")
+    return training_flops_per_sample(**{k: args[k] for k in keys})
+
+
+def warmup_cosine(total_steps: int, warmup_frac: float, min_ratio: float = 0.0):
+    """LR multiplier: linear 0 -> 1 over the warmup steps, then cosine 1 -> min_ratio at the end."""
+    warmup = int(round(warmup_frac * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

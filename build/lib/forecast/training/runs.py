@@ -1,0 +1,92 @@
+"""Run folders: where a run's files live, which run a config or checkpoint belongs to, and how evaluations are
+named so that none is ever overwritten.
+
+Every run lives in one folder, `<save_dir>/<name>/version_N/`: TensorBoard events, the resolved
+`config.yaml`, `checkpoints/best-*.ckpt` and `checkpoints/last.ckpt`, and what `test`, `validate`
+and `predict` write, named by split, date range and data fingerprint and never overwritten
+(`test_<first>_<last>_<md5[:8]>.json`, `predictions_<split>_<first>_<last>_<md5[:8]>.csv`; a second
+evaluation of the same samples gets `-2`, `-3`, ...). `test`, `validate` and `predict` default to
+the BEST checkpoint of that run and log into the same folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from forecast.data.datamodule import ForecastDataModule
+from forecast.errors import ForecastError
+from forecast.io import write_json_atomic
+from forecast.training.checkpoints import checkpoint_in
+
+
+def evaluation_path(run: Path, kind: str, dm: ForecastDataModule, split: str, suffix: str) -> Path:
+    """`<run>/<kind>_<first>_<last>_<md5[:8]><suffix>` for the samples of `split` (kind "test"
+    and "val" name the split already), with `-2`, `-3`, ... when that name is taken: an earlier
+    evaluation is never overwritten."""
+    dates = dm.splits[split].dates
+    kind = kind if kind in ("test", "val") else f"{kind}_{split}"
+    stem = f"{kind}_{dates[0].date()}_{dates[-1].date()}_{dm.fingerprint()[:8]}"
+    path, n = run / f"{stem}{suffix}", 1
+    while path.exists():
+        n += 1
+        path = run / f"{stem}-{n}{suffix}"
+    return path
+
+
+def write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:
+    if trainer.log_dir is None:  # fast_dev_run: a smoke test writes no files
+        return
+    dm: ForecastDataModule = trainer.datamodule
+    split = "val" if stage == "validate" else "test"
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    path = evaluation_path(Path(trainer.log_dir), split, dm, split, ".json")
+    dates = dm.splits[split].dates
+    write_json_atomic(path, {"checkpoint": ckpt_path, "split": split, "first": str(dates[0].date()),
+                             "last": str(dates[-1].date()), "samples": dm.splits[split].size,
+                             "folds": dm.folds, "fold": dm.fold, "data_fingerprint": dm.fingerprint(), **metrics})
+    shown = "  ".join(f"{k.split('/')[1]} {metrics[k]:.4f}" for k in (f"{split}/auroc", f"{split}/loss") if k in metrics)
+    rank_zero_info(f"{stage} ({split} {dates[0].date()}..{dates[-1].date()}, {ckpt_path}): {shown}")
+    rank_zero_info(f"{stage} metrics: {path}")
+
+
+def point_at_run(config) -> None:
+    """Resolve `ckpt_path` (default: best) to a file, and log into the run that produced it."""
+    logger = config.trainer.get("logger")
+    run = find_run(config)
+    ckpt = config.get("ckpt_path") or "best"
+    if ckpt in ("best", "last"):
+        if run is None:
+            raise ForecastError("no finished run found for this config; run `forecast fit` first or pass --ckpt_path FILE")
+        ckpt = str(checkpoint_in(run, ckpt))
+    elif not Path(ckpt).is_file():
+        raise ForecastError(f"checkpoint not found: {ckpt}")
+    else:
+        run = Path(ckpt).resolve().parent.parent
+    config.ckpt_path = ckpt
+    if isinstance(logger, dict) or hasattr(logger, "init_args"):
+        logger.init_args.version = run.name
+        logger.init_args.save_dir = str(run.parent.parent)
+        logger.init_args.name = run.parent.name
+    rank_zero_info(f"checkpoint: {ckpt}")
+
+
+def find_run(config) -> Path | None:
+    """The run a config belongs to: the folder of a saved run config, else the newest run of its logger."""
+    for cfg in reversed(config.get("config") or []):
+        folder = Path(str(cfg)).resolve().parent
+        if is_run(folder):
+            return folder
+    logger = config.trainer.get("logger")
+    init = getattr(logger, "init_args", None)
+    if init is None:
+        return None
+    experiment = Path(init.save_dir) / (init.name or "")
+    runs = sorted((p for p in experiment.glob("version_*") if is_run(p)), key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+def is_run(folder: Path) -> bool:
+    """A fit ran here: it saved checkpoints, or finished (with checkpointing off, only the summary)."""
+    return (folder / "checkpoints").is_dir() or (folder / "fit_summary.json").is_file()

@@ -1,0 +1,135 @@
+"""What a run says, and what it keeps quiet: a bad config file, key or value in one line (with the closest valid
+key), and the messages of our dependencies that are not about the user's run."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch.cli import LightningArgumentParser
+
+from forecast.errors import ForecastError
+
+
+class _NotOurs(logging.Filter):
+    """Drops Lightning's advertising tips from our commands' output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_third_party() -> None:
+    """Messages of our dependencies that are not about the user's run: Lightning's tips and a
+    deprecation warning Lightning raises against newer torch."""
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        if not any(isinstance(f, _NotOurs) for f in handler.filters):
+            handler.addFilter(_NotOurs())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+_CONFIG_FLAGS = ("--config", "-c")
+
+
+def check_config_files(args: list[str]) -> None:
+    """Every `--config FILE` exists and holds a YAML mapping; else one line naming the file."""
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if flag not in _CONFIG_FLAGS:
+            continue
+        if not value:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        path = Path(value)
+        if not path.is_file():
+            raise ForecastError(f"config file not found: {value}")
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ForecastError(f"config file {value} is not valid YAML{where}: "
+                                f"{getattr(err, 'problem', None) or err}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ForecastError(f"config file {value} cannot be read: {err}") from None
+        if not isinstance(doc, dict | None):
+            raise ForecastError(f"config file {value} is not a mapping of options (got {type(doc).__name__})")
+
+
+def parse_error(message: str, parser: LightningArgumentParser, args: list[str], prog: str | None) -> str:
+    """jsonargparse's message in one line; an unknown key gets the closest valid one and its file."""
+    text = " ".join(message.split()) or "bad arguments"  # jsonargparse nests details on more lines
+    text = text if len(text) <= 300 else text[:297] + "..."
+    where, see = (f"{prog}: ", f" (see {prog} --help)") if prog else ("", "")
+    key = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", text)
+    if key is None:
+        return f"{where}{text}{see}"
+    key = key.group(1) or key.group(2)
+    prefix, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2] for k in _known_keys(parser) if k.rpartition(".")[0] == prefix}
+    close = difflib.get_close_matches(leaf, sorted(siblings), n=1, cutoff=0.7)
+    hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else see
+    source = next((f" in {f}" for f in _config_values(args) if key in _flat_keys(f)), "")
+    return f"{where}unknown option '{key}'{source}{hint}"
+
+
+def _known_keys(parser: LightningArgumentParser) -> list[str]:
+    """Every dotted option key of a parser, through its public defaults (no private action list)."""
+    try:
+        return list(parser.get_defaults().keys())
+    except Exception:  # a default config file that does not parse: no hint rather than a second error
+        return []
+
+
+def _config_values(args: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(args):
+        flag, _, value = arg.partition("=")
+        if flag in _CONFIG_FLAGS:
+            out.append(value or (args[i + 1] if i + 1 < len(args) else ""))
+    return out
+
+
+def _flat_keys(path: str) -> set[str]:
+    """Dotted keys of a YAML file (`data: {batch_size: 1}` -> {'data', 'data.batch_size'})."""
+    def walk(node: Any, prefix: str) -> set[str]:
+        if not isinstance(node, dict):
+            return set()
+        keys = {f"{prefix}{k}" for k in node}
+        for k, v in node.items():
+            keys |= walk(v, f"{prefix}{k}.")
+        return keys
+
+    try:
+        return walk(yaml.safe_load(Path(path).read_text()), "")
+    except (OSError, yaml.YAMLError):
+        return set()
+
+
+@contextlib.contextmanager
+def quiet_lightning(stdout: bool = False) -> Iterator[None]:
+    """Runs inside a search or a report: Lightning's INFO lines (seed, devices, split sizes) and
+    third-party warnings that are not ours stay out of the caller's own progress lines.
+
+    Args:
+        stdout: also swallow what the run prints (the module's parameter count at fit start).
+    """
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), (contextlib.redirect_stdout(io.StringIO()) if stdout
+                                         else contextlib.nullcontext()):
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, not ours
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -1,0 +1,49 @@
+"""forecast.sizing.devices: precision, tensor cores and device counts follow the accelerator a run uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from synthetic_run import base_args, data_dir, fitted  # noqa: F401  (fixtures)
+
+from forecast.cli import main as forecast_main
+from forecast.training.cli import cli_main
+
+
+def test_precision_follows_the_accelerator_used_not_the_machine(data_dir, tmp_path):
+    from forecast.sizing.devices import accelerator_kind, default_precision
+
+    assert default_precision(accelerator_kind("cpu", cuda_available=True)) == "32-true"
+    assert default_precision(accelerator_kind("auto", cuda_available=True)) == "bf16-mixed"
+    assert default_precision(accelerator_kind("gpu", cuda_available=True), bf16_supported=False) == "16-mixed"
+    assert default_precision(accelerator_kind("auto", cuda_available=False)) == "32-true"
+    cli = cli_main([*base_args(data_dir, tmp_path), "--trainer.accelerator=cpu"], run=False)
+    assert cli.trainer.precision == "32-true"
+    chosen = cli_main([*base_args(data_dir, tmp_path), "--trainer.precision=bf16-mixed"], run=False)
+    assert chosen.trainer.precision == "bf16-mixed"  # a precision the user sets is kept
+
+
+def test_fp32_matmuls_use_tensor_cores_on_cuda_only():
+    from forecast.sizing.devices import use_tensor_cores
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        use_tensor_cores("cpu")
+        assert torch.get_float32_matmul_precision() == "highest"
+        use_tensor_cores("cuda")
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("devices,message", [("2", "run on one device"), ("0,1", "run on one device"),
+                                             ("gpu", "expected a count")])
+def test_evaluation_on_several_devices_is_refused(fitted, capsys, devices, message):
+    cli, _ = fitted
+    config = str(Path(cli.trainer.log_dir) / "config.yaml")
+    assert forecast_main(["test", "--config", config, f"--trainer.devices={devices}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
