@@ -17,8 +17,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from search_fixtures import TINY_SPACE, flags
 from synthetic_run import SYMBOL, TEST_START, VAL_START, base_args, data_dir  # noqa: F401  (fixtures)
-from test_hpo import TINY_SPACE, flags
 
 ROOT = Path(__file__).resolve().parents[1]
 THIRD_PARTY = ("lightning", "jsonargparse", "optuna", "optuna_integration", "pytorch_lightning")

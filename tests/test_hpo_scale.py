@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_hpo import ENV, ROOT, assert_no_duplicates, cli_args, data, finished, space_file
+from search_fixtures import ENV, ROOT, assert_no_duplicates, cli_args, data, finished, space_file
 
 from forecast.cli import main as forecast_main
 from forecast.hpo.outputs import is_finished
