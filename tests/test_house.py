@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -92,9 +93,13 @@ def test_the_private_use_check_catches_a_planted_use(tmp_path):
 def _fresh_venv_with_the_wheel(tmp_path: Path) -> Path:
     """A new venv (no pip) holding the built wheel; the heavy dependencies come from this test's environment
     through a .pth line (a path, not a site dir: the editable install's own .pth there is not run)."""
+    source = tmp_path / "source"  # a copy: setuptools builds in the tree it is given (build/, *.egg-info)
+    shutil.copytree(ROOT / "forecast", source / "forecast", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "-w", str(wheels), str(source)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(wheels.glob("forecast-*.whl"))
     env_dir = tmp_path / "venv"

@@ -1,5 +1,0 @@
-import sys
-
-from forecast.cli import main
-
-sys.exit(main())

@@ -1,9 +1,0 @@
-"""`forecast report`: the scaling answer from finished studies, over walk-forward folds, with
-baselines, date-paired intervals and plots.
-
-Modules, in the order a report uses them: `collect` (storage -> studies and best trials, through
-`forecast.hpo.api`), `retrain` (best config x fold x seed, each tested once from its best
-checkpoint), `regimes` (test AUROC by VIX level), `stats` (paired block bootstrap, verdicts, power
-law; pure), `build` (the steps in order), `tables`, `plots`, `markdown`, `outputs` (files and
-TensorBoard), `cli` (arguments; `forecast report`).
-"""

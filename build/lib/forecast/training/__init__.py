@@ -1,2 +1,0 @@
-"""Training: the LightningCLI (`forecast fit|validate|test|predict`), the LightningModule, its callbacks, run folders
-and checkpoints, run-config resolution, and the baselines fitted on the same samples."""
