@@ -12,8 +12,9 @@ import sys
 from collections.abc import Callable
 
 from forecast.errors import ForecastError
+from forecast.trust import add_trusted
 
-USAGE = """usage: forecast <command> [options]
+USAGE = """usage: forecast [--trust PACKAGE ...] <command> [options]
 
 commands:
   data       get prices (download / import / sample), build feature tiers, verify manifests
@@ -28,6 +29,10 @@ commands:
   configs    list the configs that ship with forecast, or copy them (--copy DIR) to edit
 
 `forecast <command> --help` shows each command's options.
+
+Configs, checkpoints and studies may name classes only of forecast, torch.optim and Lightning's
+callbacks and loggers. `--trust PACKAGE` (repeatable, before the command; or FORECAST_TRUST=a,b)
+lets them name your own installed package too.
 """
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -100,8 +105,31 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
+def take_trust(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(packages, rest): the leading `--trust PACKAGE` / `--trust=PACKAGE` options, and the command after them.
+
+    Only before the command: a config file or a study never reaches this, so data cannot extend its own trust.
+    """
+    packages: list[str] = []
+    while argv and (argv[0] == "--trust" or argv[0].startswith("--trust=")):
+        flag, eq, value = argv[0].partition("=")
+        if not eq:
+            if len(argv) < 2:
+                raise ForecastError("--trust needs a package name (forecast --trust mypackage fit ...)")
+            value, argv = argv[1], argv[1:]
+        packages.append(value)
+        argv = argv[1:]
+    return packages, argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = join_dash_values(list(sys.argv[1:] if argv is None else argv))
+    try:
+        packages, argv = take_trust(argv)
+        add_trusted(packages)  # in the environment: `--jobs` workers inherit it
+    except ForecastError as err:
+        print(f"forecast: error: {err}", file=sys.stderr)
+        return 2
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2

@@ -217,6 +217,11 @@ class ForecastDataModule(L.LightningDataModule):
             out[f"data/{name}_positive_rate"] = self.balance[name]
         return out
 
+    def state_dict(self) -> dict[str, list[str]]:
+        """Kept in every checkpoint (Lightning's hook): the feature columns the model learned from,
+        which `forecast test` compares with the run's before it tests."""
+        return {"feature_names": list(self.feature_names)}
+
     def fingerprint(self) -> str:
         """md5 of exactly what a model sees: scaled features, targets and every split's window ends.
 

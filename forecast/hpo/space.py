@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
@@ -33,6 +32,7 @@ from optuna.distributions import (
 
 from forecast.errors import ForecastError
 from forecast.sizing.budget import Arch, architectures, load_grid
+from forecast.trust import read_yaml
 
 NET_PREFIX = "model.net.init_args."
 # PatchTST arguments an architecture fixes; the search space may not name them itself.
@@ -166,7 +166,9 @@ def load_space(path: str | Path) -> SpaceSpec:
     path = Path(path)
     if not path.is_file():
         raise ForecastError(f"search space {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, "search space") or {}
+    if not isinstance(raw, dict):
+        raise ForecastError(f"search space {path} is not a mapping (architecture, params)")
     unknown = set(raw) - {"architecture", "params"}
     if unknown:
         raise ForecastError(f"{path}: unknown top-level keys {sorted(unknown)} (expected architecture, params)")

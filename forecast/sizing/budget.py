@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-
 from forecast import configs
 from forecast.errors import ForecastError
 from forecast.model import check_arguments, num_patches
+from forecast.trust import read_yaml
 
 BUDGETS: dict[str, int] = {
     "2M": 2_000_000,
@@ -175,7 +174,9 @@ def load_grid(path: str | Path = GRID_PATH) -> dict[str, list[float]]:
     path = Path(path)
     if not path.is_file():
         raise ForecastError(f"architecture grid {path} not found")
-    grid = yaml.safe_load(path.read_text()) or {}
+    grid = read_yaml(path, "architecture grid") or {}
+    if not isinstance(grid, dict):
+        raise ForecastError(f"architecture grid {path} is not a mapping of lists")
     missing = [key for key in GRID_KEYS if not grid.get(key)]
     if missing:
         raise ForecastError(f"architecture grid {path} lacks {', '.join(missing)}")

@@ -4,6 +4,7 @@ and found in a run folder by name."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,11 +13,14 @@ from forecast.errors import ForecastError
 BEST_PREFIX = "best"  # checkpoints/best-<epoch>.ckpt: the monitored metric's best epoch
 
 
-def check_checkpoint(path: str | Path) -> None:
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
     """Refuse, in one line, a file that is not a Lightning checkpoint loadable weights-only.
 
     `mmap=True` maps the tensors instead of reading them, so even a 2B checkpoint costs only its
     small pickle: a text file, a truncated file or pickled code fails here, not deep in `fit`.
+
+    Returns:
+        The checkpoint as loaded (tensors mapped, not read), for the checks that compare it with the run.
     """
     path = Path(path)
     if not path.is_file():
@@ -30,6 +34,7 @@ def check_checkpoint(path: str | Path) -> None:
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ForecastError(f"{path}: a torch file but not a Lightning checkpoint (no state_dict)")
+    return ckpt
 
 
 def checkpoint_in(run: Path, which: str) -> Path:

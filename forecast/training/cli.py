@@ -36,12 +36,23 @@ from forecast.training.callbacks import EpochLine, PredictionCSV
 from forecast.training.checkpoints import BEST_PREFIX, check_checkpoint
 from forecast.training.messages import (
     check_config_files,
+    given_keys,
     parse_error,
     quiet_lightning,
     quiet_third_party,
 )
 from forecast.training.module import Forecaster
+from forecast.training.resume import (
+    IDENTITY_DATA_KEYS,
+    RESUME_DATA_KEYS,
+    check_architecture,
+    check_resumable,
+    check_trained_for,
+    flag_conflicts,
+    flatten,
+)
 from forecast.training.runs import point_at_run, write_metrics
+from forecast.trust import install, non_finite, refused_import
 
 DEFAULT_CONFIG = configs.path("trainer/default.yaml")
 DEFAULT_SAVE_DIR = "logs"  # the loggers' save_dir in configs/trainer/default.yaml
@@ -65,10 +76,42 @@ class ForecastCLI(LightningCLI):
             sub = named[0] if subcommand and named else parser
             prog = sub.prog.replace(" [options]", "") if subcommand else None  # None: the search's parse
             raise ForecastError(parse_error(str(err), sub, args if isinstance(args, list) else [], prog)) from None
-        # Lightning reads the hyperparameters of --ckpt_path next (torch.load): vet the file first.
+        _check_finite(self.config)
+        # Lightning reads the hyperparameters of --ckpt_path next (torch.load) and merges them over
+        # the config: vet the file, its settings as data (same schema, same allowlist) and conflicts first.
         ckpt = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
         if ckpt and ckpt not in ("best", "last", "hpc", "registry"):
-            check_checkpoint(ckpt)
+            self._vet_saved_settings(parser, check_checkpoint(ckpt), ckpt, args if isinstance(args, list) else [])
+
+    def _vet_saved_settings(self, parser: LightningArgumentParser, ckpt: dict[str, Any], path: str,
+                            args: list[str]) -> None:
+        """A checkpoint's saved model settings are data: parsed against the model's schema (so they
+        name no class outside the allowlist), and refused where they would replace a setting the
+        user gave explicitly (a flag or a --config file); where they only replace a default, said."""
+        saved = ckpt.get("hyper_parameters")
+        if not saved:
+            return
+        if not isinstance(saved, dict):
+            raise ForecastError(f"{path}: its saved settings are not a mapping; pass a .ckpt written by `forecast fit`")
+        saved = {k: v for k, v in saved.items() if k != "_instantiator"}  # as Lightning merges them
+        sub = self.config.subcommand
+        try:
+            merged = parser.parse_object({sub: {"model": saved}}, self.config.clone())
+        except Exception as err:  # jsonargparse: ArgumentError, or the refusal of a denied import path
+            message = " ".join(str(err).split())
+            raise ForecastError(f"{path}: its saved model settings are refused: "
+                                f"{refused_import(message) or message[:300]}") from None
+        bad = non_finite(merged[sub].model.as_dict(), "model.")
+        if bad:
+            raise ForecastError(f"{path}: its saved model settings are refused: {bad[0]} is not a finite number")
+        before = flatten(self.config[sub].model.as_dict(), "model.")
+        after = flatten(merged[sub].model.as_dict(), "model.")
+        refused, taken = flag_conflicts(before, after, given_keys(args))
+        if refused:
+            raise ForecastError(f"{path} was trained with other settings than this run sets ({refused[0]}); "
+                                "drop the flag or config value, or start a new fit without --ckpt_path")
+        if taken:
+            rank_zero_info(f"from the checkpoint: {'; '.join(taken)}")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         self.parsers.append(parser)  # the subcommands' parsers: their keys name the closest to a typo
@@ -118,8 +161,12 @@ class ForecastCLI(LightningCLI):
             point_at_run(config)
         if self.subcommand is not None and config.get("weights_only") is None:
             config.weights_only = True  # a checkpoint holds tensors and plain data, never code
-        if self.subcommand in ("validate", "test", "predict"):
-            check_checkpoint(config.ckpt_path)  # "best" resolved above, or the file given
+        if self.subcommand in ("validate", "test", "predict"):  # "best" resolved above, or the file given
+            check_trained_for(check_checkpoint(config.ckpt_path), config, IDENTITY_DATA_KEYS)
+        elif self.subcommand == "fit" and config.get("ckpt_path"):
+            ckpt = check_checkpoint(config.ckpt_path)
+            check_trained_for(ckpt, config, RESUME_DATA_KEYS)
+            check_resumable(ckpt, config)
 
     def after_instantiate_classes(self) -> None:
         """Before a fit (`forecast fit`, a search trial, a report retrain): refuse a model or batch
@@ -140,7 +187,11 @@ class ForecastCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any):
         """As LightningCLI's, plus our ModelCheckpoint (`--checkpoint.*`) unless
         `--trainer.enable_checkpointing=false` (Lightning refuses a checkpoint callback then) or
-        `--trainer.fast_dev_run` (its save_last would write ./checkpoints/last.ckpt)."""
+        `--trainer.fast_dev_run` (its save_last would write ./checkpoints/last.ckpt). First, the
+        checkpoint's weights against the model's shapes: the model exists, the Trainer (and its
+        device lines) not yet."""
+        if self.subcommand is not None and self.config[self.subcommand].get("ckpt_path"):
+            check_architecture(self.config[self.subcommand].ckpt_path, self.model)
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         callbacks = config.trainer.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
@@ -176,6 +227,15 @@ class ForecastCLI(LightningCLI):
 
     def after_test(self) -> None:
         write_metrics(self.trainer, "test", self.config[self.subcommand].ckpt_path)
+
+
+def _check_finite(config) -> None:
+    """No setting is NaN or infinite (`--model.lr=1e400` reads as inf and would train NaN)."""
+    bad = non_finite(config.as_dict())
+    if bad:
+        key, _, value = bad[0].partition("=")
+        key = key.split(".", 1)[1] if config.get("subcommand") and "." in key else key
+        raise ForecastError(f"{key}: {value} is not a finite number (every setting must be)")
 
 
 def _on_meta(class_type: type, *args: Any, **kwargs: Any) -> Any:
@@ -276,6 +336,7 @@ def resolve_config(args: list[str]) -> dict[str, Any]:
 
 
 def _build(cls: type[ForecastCLI], args, run, subcommand, trainer_defaults, **kwargs) -> ForecastCLI:
+    install()  # only allowlisted class paths, the safe YAML loader: before anything is parsed
     with warnings.catch_warnings():
         # `forecast <subcommand>` hands its argv over as `args`; that is intended, not a mistake.
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")

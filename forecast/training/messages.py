@@ -17,6 +17,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from forecast.errors import ForecastError
+from forecast.trust import check_config_text, refused_import, safe_load, unsafe_reason
 
 
 class _NotOurs(logging.Filter):
@@ -39,7 +40,7 @@ _CONFIG_FLAGS = ("--config", "-c")
 
 
 def check_config_files(args: list[str]) -> None:
-    """Every `--config FILE` exists and holds a YAML mapping; else one line naming the file."""
+    """Every `--config FILE` exists and holds a safe YAML mapping; else one line naming the file."""
     for i, arg in enumerate(args):
         flag, _, value = arg.partition("=")
         if flag not in _CONFIG_FLAGS:
@@ -50,21 +51,22 @@ def check_config_files(args: list[str]) -> None:
         if not path.is_file():
             raise ForecastError(f"config file not found: {value}")
         try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ForecastError(f"config file {value} is not valid YAML{where}: "
-                                f"{getattr(err, 'problem', None) or err}") from None
+            text = path.read_text()
         except (OSError, UnicodeDecodeError) as err:
             raise ForecastError(f"config file {value} cannot be read: {err}") from None
-        if not isinstance(doc, dict | None):
-            raise ForecastError(f"config file {value} is not a mapping of options (got {type(doc).__name__})")
+        check_config_text(text, value)  # duplicate keys, alias bombs, inf/NaN, empty: refused with the line
 
 
 def parse_error(message: str, parser: LightningArgumentParser, args: list[str], prog: str | None) -> str:
     """jsonargparse's message in one line; an unknown key gets the closest valid one and its file."""
     text = " ".join(message.split()) or "bad arguments"  # jsonargparse nests details on more lines
+    denied = refused_import(text)
+    if denied is not None:
+        return f"{prog + ': ' if prog else ''}{denied}"
+    unsafe = unsafe_reason(text)  # the value may be a whole YAML document: name the key and the reason only
+    if unsafe is not None:
+        key = re.search(r'Parser key "([\w.]+)"', text)
+        return f"{prog + ': ' if prog else ''}{key.group(1) + ': ' if key else ''}{unsafe}"
     text = text if len(text) <= 300 else text[:297] + "..."
     where, see = (f"{prog}: ", f" (see {prog} --help)") if prog else ("", "")
     key = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", text)
@@ -85,6 +87,24 @@ def _known_keys(parser: LightningArgumentParser) -> list[str]:
         return list(parser.get_defaults().keys())
     except Exception:  # a default config file that does not parse: no hint rather than a second error
         return []
+
+
+def given_keys(args: list[str]) -> list[str]:
+    """Dotted keys the user set explicitly: `--key=value` / `--key value` flags and every leaf key of
+    the `--config` files (the run's defaults are not in this list; `data:` alone sets no key)."""
+    keys = {a[2:].split("=", 1)[0] for a in args if a.startswith("--") and a.split("=", 1)[0] not in _CONFIG_FLAGS}
+    for path in _config_values(args):
+        try:
+            keys |= _leaf_keys(safe_load(Path(path).read_text()), "")
+        except (OSError, yaml.YAMLError):
+            continue  # unreadable: the parse already refused it
+    return sorted(keys)
+
+
+def _leaf_keys(node: Any, prefix: str) -> set[str]:
+    if not isinstance(node, dict) or not node:
+        return {prefix[:-1]} if prefix else set()
+    return {k for key, value in node.items() for k in _leaf_keys(value, f"{prefix}{key}.")}
 
 
 def _config_values(args: list[str]) -> list[str]:
