@@ -36,6 +36,7 @@ lets them name your own installed package too.
 """
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+TRAINING_COMMANDS = (*LIGHTNING_COMMANDS, "hpo", "sweep", "report")  # the thread policy applies to these
 DASH_VALUE_FLAGS = ("--budget",)  # values that may start with "-" (a mistyped "-2M")
 
 
@@ -94,6 +95,16 @@ def _report(argv: list[str]) -> int:
     return main(argv)
 
 
+def _threads() -> None:
+    """torch's threads from the thread policy (`forecast.threads`), printed once."""
+    from forecast.threads import POLICY
+
+    try:
+        POLICY.apply()
+    except ValueError as err:
+        raise ForecastError(str(err)) from None
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "data": _data,
     "arch": _arch,
@@ -138,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forecast: error: unknown command {argv[0]!r} (see `forecast --help`)", file=sys.stderr)
         return 2
     try:
+        if argv[0] in TRAINING_COMMANDS and not {"-h", "--help"} & set(argv):
+            _threads()
         return command(argv if argv[0] in LIGHTNING_COMMANDS else argv[1:])
     except ForecastError as err:
         print(f"forecast: error: {err}", file=sys.stderr)

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -146,45 +149,70 @@ def bench_fit(steps: int = 60, batch_size: int = 64, repeats: int = 3) -> dict:
                     "and throughput recording on (forecast.sizing.throughput.Throughput)"}
 
 
+def bench_memory(only: tuple[str, ...] = ()) -> dict:
+    """The memory planner against measured peaks (`forecast.bench.memory`), every config or those named."""
+    from forecast.bench.memory import CONFIGS, row
+
+    rows = [row(cfg) for cfg in CONFIGS if not only or any(s in cfg.id for s in only)]
+    return {"rows": rows, "worst_est_over_tensors": min(r["est_over_tensors"] for r in rows)}
+
+
+def sections() -> dict[str, tuple[Callable[..., dict], dict]]:
+    """Every entry of `make bench`: its function and the arguments of its smallest size (`--smoke`)."""
+    from forecast.bench.build import MODEL_2M, bench_build
+    from forecast.bench.cpu import bench_efficiency, bench_threads
+    from forecast.bench.hpo import bench_hpo
+    from forecast.bench.report import bench_report
+    from forecast.bench.scale import bench_storage, bench_throughput
+
+    return {
+        "gather": (bench_gather, {"epochs": 1}),
+        "fit": (bench_fit, {"steps": 8, "repeats": 1}),
+        "memory": (bench_memory, {"only": ("demo-0.1M",)}),
+        "build": (bench_build, {"model": MODEL_2M}),
+        "hpo": (bench_hpo, {"trials": 2, "epochs": 1}),
+        "storage": (bench_storage, {"workers": 2, "trials": 4}),
+        "throughput": (bench_throughput, {"trials": 1, "epochs": 1}),
+        "threads": (bench_threads, {"models": ("100K",), "seconds": 0.2, "search_trials": 0}),
+        "efficiency": (bench_efficiency, {"models": ("100K",), "seconds": 0.2, "probe_runs": 2,
+                                          "compile_net": False}),
+        "report": (bench_report, {"budgets": ("20K",), "folds": 2, "seeds": 1, "epochs": 1}),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m forecast.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     parser.add_argument("--only", nargs="*", default=None, help="run only these entries")
+    parser.add_argument("--smoke", action="store_true", help="every entry at its smallest size (what the test runs)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    from forecast.bench.build import bench_build
-
-    entries = {"gather": bench_gather, "fit": bench_fit, "build": bench_build}
-    try:
-        from forecast.bench.memory import bench_memory
-
-        entries["memory"] = bench_memory
-    except ImportError:
-        pass
-    try:
-        from forecast.bench.hpo import bench_hpo
-
-        entries["hpo"] = bench_hpo
-    except ImportError:
-        pass
-    try:
-        from forecast.bench.scale import bench_scale
-
-        entries["scale"] = bench_scale
-    except ImportError:
-        pass
-    results = {"torch_threads": torch.get_num_threads()}
-    for name, fn in entries.items():
+    entries = sections()
+    unknown = sorted(set(args.only or ()) - set(entries))
+    if unknown:
+        parser.error(f"unknown entries {unknown}; known: {', '.join(entries)}")
+    results: dict = {"torch_threads": torch.get_num_threads(), "load_before": os.getloadavg()[0],
+                     "smoke": args.smoke}
+    failed = []
+    for name, (fn, smallest) in entries.items():
         if args.only and name not in args.only:
             continue
         print(f"== {name}", flush=True)
-        results[name] = fn()
+        started = time.perf_counter()
+        try:
+            results[name] = fn(**smallest) if args.smoke else fn()
+        except Exception as err:  # noqa: BLE001 - one entry's failure is reported, and the bench fails at the end
+            failed.append(name)
+            results[name] = {"failed": f"{type(err).__name__}: {str(err).strip()[:500]}"}
+        results[name]["section_s"] = round(time.perf_counter() - started, 1)
         print(json.dumps(results[name], indent=2, default=str), flush=True)
     from forecast.io import write_json_atomic
 
     write_json_atomic(args.out, results)
     print(f"written: {args.out}")
+    if failed:
+        print(f"bench: {len(failed)} entries failed: {', '.join(failed)} (see above)", file=sys.stderr)
+        return 1
     return 0
 
 

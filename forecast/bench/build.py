@@ -25,6 +25,7 @@ from typing import Any
 from forecast import configs
 
 MODEL_200M = configs.path("model/patchtst_200m.yaml")
+MODEL_2M = configs.path("model/patchtst_2m.yaml")  # the smallest size (`python -m forecast.bench --smoke`)
 SYMBOL = "SYN"
 KIB = 1024  # ru_maxrss is in KiB on Linux
 MB = 1e6

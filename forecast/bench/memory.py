@@ -143,7 +143,7 @@ def run_child(cfg: BenchConfig, fixed_mmap: bool = False) -> dict[str, int]:
     env = dict(os.environ)
     if fixed_mmap:
         env["MALLOC_MMAP_THRESHOLD_"] = str(FIXED_MMAP_THRESHOLD)
-    out = subprocess.run([sys.executable, "-m", "forecast.bench_memory", "--child",
+    out = subprocess.run([sys.executable, "-m", "forecast.bench.memory", "--child",
                           json.dumps(asdict(cfg))], capture_output=True, text=True, check=True,
                          env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -8,18 +8,20 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from forecast.hpo.claims import QUEUE_STUDY, Claim, TaskQueue, TaskState
 from forecast.hpo.outputs import counts
 from forecast.hpo.storage import describe, journal_path, open_storage
+from forecast.hpo.workers import device_ids
 
 Study = optuna.Study
 
-__all__ = ["FrozenTrial", "Study", "TrialState", "counts", "describe", "journal_path", "load_study",
-           "open_storage", "study_names"]
+__all__ = ["QUEUE_STUDY", "Claim", "FrozenTrial", "Study", "TaskQueue", "TaskState", "TrialState", "counts",
+           "describe", "device_ids", "journal_path", "load_study", "open_storage", "study_names"]
 
 
 def study_names(storage: Any) -> list[str]:
-    """Names of every study in an opened storage."""
-    return optuna.get_all_study_names(storage)
+    """Names of every search study in an opened storage (the report's task queue left out)."""
+    return [n for n in optuna.get_all_study_names(storage) if n != QUEUE_STUDY]
 
 
 def load_study(name: str, storage: Any) -> Study:

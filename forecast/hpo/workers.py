@@ -41,6 +41,7 @@ from forecast.hpo.study import (
     open_study,
     plan_study,
 )
+from forecast.threads import WORKERS_ENV
 
 WORKER_ENV = "FORECAST_HPO_WORKER"
 POLL_S = 1.0  # how often the parent reads the storage for the panel
@@ -124,8 +125,7 @@ def _spawn(command: str, argv: list[str], k: int, ids: list[str], jobs: int) -> 
     env = {**os.environ, WORKER_ENV: str(k), "PYTHONUNBUFFERED": "1"}
     if ids:
         env["CUDA_VISIBLE_DEVICES"] = ids[k % len(ids)]
-    if "OMP_NUM_THREADS" not in os.environ:  # N workers on the CPU share its cores
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    env[WORKERS_ENV] = str(jobs)  # N workers share the cores: each one's thread policy counts them
     return subprocess.Popen([sys.executable, "-m", "forecast", command, *argv], env=env, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)  # the terminal's Ctrl-C reaches the parent only

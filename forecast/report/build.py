@@ -17,7 +17,6 @@ retrain.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,17 +27,11 @@ import numpy as np
 import pandas as pd
 
 from forecast.errors import ForecastError
-from forecast.hpo.api import describe
+from forecast.hpo.api import TaskQueue, describe
 from forecast.report.collect import Series, StudyEntry, collect
+from forecast.report.jobs import Task, Workers, line, seed_run, verdict_key, work, worker_number
 from forecast.report.regimes import Regime, regimes, vix_at_test_windows
-from forecast.report.retrain import (
-    FOLD_KEYS,
-    SeedRun,
-    check_overrides,
-    fold_args,
-    resolve_best,
-    retrain,
-)
+from forecast.report.retrain import FOLD_KEYS, SeedRun, check_overrides, fold_args, resolve_best
 from forecast.report.stats import (
     MIN_BUDGETS_FOR_FIT,
     Arm,
@@ -50,7 +43,6 @@ from forecast.report.stats import (
     paired_bootstrap,
     scaling_verdict,
 )
-from forecast.sizing.devices import release_memory
 from forecast.training.baselines import BASELINES, fit_baselines, labels
 
 
@@ -68,6 +60,10 @@ class ReportOptions:
     overrides: list[str] = field(default_factory=list)
     keep_checkpoints: bool = False
     bootstrap: int = 1000
+    jobs: int = 1
+    devices: list[str] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES of worker k: devices[k % len]
+    heartbeat: int = 60
+    argv: list[str] = field(default_factory=list)  # the command's own arguments, for its --jobs workers
 
 
 @dataclass
@@ -80,6 +76,7 @@ class Fold:
     fingerprint: str
     train: tuple[str, str]
     val: tuple[str, str]
+    bounds: dict[str, Any]  # the fold keys its data module was built with (folds, fold, test_start, test_end)
     baselines: dict[str, np.ndarray]  # baseline -> test probabilities
     chosen: dict[str, str]  # baseline -> setting chosen on the fold's validation period
     vix: np.ndarray | None
@@ -87,6 +84,10 @@ class Fold:
     @property
     def test(self) -> tuple[str, str]:
         return str(self.dates[0].date()), str(self.dates[-1].date())
+
+    def args(self) -> list[str]:
+        """The retrain's data flags, from the very bounds this fold's data module was built with."""
+        return fold_args(**self.bounds)
 
 
 @dataclass
@@ -138,6 +139,7 @@ class Report:
     series: list[SeriesResult]
     wall_s: float
     seeds: list[int]
+    pending: str | None = None  # why this process writes no report (a worker; others still retraining)
 
     @property
     def problems(self) -> list[tuple[str, str]]:
@@ -152,29 +154,81 @@ Say = Callable[[str], None]
 
 
 def build_report(options: ReportOptions, say: Say = print) -> Report:
-    """Collect, retrain per fold x seed, compare by date and judge (`outputs.make_report` also writes).
+    """Collect, retrain per fold x seed (claimed through the storage), compare by date and judge
+    (`outputs.make_report` also writes).
 
     Raises:
-        ForecastError: a mistake in the command (storage, study names, flags, seeds, folds).
+        ForecastError: a mistake in the command (storage, study names, flags, seeds, folds, jobs).
     """
     started = time.time()
     if options.seeds < 1 or options.folds < 1 or options.bootstrap < 0:
         raise ForecastError(f"--seeds and --folds must be >= 1 and --bootstrap >= 0, got {options.seeds}, "
                             f"{options.folds}, {options.bootstrap}")
+    if options.jobs < 1 or options.heartbeat < 0:
+        raise ForecastError(f"--jobs must be >= 1 and --heartbeat >= 0, got {options.jobs}, {options.heartbeat}")
     check_overrides(options.overrides)
     entries = collect(options.storage, options.studies)
     seeds = list(range(options.seeds))
-    say(f"report: {len(entries)} studies x {options.folds} folds x {len(seeds)} seeds from "
-        f"{describe(options.storage)} -> {options.out}")
-    series = []
-    for s in dict.fromkeys(e.series for e in entries):
-        members = [e for e in entries if e.series == s]
-        series.append(_series(s, members, seeds, options, say))
+    worker = worker_number() is not None
+    workers = Workers(options.argv, options.jobs, options.devices) if options.jobs > 1 and not worker else None
+    try:
+        plans, tasks, work_queue, reused = _retrain_all(entries, seeds, options, say, worker, workers)
+    except BaseException:
+        if workers is not None:
+            workers.stop()
+        raise
+    if worker:
+        return Report(options, [], round(time.time() - started, 1), seeds, pending="a --jobs worker")
+    keys = [t.key for t in tasks]
+    states = work_queue.states(keys)
+    failed = {t.study.entry.name for t in tasks if states[t.key].status == "failed"}
+    left = [t for t in tasks if states[t.key].status not in ("done", "failed") and t.study.entry.name not in failed]
+    if left:
+        return Report(options, [], round(time.time() - started, 1), seeds, pending=(
+            f"{len(left)} retrains still run in other processes on {describe(options.storage)}; the last one "
+            "to finish writes the report, or rerun this command when they are done"))
+    claim = None
+    if set(keys) - reused:  # retrains ran during this report: the verdicts are computed once, by one process
+        vkey = verdict_key(tasks)
+        work_queue.post({vkey: {"label": "verdicts"}})
+        claim = work_queue.claim([vkey])
+        if claim is None:
+            return Report(options, [], round(time.time() - started, 1), seeds, pending=(
+                "another process finished the last retrain and writes the report; rerun this command to "
+                "write it here too"))
+    for t in tasks:
+        _record(t, states[t.key], t.key in reused, tasks, say)
+    series = [_judge(s, results, folds, seeds, options.bootstrap) for s, results, folds, _ in plans]
+    if claim is not None:
+        work_queue.finish(claim, 0.0, {"verdicts": [r.verdict for r in series]})
     return Report(options, series, round(time.time() - started, 1), seeds)
 
 
-def _series(series: Series, entries: Sequence[StudyEntry], seeds: list[int], options: ReportOptions,
-            say: Say) -> SeriesResult:
+def _retrain_all(entries: Sequence[StudyEntry], seeds: list[int], options: ReportOptions, say: Say, worker: bool,
+                 workers: Workers | None) -> tuple[list, list[Task], TaskQueue, set[str]]:
+    """Plan every series (folds built once), post its retrains to the storage and run them with the
+    other processes; the plans, the tasks, the queue and the keys already done before this report."""
+    if not worker:
+        say(f"report: {len(entries)} studies x {options.folds} folds x {len(seeds)} seeds from "
+            f"{describe(options.storage)} -> {options.out}")
+    plans = [_plan(s, [e for e in entries if e.series == s], options, say, baselines=not worker)
+             for s in dict.fromkeys(e.series for e in entries)]
+    tasks = [Task(r, f, seed, [*f.args(), *options.overrides])
+             for _, results, folds, configs in plans for r in results if r.entry.name in configs
+             for f in folds for seed in seeds]
+    work_queue = TaskQueue(options.storage, options.heartbeat)
+    keys = [t.key for t in tasks]
+    reused = {k for k, st in work_queue.states(keys).items() if st.status == "done"}
+    work_queue.post({t.key: t.attrs() for t in tasks})
+    if workers is not None:
+        workers.wait(say)
+    work(tasks, work_queue, options.out, options.keep_checkpoints, say)
+    return plans, tasks, work_queue, reused
+
+
+def _plan(series: Series, entries: Sequence[StudyEntry], options: ReportOptions, say: Say,
+          baselines: bool) -> tuple[Series, list[StudyResult], list[Fold], dict[str, dict[str, Any]]]:
+    """A series' studies, their best configs and its folds (each fold's data module built once)."""
     results = [StudyResult(e) for e in entries]
     configs: dict[str, dict[str, Any]] = {}
     for r in results:
@@ -184,28 +238,38 @@ def _series(series: Series, entries: Sequence[StudyEntry], seeds: list[int], opt
             r.problem = f"best config does not load: {err}"
             say(f"study {r.entry.name}: {r.problem}")
     if not configs:
-        return SeriesResult(series, results, [], None, [], *scaling_verdict([], 0))
+        return series, results, [], configs
     first = next(iter(configs.values()))["data"]  # every study of a series has the same data (collect)
-    folds = make_folds(first, options)
-    say(f"{series.label}: {len(folds)} folds, test {folds[0].test[0]}..{folds[-1].test[1]}, "
-        f"{sum(len(f.dates) for f in folds)} test samples")
-    total = len(configs) * len(folds) * len(seeds)
-    done = 0
+    folds = make_folds(first, options, baselines)
+    if baselines:
+        say(f"{series.label}: {len(folds)} folds, test {folds[0].test[0]}..{folds[-1].test[1]}, "
+            f"{sum(len(f.dates) for f in folds)} test samples")
+    return series, results, folds, configs
+
+
+def _record(task: Task, state: Any, reused: bool, tasks: Sequence[Task], say: Say) -> None:
+    """A task's outcome into its study's result; a reused one gets its progress line here."""
+    result = task.study
+    if result.problem is not None:
+        return
+    if state.status == "failed":
+        result.problem = f"retrain of fold {task.fold.index} with seed {task.seed} failed: {state.reason}"
+        return
+    run = seed_run(state, reused)
+    result.runs.append(run)
+    if reused:
+        say(f"[{tasks.index(task) + 1}/{len(tasks)}] {task.label}: {line(run)}")
+
+
+def _judge(series: Series, results: list[StudyResult], folds: list[Fold], seeds: list[int],
+           draws: int) -> SeriesResult:
     for r in results:
-        if r.entry.name not in configs:
-            continue
-        for f in folds:
-            extra = fold_args(options.folds, f.index, *_period(first, options))
-            for seed in seeds:
-                done += 1
-                run = _one_run(r, seed, f, options, extra)
-                say(_progress(done, total, r.entry, f, seed, run, r.problem))
-                if run is None:
-                    break
-            if r.problem:
-                break
-        _check_runs(r, folds, seeds)
-    return judge(series, results, folds, seeds, options.bootstrap)
+        if r.problem is None and r.runs:
+            r.runs.sort(key=lambda run: (run.fold, run.seed))
+            _check_runs(r, folds, seeds)
+    if not folds:
+        return SeriesResult(series, results, [], None, [], *scaling_verdict([], 0))
+    return judge(series, results, folds, seeds, draws)
 
 
 def _period(data: dict[str, Any], options: ReportOptions) -> tuple[str, str | None]:
@@ -213,8 +277,9 @@ def _period(data: dict[str, Any], options: ReportOptions) -> tuple[str, str | No
     return str(options.test_start or data["test_start"]), options.test_end or data.get("test_end")
 
 
-def make_folds(data: dict[str, Any], options: ReportOptions) -> list[Fold]:
-    """The series' K folds: each fold's data module, its labels and its baselines.
+def make_folds(data: dict[str, Any], options: ReportOptions, baselines: bool = True) -> list[Fold]:
+    """The series' K folds: each fold's data module (built once), its labels and its baselines
+    (left out with `baselines=False`: a `--jobs` worker only retrains).
 
     Raises:
         ForecastError: the folds would test inside the period the search validated on, or the
@@ -231,39 +296,17 @@ def make_folds(data: dict[str, Any], options: ReportOptions) -> list[Fold]:
     base = {k: v for k, v in data.items() if k not in FOLD_KEYS}
     folds = []
     for k in range(options.folds):
-        dm = ForecastDataModule(**{**base, "test_start": test_start, "test_end": test_end,
-                                   "folds": options.folds, "fold": k})
-        fitted = fit_baselines(dm, splits=("test",))
+        bounds = {"folds": options.folds, "fold": k, "test_start": test_start, "test_end": test_end}
+        dm = ForecastDataModule(**{**base, **bounds})
+        probs, chosen = ({}, {})
+        if baselines:
+            fitted = fit_baselines(dm, splits=("test",))
+            probs, chosen = {b: fitted.probs[b]["test"] for b in BASELINES}, fitted.chosen
         span = {name: (str(dm.splits[name].dates[0].date()), str(dm.splits[name].dates[-1].date()))
                 for name in ("train", "val")}
         folds.append(Fold(k, dm.splits["test"].dates, labels(dm, "test"), dm.fingerprint(), span["train"],
-                          span["val"], {b: fitted.probs[b]["test"] for b in BASELINES}, fitted.chosen,
-                          vix_at_test_windows(dm)))
+                          span["val"], bounds, probs, chosen, vix_at_test_windows(dm)))
     return folds
-
-
-def _one_run(result: StudyResult, seed: int, fold: Fold, options: ReportOptions, extra: list[str]) -> SeedRun | None:
-    try:
-        run = retrain(result.entry, seed, options.out / "runs", fold.fingerprint, [*extra, *options.overrides],
-                      options.keep_checkpoints, fold=fold.index)
-    except Exception as err:  # a failed retrain is a finding about this study, not the end of the report
-        first = (str(err).strip().splitlines() or [""])[0]
-        kind = "" if isinstance(err, ForecastError) else f"{type(err).__name__}: "  # ours say it plainly
-        result.problem = f"retrain of fold {fold.index} with seed {seed} failed: {kind}{first}"
-        release_memory()  # e.g. after an out-of-memory error, before the next study's model
-        return None
-    result.runs.append(run)
-    return run
-
-
-def _progress(done: int, total: int, entry: StudyEntry, fold: Fold, seed: int, run: SeedRun | None,
-              problem: str | None) -> str:
-    head = f"[{done}/{total}] {entry.name} fold {fold.index} seed {seed}: "
-    if run is None:
-        return head + str(problem)
-    loss, auroc = run.test.get("test/loss", math.nan), run.test.get("test/auroc", math.nan)
-    how = "reused" if run.cached else f"{run.wall_s:.0f} s"
-    return head + f"test loss {loss:.4f}, AUROC {auroc:.3f} ({run.epochs_run} epochs, {how})"
 
 
 def _check_runs(result: StudyResult, folds: Sequence[Fold], seeds: Sequence[int]) -> None:

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from forecast.errors import OneLineParser
+from forecast.hpo.api import device_ids
 from forecast.report.build import ReportOptions
+from forecast.report.jobs import worker_number
 from forecast.report.outputs import make_report
 
 PARTIAL_EXIT = 1  # the report was written, but some study could not be reported
@@ -54,16 +56,31 @@ def parser() -> argparse.ArgumentParser:
                    help="joint block-bootstrap resamples of dates and seeds (default: 1000)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the retrains' checkpoints (default: deleted once tested)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="worker processes that claim and run the retrains (default: 1); any other `forecast "
+                        "report` on the same --storage, on any machine, shares them too")
+    p.add_argument("--devices", metavar="IDS",
+                   help="CUDA device ids for the workers in turn, e.g. 0,1 or 0,0,1 (default: every visible one)")
+    p.add_argument("--heartbeat", type=int, default=60, metavar="S",
+                   help="seconds between a running retrain's heartbeats on an RDB storage; a retrain whose "
+                        "process stopped beating for 2 x S is redone once by another process (default: 60; 0: off)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `forecast report`; returns the exit status (see the epilog)."""
     args, extra = parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
     options = ReportOptions(storage=args.storage, studies=args.study, seeds=args.seeds, folds=args.folds,
                             test_start=args.test_start, test_end=args.test_end, out=args.out, overrides=extra,
-                            keep_checkpoints=args.keep_checkpoints, bootstrap=args.bootstrap)
+                            keep_checkpoints=args.keep_checkpoints, bootstrap=args.bootstrap, jobs=args.jobs,
+                            devices=device_ids(args.devices) if args.jobs > 1 else [], heartbeat=args.heartbeat,
+                            argv=argv)
     report = make_report(options)
+    if report.pending is not None:
+        if worker_number() is None:
+            print(f"report: not written by this process: {report.pending}")
+        return 0
     for r in report.series:
         print(f"{r.series.label}: {r.verdict}")
     print(f"report: {options.out / 'report.md'} ({report.wall_s:.0f} s)")

@@ -16,7 +16,8 @@ TENSORBOARD = "tensorboard"
 def make_report(options: ReportOptions, say: Say = print) -> Report:
     """`forecast report`: build the report (`build.build_report`) and write every file under `options.out`."""
     report = build_report(options, say)
-    write_outputs(report, options.out)
+    if report.pending is None:  # a worker, or a process whose last retrains others still run, writes nothing
+        write_outputs(report, options.out)
     return report
 
 

@@ -6,8 +6,9 @@ logged to `<out>/runs/<study>/fold<k>-seed<s>/`; it is then tested ONCE on the f
 from its best-val checkpoint (`ckpt_path="best"`), and the same checkpoint's per-sample test
 probabilities are kept (with their dates and labels) for the paired statistics. `result.json` in
 that folder records the outcome with a key of everything that decides it (config files' text,
-flags, fold, seed, trial, and a fingerprint of the data the model sees), so a rerun of the report
-reuses finished retrains and never tests a model twice.
+flags, fold, seed, trial, and a fingerprint of the data the model sees); the same record is the
+result of the retrain's task in the study storage (`forecast.report.jobs`), so a rerun of the
+report, on any machine, reuses finished retrains and never tests a model twice.
 
 No search per fold: each budget's configuration was chosen once, on the study's validation
 period, which lies before every fold's test block; searching again per fold would multiply the
@@ -128,7 +129,8 @@ def run_key(entry: StudyEntry, overrides: Sequence[str], seed: int, data: str) -
 
 def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequence[str] = (),
             keep_checkpoints: bool = False, fold: int = 0) -> SeedRun:
-    """Fit the best config with `seed`, test it once from its best checkpoint (or reuse that result).
+    """Fit the best config with `seed`, test it once from its best checkpoint; its record also
+    goes to `<folder>/result.json` (the storage's task queue decides reuse, `forecast.report.jobs`).
 
     Args:
         entry: the study.
@@ -144,9 +146,6 @@ def retrain(entry: StudyEntry, seed: int, root: Path, data: str, overrides: Sequ
     version = f"fold{fold}-seed{seed}"
     folder = root / entry.name / version
     key = run_key(entry, overrides, seed, data)
-    cached = _load(folder / RESULT, key)
-    if cached is not None:
-        return cached
     if folder.exists():
         shutil.rmtree(folder)  # an unfinished or outdated retrain of ours: start it clean
     started = time.time()
@@ -188,17 +187,3 @@ def _fit_and_test(entry: StudyEntry, seed: int, root: Path, overrides: Sequence[
                    wall_s=0.0, probs=[round(float(p), 6) for p in torch.cat(probs).float()],
                    dates=[d.date().isoformat() for d in split.dates],
                    labels=[int(v) for v in cli.datamodule.targets[split.ends].tolist()])
-
-
-def _load(path: Path, key: str) -> SeedRun | None:
-    """A finished retrain's record, if it was made with exactly this key."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("key") != key:
-        return None
-    try:
-        return SeedRun(**{**record, "cached": True})
-    except TypeError:  # written by an older version of the report
-        return None

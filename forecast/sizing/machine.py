@@ -144,16 +144,20 @@ def arch_name(arch: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------- time
-def matmul_flops_per_sec(size: int = 512, repeats: int = 3) -> float:
-    """This CPU's fp32 matmul rate (FLOP/s): the best of a few square matmuls."""
-    a = b = torch.full((size, size), 0.5)  # not random: the global RNG must not move (seeded runs replay)
-    a @ b  # warm-up: thread pool and kernels
-    best = float("inf")
-    for _ in range(repeats):
+def matmul_flops_per_sec(size: int = 512, seconds: float = 0.1) -> float:
+    """This CPU's fp32 matmul rate (FLOP/s) with this process's threads: the best of repeated
+    size^3 products within `seconds` (the best, since a neighbour can slow a product, never speed
+    it up; a fixed few products read anywhere from 152 to 274 GFLOP/s on a shared machine)."""
+    a = torch.full((size, size), 0.5)  # not random: the global RNG must not move (seeded runs replay)
+    out = torch.empty(size, size)
+    torch.mm(a, a, out=out)  # warm-up: thread pool, kernels, pages of `out`
+    best, end = float("inf"), time.perf_counter() + seconds
+    while True:
         start = time.perf_counter()
-        a @ b
+        torch.mm(a, a, out=out)
         best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+        if start >= end:
+            return 2 * size**3 / best
 
 
 def epoch_estimate(arch: dict[str, Any], train_windows: int, rate: float | None = None) -> str:
@@ -166,6 +170,8 @@ def epoch_estimate(arch: dict[str, Any], train_windows: int, rate: float | None 
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 10:  # a demo epoch is a tenth of a second: never "at least 0 s"
+        return f"{seconds:.2g} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

@@ -32,6 +32,7 @@ from forecast.sizing.devices import (
 )
 from forecast.sizing.machine import check_fit_disk, check_memory, epoch_estimate, memory_bytes
 from forecast.sizing.throughput import Throughput
+from forecast.threads import POLICY
 from forecast.training.callbacks import EpochLine, PredictionCSV
 from forecast.training.checkpoints import BEST_PREFIX, check_checkpoint
 from forecast.training.messages import (
@@ -181,6 +182,7 @@ class ForecastCLI(LightningCLI):
             check_memory([arch], str(self.trainer.precision), device, memory_bytes(device, config.planner.memory_gb),
                          "this model", batch)
         check_fit_disk(self.trainer, self.model.num_parameters)
+        POLICY.apply(self.model.num_parameters)  # a tiny model gains nothing from more threads
         if self.subcommand == "fit" and device == "cpu" and arch is not None:
             rank_zero_info(epoch_estimate(arch, self.datamodule.splits["train"].size))
 

@@ -1,0 +1,245 @@
+"""`make bench` entries for the CPU: the thread policy against fixed choices, and training efficiency.
+
+  threads      samples/s of short fits (100K demo, 2M, 20M) and trials/hour of a small search with
+               the tool's default threads (`forecast.threads`) against 1 thread and all cores, on
+               the machine as it is and beside one busy process (a CPU-bound loop); per row the
+               default over the better of the two fixed choices (goal: >= 0.90 in every row).
+  efficiency   a matmul probe (the best rate of square fp32 products within a short time; its
+               spread over 10 runs), and each model's training FLOP/s over that rate, eager at the
+               demo's micro-batch and at the planner's CPU micro-batch, and with `torch.compile`.
+
+Each measured fit runs in a fresh process (`--child`), so thread pools and allocator state never leak
+from one to the next; the parent only starts, times and compares. A fit here is the training step
+`forecast fit` runs (PatchTST, BCE loss, AdamW with the module's decay groups, clipping) on a
+synthetic batch: no data loading, validation or logging, which the `fit` entry measures apart.
+Benchmarks report; no test asserts a timing.
+
+    python -m forecast.bench.cpu --only threads|efficiency --out bench_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from forecast.bench import publish
+
+ROOT = Path(__file__).resolve().parents[2]
+N_FEATURES, CONTEXT = 25, 80  # the a25 tier's shape, as the budgets' configs are counted for
+MODELS: dict[str, dict[str, Any]] = {  # demo.yaml, configs/model/patchtst_2m.yaml, patchtst_20m.yaml
+    "100K": {"d_model": 64, "n_layers": 2, "n_heads": 4, "d_ff": 128},
+    "2M": {"d_model": 128, "n_layers": 10, "n_heads": 2, "d_ff": 512},
+    "20M": {"d_model": 512, "n_layers": 6, "n_heads": 8, "d_ff": 2048},
+}
+PATCH = {"patch_len": 16, "stride": 8, "dropout": 0.1, "head_dropout": 0.1, "patch_mode": "mixing"}
+DEMO_BATCH = 64  # configs/demo.yaml's micro-batch
+BUSY = "while True: pass"
+
+
+# ------------------------------------------------------------------------------ the matmul probe
+
+
+def probe(size: int = 512, seconds: float = 0.25) -> float:
+    """fp32 matmul FLOP/s of this process's threads: the product's best rate over `seconds`
+    (`forecast.sizing.machine.matmul_flops_per_sec`, at a larger size and for longer than a fit's line)."""
+    from forecast.sizing.machine import matmul_flops_per_sec
+
+    return matmul_flops_per_sec(size, seconds)
+
+
+def probe_spread(runs: int = 10, seconds: float = 0.25) -> dict[str, Any]:
+    """The probe `runs` times in a row: its rate and spread ((max - min) / median)."""
+    rates = [probe(seconds=seconds) for _ in range(runs)]
+    median = statistics.median(rates)
+    return {"gflops_median": round(median / 1e9, 1), "gflops_min": round(min(rates) / 1e9, 1),
+            "gflops_max": round(max(rates) / 1e9, 1), "spread": round((max(rates) - min(rates)) / median, 3),
+            "runs": runs}
+
+
+# ---------------------------------------------------------------------------------- the child
+
+
+def train_rate(model: str, batch: int, seconds: float, compile_net: bool = False) -> dict[str, Any]:
+    """Training samples/s and FLOP/s of `model` at micro-batch `batch` in THIS process (threads as
+    the thread policy sets them: `FORECAST_THREADS` for a fixed choice)."""
+    import torch
+
+    from forecast.sizing.budget import training_flops_per_sample
+    from forecast.model import PatchTST
+    from forecast.training.module import decay_groups
+    from forecast.threads import POLICY
+
+    arch = {**MODELS[model], **PATCH}
+    torch.manual_seed(0)
+    net = PatchTST(n_features=N_FEATURES, context_length=CONTEXT, **arch)
+    params = sum(p.numel() for p in net.parameters())
+    threads = POLICY.apply(params).threads
+    opt = torch.optim.AdamW(decay_groups(net, 0.05), lr=1e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    step_net = torch.compile(net) if compile_net else net
+    x, y = torch.randn(batch, CONTEXT, N_FEATURES), (torch.rand(batch) < 0.3).float()
+
+    def step() -> None:
+        loss = loss_fn(step_net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(3):  # warm-up (and compilation)
+        step()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or steps < 2:
+        step()
+        steps += 1
+    wall = time.perf_counter() - start
+    flops = training_flops_per_sample(N_FEATURES, CONTEXT, arch["patch_len"], arch["stride"], arch["d_model"],
+                                      arch["n_layers"], arch["d_ff"], arch["patch_mode"])
+    rate = steps * batch / wall
+    return {"samples_per_s": round(rate, 1), "gflops": round(rate * flops / 1e9, 2), "threads": threads,
+            "params": params, "probe_gflops": round(probe() / 1e9, 1)}
+
+
+def run_child(spec: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """`train_rate(**spec)` in a fresh process; `threads` fixed, or None for the tool's default."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FORECAST_THREADS")}
+    if threads is not None:
+        env["FORECAST_THREADS"] = str(threads)
+    run = subprocess.run([sys.executable, "-m", "forecast.bench.cpu", "--child", json.dumps(spec)], env=env,
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"bench child {spec} failed: {(run.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def busy_neighbour(on: bool) -> Iterator[None]:
+    """One CPU-bound process beside the measurement (unpinned, as any other user's job)."""
+    proc = subprocess.Popen([sys.executable, "-c", BUSY]) if on else None
+    try:
+        if proc is not None:
+            time.sleep(0.5)  # running before the measured process samples the load
+        yield
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+
+
+# -------------------------------------------------------------------------------- the sections
+
+
+def _search_rate(threads: int | None, trials: int, epochs: int, root: Path) -> dict[str, Any]:
+    """Trials/hour of `forecast hpo` on the hpo bench's tiny study (command wall time)."""
+    from forecast.bench.hpo import SPACE, TEST_START, VAL_START, _tier
+
+    data = root / "data"
+    if not data.exists():
+        _tier(data)
+        (root / "space.yaml").write_text(SPACE)
+    logs = Path(tempfile.mkdtemp(prefix="search_", dir=root))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FORECAST_THREADS")}
+    if threads is not None:
+        env["FORECAST_THREADS"] = str(threads)
+    args = ["hpo", "--budget", "20K", "--trials", str(trials), "--no-live", "--config", str(ROOT / "configs" / "demo.yaml"),
+            "--search-space", str(root / "space.yaml"), "--log-dir", str(logs), "--pruner", "none",
+            f"--data.data_dir={data}", "--data.symbol=SYN", "--data.context_length=32",
+            f"--data.val_start={VAL_START}", f"--data.test_start={TEST_START}", "--data.batch_size=64",
+            "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4",
+            f"--trainer.max_epochs={epochs}", f"--early_stopping.patience={epochs}"]
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "forecast", *args], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if run.returncode != 0:
+        raise RuntimeError(f"search failed: {(run.stderr.strip().splitlines() or ['?'])[-1]}")
+    chosen = next((ln for ln in run.stderr.splitlines() if ln.startswith("threads: ")), "")
+    return {"trials_per_hour": round(3600 * trials / wall), "threads": chosen.split(" ")[1] if chosen else "?"}
+
+
+def bench_threads(models: tuple[str, ...] = ("100K", "2M", "20M"), seconds: float = 4.0, search_trials: int = 6,
+                  search_epochs: int = 5) -> dict[str, Any]:
+    """The thread table: default vs the better of {1 thread, all cores}, as is and beside a busy process."""
+    cores = len(os.sched_getaffinity(0))
+    choices = {"default": None, "1 thread": 1, f"{cores} threads": cores}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_threads_") as tmp:
+        for busy in (False, True):
+            with busy_neighbour(busy):
+                for model in models:
+                    got = {name: run_child({"model": model, "batch": DEMO_BATCH, "seconds": seconds}, t)
+                           for name, t in choices.items()}
+                    rows.append(_row(f"{model} fit", busy, {k: v["samples_per_s"] for k, v in got.items()},
+                                     got["default"]["threads"], "samples/s"))
+                if search_trials:
+                    got = {name: _search_rate(t, search_trials, search_epochs, Path(tmp)) for name, t in choices.items()}
+                    rows.append(_row("20K search", busy, {k: v["trials_per_hour"] for k, v in got.items()},
+                                     got["default"]["threads"], "trials/hour"))
+    worst = min(r["default_over_best"] for r in rows)
+    return {"rows": rows, "worst_default_over_best": worst, "goal": ">= 0.90 in every row",
+            "cores": cores, "what": "'as is' = the machine with whatever else runs on it (see load_before); "
+                                    "'busy' adds one CPU-bound process", "load_before": os.getloadavg()[0]}
+
+
+def _row(what: str, busy: bool, rates: dict[str, float], default_threads: Any, unit: str) -> dict[str, Any]:
+    fixed = [v for k, v in rates.items() if k != "default"]
+    row = {"what": what, "beside": "busy loop" if busy else "as is", "unit": unit, **rates,
+           "default_threads": default_threads, "default_over_best": round(rates["default"] / max(fixed), 3)}
+    print(f"   {what:12s} {row['beside']:9s} " + "  ".join(f"{k}: {v:,.0f}" for k, v in rates.items())
+          + f"  default/best {row['default_over_best']:.2f}", flush=True)
+    return row
+
+
+def bench_efficiency(models: tuple[str, ...] = ("100K", "2M", "20M"), seconds: float = 5.0, probe_runs: int = 10,
+                     compile_net: bool = True) -> dict[str, Any]:
+    """Training FLOP/s over the matmul probe's rate (same threads: all cores)."""
+    from forecast.sizing.planner import plan
+
+    cores = len(os.sched_getaffinity(0))
+    spread = probe_spread(probe_runs)
+    rows = []
+    for model in models:
+        arch = {**MODELS[model], **PATCH}
+        planned = plan(N_FEATURES, CONTEXT, **arch, precision="32", device="cpu", effective_batch=256).micro_batch
+        variants = {f"eager b{DEMO_BATCH}": {"batch": DEMO_BATCH}, f"eager b{planned} (planner)": {"batch": planned}}
+        if compile_net:
+            variants[f"compiled b{planned}"] = {"batch": planned, "compile_net": True}
+        for name, extra in variants.items():
+            got = run_child({"model": model, "seconds": seconds, **extra}, cores)
+            row = {"model": model, "variant": name, "samples_per_s": got["samples_per_s"], "gflops": got["gflops"],
+                   "probe_gflops": got["probe_gflops"], "efficiency": round(got["gflops"] / got["probe_gflops"], 3)}
+            print(f"   {model:5s} {name:24s} {got['gflops']:7.1f} GFLOP/s of {got['probe_gflops']:.0f}: "
+                  f"{row['efficiency']:.0%}", flush=True)
+            rows.append(row)
+    return {"probe": spread, "rows": rows, "threads": cores, "goal": ">= 0.40 at 2M and 20M",
+            "what": "training matmul FLOP/s (forecast.sizing.budget.training_flops_per_sample) over the probe's rate, "
+                    "both in the same process with the same threads; probe = best 512^3 fp32 product in 0.25 s"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m forecast.bench.cpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench_cpu.json"))
+    parser.add_argument("--only", choices=("threads", "efficiency"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(train_rate(**json.loads(args.child))))
+        return 0
+    sections = {"threads": bench_threads, "efficiency": bench_efficiency}
+    results = {k: fn() for k, fn in sections.items() if args.only in (None, k)}
+    publish(results, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

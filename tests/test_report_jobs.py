@@ -1,0 +1,140 @@
+"""`forecast report --jobs N` and several report processes on one storage, end to end on the tiny real
+studies of test_report: the retrains are claimed through the storage, none runs twice, a killed one is
+redone once, and the outputs equal a serial run's (same thread count: identical)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from test_hpo_scale import pg_server, pg_url
+from test_report import studies
+
+from forecast.hpo.claims import KEY, QUEUE_STUDY
+from forecast.hpo.storage import WORKER_ATTR, open_storage
+from forecast.report.build import ReportOptions
+from forecast.report.outputs import make_report
+
+__all__ = ["pg_server", "pg_url", "studies"]  # fixtures shared with test_report / test_hpo_scale
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "FORECAST_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+SAME = ("predictions.csv", "verdicts.csv", "folds.csv", "scaling.csv")  # what a serial run must equal
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """Serial runs in this process and --jobs workers all train on one thread: identical outputs."""
+    monkeypatch.setenv("FORECAST_THREADS", "1")
+
+
+def _copy(url: str, target: Path) -> str:
+    """The studies' SQLite file copied: a storage whose task queue is fresh."""
+    shutil.copy(url[len("sqlite:///"):], target)
+    return f"sqlite:///{target}"
+
+
+def _report(storage: str, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "forecast", "report", "--storage", storage, "--seeds", "1",
+                             "--folds", "2", "--bootstrap", "100", "--out", str(out), *extra],
+                            env=ENV, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _queue(storage: str) -> list[optuna.trial.FrozenTrial]:
+    opened = open_storage(storage, 0)
+    return optuna.load_study(study_name=QUEUE_STUDY, storage=opened).get_trials() \
+        if QUEUE_STUDY in optuna.get_all_study_names(opened) else []
+
+
+def _retrains(storage: str) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    grouped: dict[str, list] = {}
+    for t in _queue(storage):
+        if not str(t.user_attrs.get(KEY, "")).startswith("verdicts:"):
+            grouped.setdefault(t.user_attrs[KEY], []).append(t)
+    return grouped
+
+
+def _ran_once(storage: str, tasks: int) -> set[str]:
+    """Every retrain task completed by exactly one trial; the pids that ran them."""
+    grouped = _retrains(storage)
+    assert len(grouped) == tasks
+    for key, trials in grouped.items():
+        assert [t.state for t in trials].count(TrialState.COMPLETE) == 1, (key, [t.state for t in trials])
+        assert not [t for t in trials if t.state == TrialState.RUNNING]
+    return {str(t.user_attrs[WORKER_ATTR]).split(":")[1] for ts in grouped.values() for t in ts
+            if t.state == TrialState.COMPLETE}
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    end = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"{what}: the process ended first:\n{proc.communicate()[0][-3000:]}"
+        assert time.time() < end, f"{what}: not seen within {timeout} s"
+        time.sleep(0.2)
+
+
+def test_jobs_2_shares_the_retrains_and_equals_a_serial_run(studies, tmp_path):
+    url, _ = studies
+    serial, parallel = _copy(url, tmp_path / "serial.db"), _copy(url, tmp_path / "parallel.db")
+    make_report(ReportOptions(storage=serial, seeds=1, folds=2, out=tmp_path / "serial", bootstrap=100),
+                say=lambda _: None)
+    run = _report(parallel, tmp_path / "parallel", "--jobs", "2")
+    printed = run.communicate(timeout=600)[0]
+    assert run.returncode == 0, printed[-3000:]
+    assert "[w0] " in printed and "[w1] " in printed
+    assert len(_ran_once(parallel, 4)) == 2, "both workers ran retrains"
+    for name in SAME:
+        a, b = (pd.read_csv(tmp_path / d / name) for d in ("serial", "parallel"))
+        pd.testing.assert_frame_equal(a, b, obj=name)
+    assert (tmp_path / "parallel" / "report.md").is_file()
+
+
+def test_two_report_processes_on_postgresql_split_the_retrains(studies, tmp_path, pg_url):
+    """A second report started while the first one runs claims the retrains left; no retrain runs
+    twice; the one that finishes the last retrain writes the report, the other says so."""
+    url, _ = studies
+    source = open_storage(url, 0)
+    for name in optuna.get_all_study_names(source):
+        optuna.copy_study(from_study_name=name, from_storage=source, to_storage=open_storage(pg_url, 0))
+    first = _report(pg_url, tmp_path / "a")
+    _wait_for(lambda: any(t.state == TrialState.RUNNING for t in _queue(pg_url)), first, "a first claim")
+    first.send_signal(signal.SIGSTOP)  # held mid-retrain (as a slow machine would be) until the second joins
+    try:
+        second = _report(pg_url, tmp_path / "b")
+        _wait_for(lambda: any(str(t.user_attrs.get(WORKER_ATTR, "")).split(":")[1:2] == [str(second.pid)]
+                              for t in _queue(pg_url)), second, "the second process's claim")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    outs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs
+    assert _ran_once(pg_url, 4) == {str(first.pid), str(second.pid)}
+    written = [(tmp_path / d / "report.md").is_file() for d in ("a", "b")]
+    assert sum(written) == 1, outs
+    assert "not written by this process" in outs[written.index(False)]
+
+
+def test_a_killed_report_is_resumed_and_its_retrain_redone_once(studies, tmp_path):
+    url, _ = studies
+    storage = _copy(url, tmp_path / "killed.db")
+    victim = _report(storage, tmp_path / "out")
+    _wait_for(lambda: any(t.state == TrialState.RUNNING for t in _queue(storage)), victim, "a claim")
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=60)
+    killed = [t for t in _queue(storage) if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+    make_report(ReportOptions(storage=storage, seeds=1, folds=2, out=tmp_path / "out", bootstrap=100),
+                say=lambda _: None)
+    trials = _retrains(storage)[killed[0].user_attrs[KEY]]
+    assert sorted(t.state for t in trials) == sorted([TrialState.FAIL, TrialState.COMPLETE])
+    assert next(t for t in trials if t.state == TrialState.FAIL).user_attrs["reason"] == "interrupted"
+    _ran_once(storage, 4)
+    assert (tmp_path / "out" / "report.md").is_file()
