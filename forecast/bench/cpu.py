@@ -74,10 +74,10 @@ def train_rate(model: str, batch: int, seconds: float, compile_net: bool = False
     the thread policy sets them: `FORECAST_THREADS` for a fixed choice)."""
     import torch
 
-    from forecast.sizing.budget import training_flops_per_sample
     from forecast.model import PatchTST
-    from forecast.training.module import decay_groups
+    from forecast.sizing.budget import training_flops_per_sample
     from forecast.threads import POLICY
+    from forecast.training.module import decay_groups
 
     arch = {**MODELS[model], **PATCH}
     torch.manual_seed(0)
