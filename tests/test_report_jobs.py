@@ -138,3 +138,16 @@ def test_a_killed_report_is_resumed_and_its_retrain_redone_once(studies, tmp_pat
     assert next(t for t in trials if t.state == TrialState.FAIL).user_attrs["reason"] == "interrupted"
     _ran_once(storage, 4)
     assert (tmp_path / "out" / "report.md").is_file()
+
+
+@pytest.mark.parametrize("flag,message", [(["--jobs", "0"], "--jobs must be >= 1"),
+                                          (["--heartbeat", "-1"], "--heartbeat >= 0"),
+                                          (["--jobs", "2", "--devices", "7"], "--devices 7")])
+def test_bad_jobs_flags_are_one_line_before_anything_runs(studies, tmp_path, capsys, flag, message):
+    from forecast.cli import main as forecast_main
+
+    url, _ = studies
+    assert forecast_main(["report", "--storage", url, "--out", str(tmp_path / "out"), *flag]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from forecast import configs
 from forecast.bench import publish
 from forecast.bench.hpo import SYMBOL, TEST_START, VAL_START, _tier
 
-ROOT = Path(__file__).resolve().parents[2]
 SPACE = """\
 architecture:
   grid: {d_model: [16, 32], n_layers: [1, 2, 3, 4], head_dim: [8], ffn_ratio: [2, 4]}
@@ -44,7 +44,7 @@ def _studies(root: Path, budgets: tuple[str, ...], epochs: int) -> str:
              "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4",
              f"--trainer.max_epochs={epochs}", f"--early_stopping.patience={epochs}"]
     for budget in budgets:
-        run_study(HpoOptions(budget=budget, trials=1, configs=[str(ROOT / "configs" / "demo.yaml")],
+        run_study(HpoOptions(budget=budget, trials=1, configs=[str(configs.path("demo.yaml"))],
                              overrides=flags, search_space=space, log_dir=logs, live=False))
     return str(logs / "optuna.db")
 
@@ -62,7 +62,7 @@ def _report(db: Path, out: Path, jobs: int, folds: int, seeds: int) -> float:
 
 
 def bench_report(budgets: tuple[str, ...] = ("6K", "20K"), folds: int = 3, seeds: int = 2,
-                 epochs: int = 6) -> dict[str, Any]:
+                 epochs: int = 5) -> dict[str, Any]:
     """Wall time of `forecast report --jobs 1` and `--jobs 2` over the same retrains; same verdicts?"""
     import pandas as pd
 
