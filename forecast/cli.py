@@ -96,11 +96,11 @@ def _report(argv: list[str]) -> int:
 
 
 def _threads() -> None:
-    """torch's threads from the thread policy (`forecast.threads`), printed once."""
+    """torch's threads from the thread policy (`forecast.threads`); said once a model is built."""
     from forecast.threads import POLICY
 
     try:
-        POLICY.apply()
+        POLICY.apply(say=False)
     except ValueError as err:
         raise ForecastError(str(err)) from None
 

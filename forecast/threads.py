@@ -11,8 +11,9 @@ at barriers while the core they wait on is taken. So the tool decides from what 
 - the model's size: a model under `TINY_PARAMS` runs matmuls too small to split across threads.
 
 The user decides instead with `OMP_NUM_THREADS` (OpenMP's own variable; also read by torch) or
-`FORECAST_THREADS` (this tool's option; wins over OMP_NUM_THREADS). The choice is printed once
-per process on stderr, and again only when it changes (a report retraining a smaller model).
+`FORECAST_THREADS` (this tool's option; wins over OMP_NUM_THREADS). A command sets its threads at
+start; the choice is printed on stderr once a model is built (so a mistake in the command is still
+one line), once per process, and again only when it changes (a report retraining a smaller model).
 """
 
 from __future__ import annotations
@@ -144,14 +145,16 @@ class ThreadPolicy:
         workers = int(os.environ.get(WORKERS_ENV, "1") or 1)
         return choose(len(cpus), self._neighbours, workers, params)
 
-    def apply(self, params: int | None = None) -> Choice:
-        """Set torch's intra-op (OpenMP) threads to the decision; print it when it is new."""
+    def apply(self, params: int | None = None, say: bool = True) -> Choice:
+        """Set torch's intra-op (OpenMP) threads to the decision; print it when it is new (and `say`:
+        a command sets its threads before parsing, and says so only once a model is built, so that
+        a mistake in the command stays one line on stderr)."""
         import torch
 
         choice = self.decide(params)
         if torch.get_num_threads() != choice.threads:
             torch.set_num_threads(choice.threads)
-        if choice.line != self._printed:
+        if say and choice.line != self._printed:
             print(choice.line, file=sys.stderr, flush=True)
             self._printed = choice.line
         return choice
