@@ -24,7 +24,7 @@ LOCK_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 DATA_DIR ?= data
 STAMP    := $(VENV)/.installed-$(TORCH_BUILD)
 
-.PHONY: help install lock demo test test-slow verify lint bench gpu-wheels gpu-check postgres postgres-stop clean
+.PHONY: help install lock demo test test-slow verify lint bench gpu-wheels gpu-check gpu-rehearsal postgres postgres-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -98,7 +98,12 @@ GPU_PYTHON ?= python3
 WHEEL_DIR  ?= .whl
 GPU_WHEELS ?= optuna==5.0.0 optuna-integration==5.0.0 SQLAlchemy==2.1.9 alembic==1.20.1 Mako==1.4.3 \
               colorlog==6.12.0 jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0 \
-              TA-Lib==0.8.2 arch==8.0.0 statsmodels==0.15.0 patsy==1.0.3 yfinance==1.7.0
+              TA-Lib==0.8.2 arch==8.0.0 statsmodels==0.15.0 patsy==1.0.3 yfinance==1.7.0 \
+              formulaic==1.2.2 interface-meta==2.0.1 narwhals==2.29.0 wrapt==2.5.2 \
+              psycopg==3.3.9 psycopg-binary==3.3.9 \
+              beautifulsoup4==4.15.0 soupsieve==4.1.3 curl-cffi==0.17.0 certifi==2026.10.19.post1 cffi==2.1.1 \
+              pycparser==3.12 lxml==6.1.3 multitasking==0.0.13 peewee==4.5.3 platformdirs==4.14.9 \
+              requests==2.34.2 charset-normalizer==3.5.3 idna==3.20 urllib3==2.8.0 websockets==17.4
 
 gpu-wheels: ## download the wheels a GPU image may lack into .whl/ (cp312, manylinux x86_64; see DEVELOPERS.md)
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -106,8 +111,14 @@ gpu-wheels: ## download the wheels a GPU image may lack into .whl/ (cp312, manyl
 	  -d $(WHEEL_DIR) $(GPU_WHEELS)
 	@ls $(WHEEL_DIR)
 
-gpu-check: ## on one GPU: 200M/2B build, memory, MFU; a 2B search; 2M trials/hour -> gpu_check.json (< 8 min)
-	$(GPU_PYTHON) -m forecast.bench.gpu_check --out gpu_check.json
+# Where gpu-check and gpu-rehearsal write gpu_check.json (a remote GPU machine may return only one folder).
+OUT ?= .
+
+gpu-check: ## on one GPU: 200M/2B build, memory, MFU; a 2B search; 2M trials/hour -> $(OUT)/gpu_check.json (< 7 min)
+	$(GPU_PYTHON) -m forecast.bench.gpu_check --out $(OUT)/gpu_check.json
+
+gpu-rehearsal: install ## gpu-check's own script on this CPU at tiny sizes, CUDA defaults forced -> $(OUT)/gpu_check.json (~1 min)
+	$(BIN)/python -m forecast.bench.gpu_check --rehearse --out $(OUT)/gpu_check.json
 
 postgres: ## start a local PostgreSQL in .pg/ (installs the Debian server if needed); prints its URL last
 	@.ci/postgres start

@@ -44,16 +44,24 @@ class ProbabilitySpread(Metric):
         self.probs.reset()
 
 
-def classification_metrics(prefix: str) -> MetricCollection:
-    """AUROC, AP, accuracy/precision/recall/F1 at 0.5 and the Brier score, keyed `<prefix>/<name>`."""
+def classification_metrics(prefix: str, validate_args: bool = False) -> MetricCollection:
+    """AUROC, AP, accuracy/precision/recall/F1 at 0.5 and the Brier score, keyed `<prefix>/<name>`.
+
+    Args:
+        prefix: the split ("train", "val", "test").
+        validate_args: torchmetrics' checks of every update's values (probabilities in [0, 1],
+            labels in {0, 1}); off by default: they read values back from the device (a host sync
+            per step on CUDA), and the module feeds sigmoid outputs and the data module's 0/1 labels.
+    """
+    checks = {"validate_args": validate_args}
     return MetricCollection(
         {
-            "auroc": BinaryAUROC(),
-            "ap": BinaryAveragePrecision(),
-            "acc": BinaryAccuracy(threshold=0.5),
-            "precision": BinaryPrecision(threshold=0.5),
-            "recall": BinaryRecall(threshold=0.5),
-            "f1": BinaryF1Score(threshold=0.5),
+            "auroc": BinaryAUROC(**checks),
+            "ap": BinaryAveragePrecision(**checks),
+            "acc": BinaryAccuracy(threshold=0.5, **checks),
+            "precision": BinaryPrecision(threshold=0.5, **checks),
+            "recall": BinaryRecall(threshold=0.5, **checks),
+            "f1": BinaryF1Score(threshold=0.5, **checks),
             "brier": MeanSquaredError(),  # mean (p - y)^2 on probabilities
         },
         prefix=f"{prefix}/",

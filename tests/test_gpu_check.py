@@ -1,4 +1,5 @@
-"""`make gpu-check`: its answer on a machine without CUDA, and its code run end to end on the CPU."""
+"""`make gpu-check`: its answer on a machine without CUDA, and its own script rehearsed end to end on the
+CPU (`make gpu-rehearsal`) with the settings the CUDA defaults choose."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,18 +25,41 @@ def test_without_cuda_it_says_so_in_one_line_and_fails(tmp_path):
     assert done.returncode == 1 and not out.exists()
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu-check: no CUDA device is visible")
+    assert "make gpu-rehearsal" in lines[0]
 
 
-@pytest.mark.slow
-def test_smoke_runs_every_section_on_the_cpu(tmp_path):
-    out = tmp_path / "gpu_check.json"
-    done = subprocess.run([sys.executable, "-m", "forecast.bench.gpu_check", "--smoke", "--out", str(out)], cwd=ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(out.read_text())
-    model = result["models"][0]
-    assert model["steps"] == 6 and model["params"] > 0 and model["planner_peak_gb"] > 0
+def test_make_gpu_rehearsal_runs_every_section_with_the_cuda_defaults(tmp_path):
+    """The make target itself (the script's every section, two real search workers), into OUT."""
+    out = tmp_path / "out"
+    # -o install: the venv running this test is the one to use (never rebuilt from here)
+    done = subprocess.run(["make", "-s", "-o", "install", "gpu-rehearsal", f"OUT={out}",
+                           f"BIN={Path(sys.executable).parent}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert json.loads(done.stdout[done.stdout.index("\n{\n") + 1:done.stdout.rindex("}") + 1]) == result  # printed too
+    assert result["rehearsal"] is True and {"models", "search", "small"} <= set(result)
+    assert not [k for k in ("models", "search", "small") if "error" in result[k] or "skipped" in result[k]]
+    model, = result["models"]
+    assert "error" not in model and model["steps"] == 6 and model["params"] > 0 and model["planner_peak_gb"] > 0
+    # what the CUDA defaults choose, forced on the CPU
+    assert model["precision"] == "bf16-mixed" and model["fused_adamw"] is True and model["train_metrics"] is False
     assert model["steady"]["samples_per_sec"] > 0 and model["whole"]["train_tokens_per_sec"] > 0
+    assert 0 < model["steady"]["mfu"] < 1 and model["available_flops"] == 1e12  # the given peak
     for name in ("search", "small"):
-        assert result[name]["finished"] == result[name]["trials"] and result[name]["oom"] == 0
-        assert all(r["samples_per_sec"] > 0 for r in result[name]["records"])
+        assert result[name]["exit_code"] == 0 and result[name]["oom"] == 0
+        assert result[name]["finished"] == result[name]["trials"]
+        assert all(r["samples_per_sec"] > 0 and r["mfu"] > 0 for r in result[name]["records"])
+    assert result["small"]["workers"] == 2
+
+
+def test_a_failing_model_is_recorded_and_the_next_still_runs(tmp_path):
+    from forecast.bench.gpu_check import REHEARSAL, run
+
+    sizes = replace(REHEARSAL, models=(("broken", "no_such_model.yaml"), REHEARSAL.models[0]))
+    result = run(tmp_path / "gpu_check.json", 600, {"models"}, sizes)
+    broken, tiny = result["models"]
+    assert broken["name"] == "broken" and "no_such_model.yaml" in broken["error"]
+    assert tiny["name"] == "tiny" and tiny["steps"] == 6 and "error" not in tiny
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["models"] == result["models"]
+    assert "search" not in result  # only the sections asked for

@@ -34,15 +34,21 @@ def test_mfu_divides_by_the_h200s_dense_peak_and_lightnings_elsewhere():
     assert get_available_flops(torch.device("cpu"), torch.float32) is None  # so CPU runs report no MFU
 
 
-@pytest.mark.gpu
-def test_on_cuda_throughput_times_only_the_logged_steps_and_epoch_ends(data_dir, tmp_path):
-    from lightning.pytorch.trainer.states import RunningStage
-
+def test_throughput_times_only_the_logged_steps_and_epoch_ends(data_dir, tmp_path):
+    """The clock is read (and on CUDA the device synchronised) on logging steps and the epoch's last
+    batch only; the same code on every device, so this CPU run checks what a GPU run does."""
     from forecast.sizing.throughput import Throughput
 
-    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.accelerator=gpu",
+    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.accelerator=cpu",
                     "--trainer.log_every_n_steps=5", "--trainer.limit_train_batches=12"])
     monitor = next(c for c in cli.trainer.callbacks if isinstance(c, Throughput))
-    timed = list(monitor._throughputs[RunningStage.TRAINING]._batches)
-    assert timed[-1] == 12 and len(timed) <= 3  # about every 5th batch and the epoch's last, not all 12
+    assert monitor.timed_at == [5, 10, 12]  # every 5th batch and the epoch's last, not all 12
     assert json.loads((Path(cli.trainer.log_dir) / "fit_summary.json").read_text())["train_samples_per_sec"] > 0
+
+
+def test_a_given_peak_gives_an_mfu_on_the_cpu(data_dir, tmp_path):
+    """--throughput.peak_tflops: the MFU path runs where no device peak is known."""
+    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.accelerator=cpu",
+                    "--trainer.limit_train_batches=4", "--throughput.peak_tflops=0.5"])
+    summary = json.loads((Path(cli.trainer.log_dir) / "fit_summary.json").read_text())
+    assert summary["train_mfu"] == pytest.approx(summary["train_flops_per_sec"] / 0.5e12)

@@ -114,7 +114,7 @@ def test_ddp_fit_on_two_cpu_processes(data_dir, tmp_path):
         (["--data.min_windows=100000"], "windows"),
         (["--data.tier=zz"], "unknown tier"),
         (["--data.symbol=NOPE"], "missing processed file"),
-        (["--data.batch_size=auto", "--planner.memory_gb=0.00001"], "one sample needs"),
+        (["--data.batch_size=auto", "--planner.memory_gb=0.00001"], "does not fit this machine"),
     ],
 )
 def test_bad_config_is_one_clear_line(data_dir, tmp_path, capsys, override, message):

@@ -82,9 +82,23 @@ class WindowDataset(Dataset):
 
     def __getitems__(self, index: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch: windows [B, L, F] (one copy) and targets [B]."""
-        index = torch.as_tensor(index, dtype=torch.long, device=self.starts.device)  # [B]
+        index = batch_index(index, self.starts.device)  # [B]
         x = torch.index_select(self.windows, 0, self.starts[index])  # [B, L*F]
         return x.view(len(index), *self.shape), self.targets[self.ends[index]]
+
+
+def batch_index(index: list[int], device: torch.device) -> torch.Tensor:
+    """The sampler's positions as a long tensor on `device`, without a host sync.
+
+    A plain copy of host memory to a GPU waits for it (a sync every step); from pinned memory it is
+    queued behind the step's other work (`non_blocking`), and PyTorch's pinned-memory cache keeps the
+    buffer alive until the copy is done. Pinned memory exists only beside a GPU, so elsewhere the
+    positions are made on the device directly.
+    """
+    positions = torch.as_tensor(index, dtype=torch.long)  # [B] on the host
+    if device.type == "cuda":
+        return positions.pin_memory().to(device, non_blocking=True)
+    return positions.to(device)
 
 
 def _as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

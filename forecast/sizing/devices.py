@@ -77,3 +77,33 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def cuda_index(devices: Any = None, local_rank: int | None = None) -> int:
+    """The CUDA device index this process trains on, before Lightning has set it: the
+    `local_rank`-th of the `trainer.devices` ids (a list or "0,2"), else index `local_rank`.
+
+    Under DDP every rank runs the CLI; asking `torch.cuda` without an index would query (and
+    create a context on) cuda:0 from every rank. `local_rank` defaults to the LOCAL_RANK that
+    Lightning's launcher gives each rank (0 in the first process).
+    """
+    import os
+
+    if local_rank is None:
+        value = os.environ.get("LOCAL_RANK", "0")
+        local_rank = int(value) if value.isdigit() else 0
+    ids: list[int] = []
+    if isinstance(devices, (list, tuple)):
+        ids = [int(d) for d in devices]
+    elif isinstance(devices, str) and "," in devices:
+        ids = [int(d) for d in devices.split(",") if d.strip()]
+    return ids[local_rank] if local_rank < len(ids) else local_rank
+
+
+def bf16_capable(index: int) -> bool:
+    """Whether CUDA device `index` computes in bf16 (compute capability 8.0+, Ampere on), read from
+    its properties: no tensor is made there (`torch.cuda.is_bf16_supported` asks the current
+    device, cuda:0 before Lightning sets a rank's device, and may allocate on it)."""
+    import torch
+
+    return torch.cuda.get_device_capability(index) >= (8, 0)

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,13 @@ FLOP_KEYS = ("n_features", "context_length", "patch_len", "stride", "d_model", "
 
 
 # ------------------------------------------------------------------------------------- disk
-def checkpoint_bytes(params: int, weights_only: bool) -> int:
-    """Bytes of one checkpoint: fp32 weights, plus AdamW's two fp32 moments unless weights-only
-    (hyperparameters and loop state add kilobytes)."""
-    return FP32 * params * (1 if weights_only else 1 + ADAM_MOMENTS)
+WEIGHT_BYTES = {"float32": FP32, "bfloat16": 2}  # `Forecaster(weights_dtype=...)` of weights-only checkpoints
+
+
+def checkpoint_bytes(params: int, weights_only: bool, weights_dtype: str = "float32") -> int:
+    """Bytes of one checkpoint: the weights in `weights_dtype` when weights-only, else fp32 weights
+    and AdamW's two fp32 moments, what a resume needs (hyperparameters and loop state add kilobytes)."""
+    return params * (WEIGHT_BYTES[weights_dtype] if weights_only else FP32 * (1 + ADAM_MOMENTS))
 
 
 def checkpoints_at_once(save_top_k: int, save_last: bool, max_epochs: int | None) -> int:
@@ -43,6 +47,28 @@ def checkpoints_at_once(save_top_k: int, save_last: bool, max_epochs: int | None
     deletes the one it replaces (top-k + 1), and `last.ckpt` is one more file."""
     kept = (max_epochs or 1000) if save_top_k < 0 else save_top_k
     return kept + (1 if save_top_k != 0 else 0) + int(bool(save_last))
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    """The checkpoints of one fit: best files and the last one, in bytes at most at once."""
+
+    best_files: int
+    best_bytes: int  # one best checkpoint
+    last_bytes: int  # the last checkpoint (0: none)
+
+    @property
+    def total(self) -> int:
+        return self.best_files * self.best_bytes + self.last_bytes
+
+
+def disk_plan(params: int, save_top_k: int, save_last: bool, weights_only: bool, weights_dtype: str,
+              max_epochs: int | None) -> DiskPlan:
+    """What one fit's checkpoint settings write: best files (in `weights_dtype` when weights-only)
+    and a last.ckpt, always resumable (fp32 + AdamW moments: `forecast.training.cli.checkpoint_callbacks`)."""
+    best_files = checkpoints_at_once(save_top_k, False, max_epochs)
+    last = checkpoint_bytes(params, False) if save_last else 0
+    return DiskPlan(best_files, checkpoint_bytes(params, weights_only, weights_dtype), last)
 
 
 def free_bytes(path: str | os.PathLike) -> int:
@@ -53,7 +79,8 @@ def free_bytes(path: str | os.PathLike) -> int:
     return shutil.disk_usage(folder).free
 
 
-def check_disk(params: int, folder: str | os.PathLike, files: int, weights_only: bool, what: str) -> None:
+def check_disk(params: int, folder: str | os.PathLike, files: int, weights_only: bool, what: str,
+               weights_dtype: str = "float32", free: int | None = None) -> None:
     """Refuse a run whose checkpoints may not fit on the disk under `folder`.
 
     Raises:
@@ -61,35 +88,56 @@ def check_disk(params: int, folder: str | os.PathLike, files: int, weights_only:
     """
     if files <= 0:
         return
-    one = checkpoint_bytes(params, weights_only)
-    need, free = files * one, free_bytes(folder)
+    one = checkpoint_bytes(params, weights_only, weights_dtype)
+    need, free = files * one, free_bytes(folder) if free is None else free
     if need > free:
-        kind = "weights" if weights_only else "weights + AdamW moments"
+        kind = f"weights in {weights_dtype}" if weights_only else "weights + AdamW moments"
         raise ForecastError(
             f"not enough disk for the checkpoints of {what}: up to {files} x {one / GB:.2f} GB "
             f"({params:,} parameters, {kind}) = {need / GB:.2f} GB at once, {free / GB:.2f} GB free "
             f"under {folder}; free some space, or keep fewer (--checkpoint.save_last=false, "
-            "--checkpoint.save_weights_only=true) or none (--trainer.enable_checkpointing=false)")
+            "--checkpoint.save_weights_only=true, --model.weights_dtype=bfloat16) or none "
+            "(--trainer.enable_checkpointing=false)")
 
 
-def check_fit_disk(trainer: Any, params: int) -> None:
-    """The disk check of one `Trainer.fit`, from its ModelCheckpoint settings."""
-    ckpt = trainer.checkpoint_callback
-    if ckpt is None or trainer.fast_dev_run:  # a smoke run saves no checkpoint (and has no log folder)
-        return
-    folder = ckpt.dirpath or (trainer.logger.save_dir if trainer.logger is not None else trainer.default_root_dir)
-    files = checkpoints_at_once(ckpt.save_top_k, ckpt.save_last, trainer.max_epochs)
-    check_disk(params, folder, files, ckpt.save_weights_only, "this run")
+def check_fit_disk(trainer: Any, params: int, weights_dtype: str = "float32") -> str | None:
+    """The disk check of one `Trainer.fit`, from its ModelCheckpoint callbacks. A last.ckpt is kept
+    only where the disk allows it: when the best checkpoints fit but not the last one too, the last
+    is turned off (`save_last = False`) and the returned line says so; when the best ones do not
+    fit, the run is refused (`check_disk`)."""
+    callbacks = [c for c in trainer.checkpoint_callbacks if c.save_top_k != 0 or c.save_last]
+    if not callbacks or trainer.fast_dev_run:  # a smoke run saves no checkpoint (and has no log folder)
+        return None
+    first = callbacks[0]
+    folder = first.dirpath or (trainer.logger.save_dir if trainer.logger is not None else trainer.default_root_dir)
+    plans = [disk_plan(params, c.save_top_k, bool(c.save_last), c.save_weights_only, weights_dtype,
+                       trainer.max_epochs) for c in callbacks]
+    free = free_bytes(folder)
+    best = sum(p.best_files * p.best_bytes for p in plans)
+    last = sum(p.last_bytes for p in plans)
+    note = None
+    if best + last > free and last and best <= free:
+        for c in callbacks:
+            c.save_last = False
+        note = (f"no last.ckpt (for a resume) in this run: with it the checkpoints need {(best + last) / GB:.2f} GB "
+                f"and {free / GB:.2f} GB is free under {folder}; the best checkpoint is kept")
+    elif best + last > free:
+        plan = plans[0]
+        files = plan.best_files + (1 if plan.last_bytes else 0)
+        check_disk(params, folder, files, first.save_weights_only, "this run", weights_dtype, free)
+    return note
 
 
 # ----------------------------------------------------------------------------------- memory
-def memory_bytes(device: str, memory_gb: float | None = None) -> int:
-    """Memory a run may use: `memory_gb` when given, else the CUDA device's free memory or the
-    host's available memory (MemAvailable)."""
+def memory_bytes(device: str, memory_gb: float | None = None, index: int | None = None) -> int:
+    """Memory a run may use: `memory_gb` when given, else the free memory of CUDA device `index`
+    (default: this rank's, `forecast.sizing.devices.cuda_index`) or the host's available memory (MemAvailable)."""
     if memory_gb is not None:
         return int(memory_gb * GB)
     if device == "cuda":
-        return int(torch.cuda.mem_get_info()[0])
+        from forecast.sizing.devices import cuda_index
+
+        return int(torch.cuda.mem_get_info(cuda_index() if index is None else index)[0])
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -194,21 +242,23 @@ def check_search(config: dict[str, Any], archs: Sequence[Any], n_features: int, 
     Returns:
         On CPU, the line with the estimated time of one epoch of the largest architecture.
     """
-    from forecast.sizing.devices import accelerator_kind, default_precision
+    from forecast.sizing.devices import accelerator_kind, bf16_capable, cuda_index, default_precision
 
     trainer, data = config["trainer"], config["data"]
     kind = "cuda" if accelerator_kind(trainer.get("accelerator", "auto")) == "cuda" else "cpu"
-    precision = trainer.get("precision") or default_precision(kind, kind == "cuda" and torch.cuda.is_bf16_supported())
+    index = cuda_index(trainer.get("devices")) if kind == "cuda" else None
+    precision = trainer.get("precision") or default_precision(kind, kind == "cuda" and bf16_capable(index))
     net = {**config["model"]["net"]["init_args"], "n_features": n_features, "context_length": data["context_length"]}
     shapes = [{**net, **a.model_kwargs()} for a in archs]
-    memory = memory_bytes(kind, (config.get("planner") or {}).get("memory_gb"))
+    memory = memory_bytes(kind, (config.get("planner") or {}).get("memory_gb"), index)
     batch = data.get("batch_size")
     check_memory(shapes, precision, kind, memory, what, batch if isinstance(batch, int) else None)
     ckpt = config.get("checkpoint") or {}
     if trainer.get("enable_checkpointing", True) is not False:
         files = checkpoints_at_once(ckpt.get("save_top_k", 1), ckpt.get("save_last", False), trainer.get("max_epochs"))
         files += trials if keep_checkpoints else 1  # the trials' kept checkpoints (else the best one's)
-        check_disk(max(a.params for a in archs), log_dir, files, bool(ckpt.get("save_weights_only")), what)
+        dtype = (config.get("model") or {}).get("weights_dtype") or "float32"
+        check_disk(max(a.params for a in archs), log_dir, files, bool(ckpt.get("save_weights_only")), what, dtype)
     if kind != "cpu":
         return None
     from forecast.data.datamodule import ForecastDataModule

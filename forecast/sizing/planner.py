@@ -80,7 +80,9 @@ def available_memory_bytes(device: str | None = None,
     if not torch.cuda.is_available():
         raise ForecastError("no CUDA device is visible to measure: give the memory to plan for "
                             "(--memory-gb)")
-    free, _total = torch.cuda.mem_get_info()
+    from forecast.sizing.devices import cuda_index
+
+    free, _total = torch.cuda.mem_get_info(cuda_index())  # this rank's device, never cuda:0 by default
     return int(free)
 
 

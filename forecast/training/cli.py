@@ -26,6 +26,8 @@ from forecast.io import write_json_atomic
 from forecast.metrics import MONITOR, MONITOR_MODE
 from forecast.sizing.devices import (
     accelerator_kind,
+    bf16_capable,
+    cuda_index,
     default_precision,
     one_device,
     use_tensor_cores,
@@ -138,6 +140,9 @@ class ForecastCLI(LightningCLI):
                             help="samples per optimizer step when data.batch_size is 'auto'")
         parser.add_argument("--planner.memory_gb", type=float | None, default=None,
                             help="memory to plan for (default: free CUDA memory, or 16 GB on CPU)")
+        parser.add_argument("--throughput.peak_tflops", type=float | None, default=None,
+                            help="peak TFLOP/s the MFU divides by (default: the CUDA device's dense peak "
+                                 "for the run's precision; none on CPU, so no MFU there unless given)")
         # Never configured twice: the data decides the model's input shape.
         parser.link_arguments("data.n_features", "model.net.init_args.n_features", apply_on="instantiate")
         parser.link_arguments("data.context_length", "model.net.init_args.context_length", apply_on="parse")
@@ -151,7 +156,7 @@ class ForecastCLI(LightningCLI):
         _follow_root_dir(config)
         kind = accelerator_kind(config.trainer.accelerator)
         if config.trainer.precision is None:  # no config or flag chose one: decide from the device used
-            bf16 = kind == "cuda" and torch.cuda.is_bf16_supported()
+            bf16 = kind == "cuda" and bf16_capable(cuda_index(config.trainer.devices))  # this rank's GPU
             config.trainer.precision = default_precision(kind, bf16)
         use_tensor_cores(kind)
         self._planned = config.data.batch_size == "auto"
@@ -179,9 +184,12 @@ class ForecastCLI(LightningCLI):
         arch = getattr(self.model.net, "init_args", None)
         if arch is not None:
             batch = None if self._planned else self.datamodule.batch_size
-            check_memory([arch], str(self.trainer.precision), device, memory_bytes(device, config.planner.memory_gb),
+            index = self.trainer.strategy.root_device.index if device == "cuda" else None  # this rank's
+            check_memory([arch], str(self.trainer.precision), device, memory_bytes(device, config.planner.memory_gb, index),
                          "this model", batch)
-        check_fit_disk(self.trainer, self.model.num_parameters)
+        note = check_fit_disk(self.trainer, self.model.num_parameters, self.model.hparams.get("weights_dtype", "float32"))
+        if note:
+            rank_zero_info(note)
         POLICY.apply(self.model.num_parameters)  # a tiny model gains nothing from more threads
         if self.subcommand == "fit" and device == "cpu" and arch is not None:
             rank_zero_info(epoch_estimate(arch, self.datamodule.splits["train"].size))
@@ -198,8 +206,12 @@ class ForecastCLI(LightningCLI):
         callbacks = config.trainer.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.trainer.get("enable_checkpointing") is not False and not config.trainer.get("fast_dev_run"):
-            callbacks.append(config.checkpoint)
-        return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+            callbacks += checkpoint_callbacks(config.checkpoint)
+        trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+        peak = config.get("throughput.peak_tflops")
+        for monitor in (c for c in trainer.callbacks if isinstance(c, Throughput)):
+            monitor.peak_flops = None if peak is None else peak * 1e12  # a given peak: MFU on any device
+        return trainer
 
     # -- after each subcommand: say what happened and where ----------------------------------
     def after_fit(self) -> None:
@@ -240,6 +252,17 @@ def _check_finite(config) -> None:
         raise ForecastError(f"{key}: {value} is not a finite number (every setting must be)")
 
 
+def checkpoint_callbacks(best: ModelCheckpoint) -> list[ModelCheckpoint]:
+    """`--checkpoint.*`, and the last checkpoint always resumable: when the best checkpoints are
+    weights-only (a large model's, evaluated and never resumed), `last.ckpt` comes from a second
+    ModelCheckpoint that keeps the optimizer state, in the same folder."""
+    if not (best.save_weights_only and best.save_last):
+        return [best]
+    last = ModelCheckpoint(dirpath=best.dirpath, save_top_k=0, save_last=best.save_last)
+    best.save_last = False
+    return [best, last]
+
+
 def _on_meta(class_type: type, *args: Any, **kwargs: Any) -> Any:
     """jsonargparse instantiator: build a module on `meta` (shapes only, nothing allocated)."""
     with torch.device("meta"):
@@ -255,12 +278,17 @@ def _throughput(trainer) -> dict[str, float | None]:
 def apply_memory_plan(config) -> None:
     """data.batch_size 'auto': the planner picks the micro-batch and accumulate_grad_batches."""
     from forecast.sizing.budget import tier_features
-    from forecast.sizing.planner import GB, plan
+    from forecast.sizing.planner import GB, available_memory_bytes, plan
 
     net = dict(config.model.net.init_args)
     net.update(n_features=tier_features(config.data.tier), context_length=config.data.context_length)
     device = "cuda" if accelerator_kind(config.trainer.accelerator) == "cuda" else "cpu"
-    memory = None if config.planner.memory_gb is None else int(config.planner.memory_gb * GB)
+    # this rank's device (never cuda:0 from every DDP rank); the host's 16 GB default on CPU
+    memory = (int(config.planner.memory_gb * GB) if config.planner.memory_gb is not None
+              else memory_bytes("cuda", None, cuda_index(config.trainer.devices)) if device == "cuda" else None)
+    memory = memory if memory is not None else available_memory_bytes(device)
+    # not even micro-batch 1: the same one line, with the ways out, as a fixed batch would get
+    check_memory([net], str(config.trainer.precision), device, memory, "this model")
     chosen = plan(**net, precision=str(config.trainer.precision), memory_bytes=memory,
                   effective_batch=config.planner.effective_batch, device=device)
     config.data.batch_size = chosen.micro_batch

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as L
 import torch
@@ -41,7 +41,7 @@ class Forecaster(L.LightningModule):
         lr: Peak learning rate (of any optimizer: the schedule warms up to it, then decays it).
         weight_decay: Weight decay on matrices (norms, biases and embeddings of dim < 2 get none).
         betas: AdamW betas (of the default optimizer).
-        optimizer: Another optimizer than the default AdamW (fused on CUDA), the LightningCLI way:
+        optimizer: Another optimizer than the default AdamW, the LightningCLI way:
             `--model.optimizer=torch.optim.SGD --model.optimizer.momentum=0.9`. It gets the same
             two parameter groups, and `lr` and `weight_decay` above win over its own.
         warmup_frac: Fraction of all optimizer steps spent warming the learning rate up linearly.
@@ -49,6 +49,17 @@ class Forecaster(L.LightningModule):
         pos_weight: Weight of positive samples in the loss (None = unweighted).
         train_metrics: Also compute AUROC, AP, Brier... over the training batches of each epoch
             (`train/*` in TensorBoard). Off, training tracks only its loss, which is a little faster.
+            None (default): on, except on CUDA, where every step would feed the metrics' states
+            (validation metrics are always computed).
+        fused: The default AdamW as one fused kernel over every tensor (`torch.optim.AdamW(fused=True)`;
+            torch has it on CPU too). None (default): fused on CUDA only, where the default
+            `foreach` version launches a few kernels per tensor group and keeps an fp32 temporary
+            of all parameters.
+        weights_dtype: dtype of the weights in a weights-only checkpoint (the best one of a search
+            trial, a report retrain or a large model's fit): "bfloat16" halves its size (a 2B
+            model's is 4 GB instead of 8) and loses nothing the bf16-mixed forward pass does not
+            already drop (autocast runs every matmul on bf16 copies of the weights); loading casts
+            them back to fp32. Resumable checkpoints (with the optimizer state) always keep fp32.
         compile: Compile the network with `torch.compile` where it runs (slower start, faster
             steps on a GPU; the checkpoint's weights keep their names): true for the default
             backend (inductor), or a backend's name ("eager" checks the graph capture only).
@@ -64,8 +75,10 @@ class Forecaster(L.LightningModule):
         warmup_frac: float = 0.05,
         min_lr_ratio: float = 0.0,
         pos_weight: float | None = None,
-        train_metrics: bool = True,
+        train_metrics: bool | None = None,
         compile: bool | str = False,
+        fused: bool | None = None,
+        weights_dtype: Literal["float32", "bfloat16"] = "float32",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
@@ -77,7 +90,7 @@ class Forecaster(L.LightningModule):
         self.spread = nn.ModuleDict({f"{s}_": ProbabilitySpread() for s in SPLITS})
         self.history: list[dict[str, float]] = []  # val metrics of every finished epoch
         self.flops_per_sample = _flops_per_sample(net)  # training matmul FLOPs (None: unknown network)
-        self.flops_per_batch: int | None = None  # of the last training batch, for ThroughputMonitor's MFU
+        self.flops_per_batch: int | None = None  # of the last training batch, for the Throughput callback's MFU
         # More values for TensorBoard's HParams tab (a search trial adds its draw), logged at fit start
         self.shown_hparams: dict[str, Any] = {}
         self._compiled = False
@@ -116,7 +129,7 @@ class Forecaster(L.LightningModule):
             self.flops_per_batch = self.flops_per_sample * len(y)
         logits = self(x).float()  # [B]; float so bf16 autocast never reaches the loss
         loss = self.loss_fn(logits, y)
-        if split != "train" or self.hparams.train_metrics:
+        if split != "train" or self.train_metrics_on:
             probs = torch.sigmoid(logits.detach())
             self.metrics[f"{split}_"].update(probs, y.long())
             self.spread[f"{split}_"].update(probs)
@@ -137,8 +150,13 @@ class Forecaster(L.LightningModule):
         return torch.sigmoid(self(x).float())
 
     # -- epoch ends -------------------------------------------------------------------------
+    @property
+    def train_metrics_on(self) -> bool:
+        """Whether training batches feed the metrics (`train_metrics`; None: not on CUDA)."""
+        return resolve_train_metrics(self.hparams.train_metrics, self.device)
+
     def on_train_epoch_end(self) -> None:
-        if self.hparams.train_metrics:
+        if self.train_metrics_on:
             self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
@@ -177,17 +195,43 @@ class Forecaster(L.LightningModule):
             hparams = {**self.hparams, **self.shown_hparams, "num_parameters": self.num_parameters}
             self.logger.log_hyperparams(hparams, {BEST_KEY: float("nan")})
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A weights-only checkpoint (no optimizer state: it can only be evaluated, never resumed)
+        keeps its floating-point weights in `weights_dtype`."""
+        dtype = getattr(torch, self.hparams.get("weights_dtype") or "float32")
+        if dtype is torch.float32 or "optimizer_states" in checkpoint:
+            return
+        checkpoint["state_dict"] = {k: v.to(dtype) if v.is_floating_point() else v
+                                    for k, v in checkpoint["state_dict"].items()}
+
     # -- optimization -----------------------------------------------------------------------
     def configure_optimizers(self):
         groups = decay_groups(self.net, self.hparams.weight_decay)
         if self.optimizer is None:
             optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-                                          **adamw_options(self.device))
+                                          **adamw_options(self.device, self.hparams.get("fused")))
         else:
             optimizer = self.optimizer(groups, lr=self.hparams.lr)  # the groups carry the weight decay
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = warmup_cosine(total, self.hparams.warmup_frac, self.hparams.min_lr_ratio)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip as `trainer.gradient_clip_val` says, with any optimizer in any precision.
+
+        Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales its own
+        gradients (every fused one), even under bf16-mixed, where there is no scaler and nothing to
+        unscale (an open Lightning bug). Without a scaler the gradients are the true ones, so they
+        are clipped here, as Lightning's plain precision does; with a scaler (16-mixed) Lightning
+        keeps the job: it unscales first, and refuses a fused optimizer, whose unscaling would come
+        after the clip.
+        """
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        clip_gradients(params, gradient_clip_val, gradient_clip_algorithm)
 
 
 def decay_groups(net: nn.Module, weight_decay: float) -> list[dict]:
@@ -197,10 +241,29 @@ def decay_groups(net: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def adamw_options(device: torch.device) -> dict:
-    """On CUDA, the fused AdamW: one kernel updates every tensor (the default `foreach` launches a
-    few per tensor group and keeps an fp32 temporary of all parameters)."""
-    return {"fused": True} if device.type == "cuda" else {}
+def adamw_options(device: torch.device, fused: bool | None = None) -> dict:
+    """AdamW's implementation: fused (one kernel updates every tensor) when asked, or by default on
+    CUDA, where the `foreach` one launches a few per tensor group and keeps an fp32 temporary of all
+    parameters. The fused kernel exists on CPU too, so a CPU run can rehearse the CUDA default."""
+    fused = device.type == "cuda" if fused is None else fused
+    return {"fused": True} if fused else {}
+
+
+def resolve_train_metrics(train_metrics: bool | None, device: torch.device) -> bool:
+    """`Forecaster(train_metrics=...)` on `device`: None means on, except on CUDA (the metrics'
+    updates would add kernels and, with argument checks, host syncs to every step)."""
+    return device.type != "cuda" if train_metrics is None else train_metrics
+
+
+def clip_gradients(params: list[torch.Tensor], value: float | None, algorithm: str | None) -> None:
+    """Clip gradients in place by total norm ("norm", the default) or elementwise ("value");
+    `value` None or 0 leaves them. The norm is computed and applied on the device (no host sync)."""
+    if not value:
+        return
+    if algorithm == "value":
+        torch.nn.utils.clip_grad_value_(params, value)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, value)
 
 
 def initialise(net: nn.Module) -> None:
