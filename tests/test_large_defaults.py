@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forecast.sizing.arch import default_fit, main as arch_main, shipped_settings
 from forecast.bench.build import synthetic_tier
+from forecast.sizing.arch import default_fit, shipped_settings
+from forecast.sizing.arch import main as arch_main
 from forecast.sizing.machine import GB, free_bytes
 from forecast.training.cli import cli_main
 

@@ -32,7 +32,6 @@ two search workers); a test in `make test` runs it, so the script cannot rot bef
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import resource
 import sys
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from forecast import configs
+from forecast.sizing.devices import release_memory
 
 DEMO = configs.path("demo.yaml")
 KIB, MB, GB = 1024, 1e6, 1e9
@@ -90,16 +90,6 @@ def _sync() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def release() -> None:
-    """Give the device's memory back between models and sections: what a failed or finished run
-    held is garbage once its objects are gone, and the caching allocator keeps it until emptied."""
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def error_text(err: BaseException) -> str:
@@ -174,7 +164,7 @@ def measure_models(data_flags: list[str], logs: Path, sizes: Sizes) -> list[dict
             results.append(measure_model(name, configs.path(f"model/{file}"), data_flags, logs, sizes))
         except Exception as err:  # an OOM in 200M is a result; 2B still runs
             results.append({"name": name, "error": error_text(err)})
-        release()
+        release_memory()  # what a finished or failed model held, before the next one
     return results
 
 
@@ -266,7 +256,7 @@ def run(out: Path, budget_s: float, sections: set[str], sizes: Sizes) -> dict[st
                 result[name] = fn()
             except Exception as err:  # a figure that failed is a result too; the rest still runs
                 result[name] = {"error": error_text(err)}
-        release()
+        release_memory()  # between sections too
         save()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from forecast import configs
 from forecast.errors import OneLineParser
 from forecast.model import PATCH_MODES
 from forecast.sizing.budget import (
@@ -72,7 +73,7 @@ def arch_rows(archs: Sequence[Arch], n_features: int, context_length: int, patch
     return rows
 
 
-MODEL_CONFIGS = GRID_PATH.parent / "model"  # configs/model/patchtst_<budget>.yaml
+MODEL_CONFIGS = configs.path("model")  # patchtst_<budget>.yaml
 CHECKPOINT_DEFAULTS = {"save_top_k": 1, "save_last": True, "save_weights_only": False}  # forecast fit's
 TRIAL_CHECKPOINT = {"save_top_k": 1, "save_last": False, "save_weights_only": True}  # forecast.hpo.config
 
@@ -90,7 +91,7 @@ def shipped_settings(budget: str) -> dict[str, Any]:
             "weights_dtype": (doc.get("model") or {}).get("weights_dtype", "float32"),
             "arch": {k: net.get(k) for k in ("d_model", "n_layers", "n_heads", "d_ff")},
             "batch_size": (doc.get("data") or {}).get("batch_size"),
-            "config": str(path.relative_to(GRID_PATH.parents[1])) if path.is_file() else None}
+            "config": f"configs/model/{path.name}" if path.is_file() else None}
 
 
 def default_fit(params: int, memory_fits: bool, settings: dict[str, Any], disk_bytes: int) -> dict[str, Any]:
@@ -216,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def verdict_lines(rows: list[dict[str, Any]], verdicts: dict[str, Any], disk_bytes: int) -> str:
     """Two lines under the table: does a default fit (the shipped config's architecture, else the
     largest) and a default search fit, with memory and disk."""
-    settings, search = verdicts["settings"], verdicts["search"]
+    search = verdicts["search"]
     shipped = [r for r in rows if r["shipped_config"]]
     row = shipped[0] if shipped else max(rows, key=lambda r: r["params"])
     fit = row["default_fit"]

@@ -242,7 +242,12 @@ def check_search(config: dict[str, Any], archs: Sequence[Any], n_features: int, 
     Returns:
         On CPU, the line with the estimated time of one epoch of the largest architecture.
     """
-    from forecast.sizing.devices import accelerator_kind, bf16_capable, cuda_index, default_precision
+    from forecast.sizing.devices import (
+        accelerator_kind,
+        bf16_capable,
+        cuda_index,
+        default_precision,
+    )
 
     trainer, data = config["trainer"], config["data"]
     kind = "cuda" if accelerator_kind(trainer.get("accelerator", "auto")) == "cuda" else "cpu"
