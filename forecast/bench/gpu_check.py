@@ -69,6 +69,8 @@ class Sizes:
     # training-batch metrics off). The rehearsal forces the same settings on the CPU.
     run_flags: tuple[str, ...] = ()
     model_flags: tuple[str, ...] = ()
+    # Search trials keep weights-only best checkpoints; in bf16 a 2B trial writes 4 GB per new best, not 8
+    search_flags: tuple[str, ...] = ("--model.weights_dtype=bfloat16",)
 
 
 CUDA_DEFAULTS = ("--trainer.precision=bf16-mixed", "--model.fused=true", "--model.train_metrics=false",
@@ -187,7 +189,7 @@ def run_search(budget: str, trials: int, epochs: int, data_flags: list[str], log
     storage, name = str(logs / "optuna.journal"), f"check-{budget}"
     argv = ["--budget", budget, "--trials", str(trials), "--config", str(DEMO), "--log-dir", str(logs),
             "--storage", storage, "--study-name", name, "--no-live", "--jobs", str(jobs),
-            *data_flags, *sizes.run_flags, f"--trainer.max_epochs={epochs}", "--data.batch_size=auto",
+            *data_flags, *sizes.run_flags, *sizes.search_flags, f"--trainer.max_epochs={epochs}", "--data.batch_size=auto",
             f"--trainer.accelerator={sizes.accelerator}"]
     start = time.perf_counter()
     code = hpo_main(argv)
