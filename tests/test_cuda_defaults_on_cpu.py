@@ -67,14 +67,14 @@ def _norm(optimizer: torch.optim.Optimizer) -> float:
 
 def run_args(data: list[str], logs: Path, epochs: int) -> list[str]:
     return ["--config", str(DEMO), *data, *CUDA_DEFAULTS, *TINY, f"--trainer.max_epochs={epochs}",
-            "--data.batch_size=64", f"--trainer.logger.init_args.save_dir={logs}"]
+            "--data.batch_size=64", "--model.lr=3e-3", f"--trainer.logger.init_args.save_dir={logs}"]
 
 
 @pytest.fixture(scope="module")
 def fitted(data, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     probe = GradientProbe()
-    cli = cli_main(["fit", *run_args(data, logs, epochs=3), "--model.lr=3e-3"],
+    cli = cli_main(["fit", *run_args(data, logs, epochs=3)],
                    trainer_defaults={"callbacks": [probe]})
     return cli, probe, logs
 
