@@ -121,7 +121,7 @@ def test_resuming_on_a_rebuilt_tier_is_refused_in_one_line(three, data, space_fi
     other = tmp_path / "data"
     write_raw(other, SYMBOL, synthetic_raw(n=1000, start="2014-01-02", seed=7), source="another series")
     build_and_write(other, SYMBOL, "a25")
-    args = cli_args(data, space_file, logs, 4)
+    args = cli_args(data, space_file, logs, 4, epochs=3)  # the same settings as the study (`three`): only the data differ
     args[args.index(f"--data.data_dir={data}")] = f"--data.data_dir={other}"  # an operational key: allowed
     assert forecast_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()

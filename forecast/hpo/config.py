@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from forecast.training.config import OPERATIONAL_DATA_KEYS
+from forecast.training.config import OPERATIONAL_DATA_KEYS, measured_settings
+
+MEASURED = "measured"  # key of the study fingerprint: the trainer, model and callback settings trials share
 
 # Settings every trial gets unless the user's flags say otherwise: no per-step progress bar
 # (the search shows its own display), no model table per trial, and only the best checkpoint's
@@ -28,16 +30,22 @@ def study_name(config: Mapping[str, Any], budget: str) -> str:
     return f"{data['symbol']}-{data['tier']}-{task}-h{data['horizon']}-{budget}"
 
 
-def fingerprint(config: Mapping[str, Any], budget: str, space: Mapping[str, Any]) -> dict[str, Any]:
-    """What must not change when a study is resumed: targets, data shape, budget, space.
+def fingerprint(config: Mapping[str, Any], budget: str, space: Mapping[str, Any],
+                searched: Sequence[str] = ()) -> dict[str, Any]:
+    """What must not change when a study is resumed: targets, data shape, budget, space, and every
+    setting that changes what a trial measures (epochs, batch, clipping, early stopping, optimizer, ...).
 
-    Epochs, batch size or file locations may change between runs; the labels, the splits, the
-    inputs and the architecture grid may not, or the trials would not be comparable.
+    Only the settings in `forecast.training.config.UNMEASURED` (file locations, progress display,
+    hardware) and the `searched` keys, which each trial draws, may differ; otherwise trials of one
+    study would not be comparable.
     """
     data = {k: v for k, v in config["data"].items() if k not in OPERATIONAL_DATA_KEYS}
     net = config["model"]["net"]["init_args"]
     shape = {k: net.get(k) for k in ("patch_len", "stride", "patch_mode", "revin")}
+    measured = measured_settings(config, skip=("data", "seed_everything", *searched))
+    if "data.batch_size" not in searched:  # a loader setting, but the batch changes what is learned
+        measured["data.batch_size"] = config["data"].get("batch_size")
     return {"data": data, "shape": shape, "budget": budget, "space": dict(space),
-            "seed_everything": config.get("seed_everything")}
+            "seed_everything": config.get("seed_everything"), MEASURED: measured}
 
 

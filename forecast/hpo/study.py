@@ -145,8 +145,9 @@ def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = Non
         raise ForecastError(f"study name {name!r} may hold only letters, digits and . _ + -")
     url = options.storage or default_url(options.log_dir)
     setup = TrialSetup(base_args, user_args, space, options.log_dir, name, extra_callbacks)
+    searched = [*(p.key for p in spec.params), *(NET_PREFIX + a for a in ARCH_ARGS)]
     fingerprint = _normalize(cfg.fingerprint(config, label, {**spec.as_dict(), "monitor": MONITOR,
-                                                             "mode": MONITOR_MODE}))
+                                                             "mode": MONITOR_MODE}, searched))
     fingerprint[DATA_FINGERPRINT] = data_fingerprint  # the exact numbers trials see, not only settings
     return StudyPlan(options, name, options.log_dir / name, url, open_storage(url, options.heartbeat),
                 setup, fingerprint, config["trainer"].get("max_epochs"), prior)
@@ -282,6 +283,11 @@ def _check_same_study(study: optuna.Study, plan: StudyPlan) -> None:
             return
         raise ForecastError(f"{plan.folder} holds {leftovers[0].name} from an earlier study of this name "
                             "that the storage does not know; move the folder away or pass --study-name")
+    # A study made before its measured settings were recorded: they are recorded on this resume (once
+    # the other checks pass) and held from then on.
+    legacy = isinstance(stored, dict) and cfg.MEASURED not in stored
+    if legacy:
+        stored = {**stored, cfg.MEASURED: plan.fingerprint[cfg.MEASURED]}
     if isinstance(stored, dict) and stored.get(DATA_FINGERPRINT) != plan.fingerprint[DATA_FINGERPRINT] \
             and {k: v for k, v in stored.items() if k != DATA_FINGERPRINT} == \
             {k: v for k, v in plan.fingerprint.items() if k != DATA_FINGERPRINT}:
@@ -292,6 +298,8 @@ def _check_same_study(study: optuna.Study, plan: StudyPlan) -> None:
         diff = differences(stored, plan.fingerprint)
         raise ForecastError(f"study {plan.name} in {describe(plan.url)} was run with other settings "
                             f"({'; '.join(diff[:3])}); use the same settings or another --study-name")
+    if legacy:
+        study.set_user_attr("fingerprint", stored)
 
 
 # ----------------------------------------------------------------------------- running it

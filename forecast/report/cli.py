@@ -16,10 +16,11 @@ from forecast.report.outputs import make_report
 PARTIAL_EXIT = 1  # the report was written, but some study could not be reported
 
 EPILOG = """\
-Any --trainer.* flag (e.g. --trainer.accelerator=cpu, --trainer.max_epochs=5) is added to every
-retrain, and --data.data_dir / --data.num_workers say where and how the data are read; flags that
-would change what a study measured (labels, splits, model) are refused. Finished retrains are
-reused when the report is run again with the same settings.
+Flags that say how a retrain runs are added to every retrain: --trainer.accelerator, .devices (1),
+.num_nodes, .precision, .enable_progress_bar, .enable_model_summary, .log_every_n_steps, .benchmark,
+--planner.memory_gb, --data.data_dir, .num_workers, .eval_batch_size, and --trainer.max_epochs (shorter
+retrains, shown in the report). Any other flag could change what a study measured and is refused.
+Finished retrains are reused when the report is run again with the same settings.
 
 Exit status: 0 when every study was reported; 1 when the report was written but some study could
 not be (its best config no longer loads, a retrain failed: listed in report.md and on stderr);

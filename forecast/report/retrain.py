@@ -38,10 +38,13 @@ from forecast.sizing.devices import one_device
 from forecast.training.config import OPERATIONAL_DATA_KEYS, differences, resolve
 
 RESULT = "result.json"
-# Flags a retrain may add to the best config: how it runs, never what it measures. (Epochs are a
-# Trainer setting: shortening them is allowed and shown in the report's header.)
-ALLOWED_PREFIXES = ("trainer.", "planner.")
-ALLOWED_KEYS = tuple(f"data.{k}" for k in OPERATIONAL_DATA_KEYS)
+# Flags a retrain may add to the best config: an ALLOWLIST of how it runs (hardware, data location and
+# loaders, progress display, planner memory), each in `UNMEASURED`. One exception, documented: shorter
+# epochs (`trainer.max_epochs`), for a quick report; the report's header shows the flags it ran with.
+ALLOWED_KEYS = ("trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.precision",
+                "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+                "trainer.benchmark", "trainer.max_epochs", "planner.memory_gb",
+                "data.data_dir", "data.num_workers", "data.eval_batch_size")
 QUIET = ("--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false")
 WEIGHTS_ONLY = ("--checkpoint.save_weights_only=true", "--checkpoint.save_last=false")  # tested once, never resumed
 ONE_DEVICE = "--trainer.devices=1"  # before the user's flags, which `check_overrides` holds to one device
@@ -74,8 +77,7 @@ def check_overrides(args: Sequence[str]) -> None:
     """Refuse flags that would change what the study measured (labels, splits, model).
 
     Raises:
-        ForecastError: a flag outside `--trainer.*`, `--planner.*` and the operational data keys,
-            or device flags asking for more than one device.
+        ForecastError: a flag outside `ALLOWED_KEYS`, or device flags asking for more than one device.
     """
     values: dict[str, str] = {}
     for i, arg in enumerate(args):
@@ -83,10 +85,10 @@ def check_overrides(args: Sequence[str]) -> None:
             continue
         key, eq, value = arg[2:].partition("=")
         values[key] = value if eq else (args[i + 1] if i + 1 < len(args) else "")
-        if not (key.startswith(ALLOWED_PREFIXES) or key in ALLOWED_KEYS):
+        if key not in ALLOWED_KEYS:
             raise ForecastError(f"--{key}: not an option of forecast report, and not a flag a retrain may add "
-                                f"(--trainer.*, --planner.*, --{', --'.join(ALLOWED_KEYS)}; flags that would "
-                                "change what a study measured are refused)")
+                                f"(only --{', --'.join(ALLOWED_KEYS)}; a flag that could change what a study "
+                                "measured is refused)")
     one_device({"devices": values.get("trainer.devices", 1), "num_nodes": values.get("trainer.num_nodes", 1)},
                "report retrains")
 

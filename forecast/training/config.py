@@ -14,6 +14,36 @@ from forecast.errors import ForecastError
 
 # Data settings that do not change what a trial learns from (where files live, loader workers).
 OPERATIONAL_DATA_KEYS = ("data_dir", "num_workers", "eval_batch_size", "batch_size", "predict_split")
+# Settings that cannot change what a run measures: where its files go, how it shows progress, which
+# hardware runs it (a study's workers may run on CPUs and GPUs alike). An ALLOWLIST: every other setting,
+# a Trainer argument a later Lightning adds included, counts as measured. Dotted keys; a key covers its children.
+UNMEASURED = (
+    "data.data_dir", "data.num_workers", "data.eval_batch_size", "data.predict_split",
+    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.precision",
+    "trainer.logger", "trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.log_every_n_steps", "trainer.enable_checkpointing", "trainer.enable_autolog_hparams",
+    "trainer.model_registry", "trainer.profiler", "trainer.num_sanity_val_steps", "trainer.benchmark",
+    "trainer.inference_mode", "trainer.detect_anomaly",
+    "checkpoint",  # which checkpoints are kept; the val metrics a trial reports do not depend on it
+    "early_stopping.verbose", "early_stopping.log_rank_zero_only",
+    "model.compile", "model.train_metrics",  # the same numbers, faster or with fewer training metrics
+    "planner.memory_gb",  # the micro-batch changes, the effective batch the planner keeps does not
+    "config", "ckpt_path",
+)
+
+
+def is_unmeasured(key: str) -> bool:
+    """Whether the dotted setting `key` is in `UNMEASURED` (itself or under one of its keys)."""
+    return any(key == k or key.startswith(k + ".") for k in UNMEASURED)
+
+
+def measured_settings(config: Mapping[str, Any], skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Every setting of a resolved config that can change what a run measures, flattened to dotted keys,
+    less the keys (and their children) in `skip`."""
+    from forecast.training.resume import flatten
+
+    return {k: v for k, v in flatten(config).items()
+            if not is_unmeasured(k) and not any(k == s or k.startswith(s + ".") for s in skip)}
 
 
 def resolve(args: Sequence[str]) -> dict[str, Any]:
