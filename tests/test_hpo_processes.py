@@ -79,7 +79,7 @@ def test_sigint_stops_cleanly_a_second_one_aborts_and_a_rerun_finishes(data, spa
     assert not load(tmp_path).get_trials(states=(TrialState.RUNNING,))
     assert "aborted by a second SIGINT" in (folder / "summary.md").read_text()
     # and the same command again reaches N (an aborted trial does not count)
-    assert forecast_main(cli_args(data, space_file, tmp_path, 3, epochs=1)) == 0  # epochs may change
+    assert forecast_main(args) == 0  # the study's own settings: other epochs would mix incomparable trials
     study = load(tmp_path)
     assert len(finished(study)) == 3 and not is_finished(study.get_trials()[1])
     assert_no_duplicates(study)
@@ -94,7 +94,7 @@ def test_kill_9_mid_trial_then_a_rerun_finishes_without_losing_a_trial(data, spa
     before = load(tmp_path).get_trials()
     killed = before[1].number
     assert before[1].state == TrialState.RUNNING  # left behind by the dead process
-    assert forecast_main(cli_args(data, space_file, tmp_path, 3, epochs=2)) == 0  # rerun, in this process
+    assert forecast_main(args) == 0  # rerun with the study's settings, in this process
     study = load(tmp_path)
     after = {t.number: t for t in study.get_trials()}
     assert after[0].value == before[0].value  # the finished trial is kept as it was

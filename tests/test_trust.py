@@ -276,3 +276,30 @@ def _jsonargparse_default_loader():
     from jsonargparse._loaders_dumpers import get_yaml_default_loader
 
     return get_yaml_default_loader()
+
+
+# -- study storage is data too --------------------------------------------------------------------
+def test_a_study_whose_stored_replay_names_a_class_outside_the_allowlist_imports_nothing(tmp_path, capfd,
+                                                                                         monkeypatch):
+    """A shared storage feeds the report each study's best config (its replay command when best.yaml is
+    not on this machine): parsed by the run's parser, under the same allowlist, so a planted class never runs."""
+    import optuna
+    from optuna.trial import create_trial
+
+    plant(tmp_path, "stored_planted", tmp_path / "MARKER")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    study = optuna.create_study(study_name="SP500-a25-threshold0.01-h1-20K", storage=url)
+    data = {"symbol": "SP500", "tier": "a25", "task": "threshold", "threshold": 0.01, "horizon": 1,
+            "context_length": 80, "val_start": "2015-01-01", "test_start": "2017-01-01"}
+    study.set_user_attr("fingerprint", {"data": data, "budget": "20K"})
+    study.add_trial(create_trial(value=0.5, user_attrs={
+        "params": 20_000, "arch_id": "d16", "log_dir": str(tmp_path / "elsewhere" / "trial_0000"),
+        "replay": f"forecast fit --config {CFG} --model.net.class_path=stored_planted.Net"}))
+    capfd.readouterr()
+    assert run(["report", "--storage", url, "--out", str(tmp_path / "out"), "--seeds", "1", "--folds", "1"]) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert "study SP500-a25-threshold0.01-h1-20K not reported" in err and "'stored_planted.Net' is outside" in err
+    assert not (tmp_path / "MARKER").exists() and "stored_planted" not in sys.modules
