@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from forecast.data.manifest import read_verified
 from forecast.data.paths import raw_path, resolve_data_dir, tier_path
 from forecast.data.raw import forward_adjust, read_raw
+from forecast.data.stationary import INPUTS, Inputs, stationary_features, stationary_names
 from forecast.data.targets import Task, make_targets
 from forecast.data.tiers import TIERS
 from forecast.errors import ForecastError
@@ -137,6 +138,10 @@ class ForecastDataModule(L.LightningDataModule):
         gap: Trading days dropped at the start of val and test (extra distance from the
             previous split; 0 = none needed, since no target crosses a boundary).
         scaler: `standard` scales each feature by mean/std of the TRAINING rows only; `none` keeps raw values.
+        inputs: What the network sees: `tier` = the tier's columns; `stationary` = the stationary
+            inputs the baselines use (`forecast.data.stationary`: returns, ranges and indicators
+            relative to price, ...), built from the same tier, so model and baselines can be compared
+            on identical inputs. Either way they are then scaled by `scaler`.
         batch_size: Micro-batch size, or `auto` to let the memory planner choose it (`forecast fit`).
         eval_batch_size: Batch size for val/test/predict (default: 4 x batch_size).
         num_workers: DataLoader workers (0 is fastest here: a batch is one tensor gather).
@@ -160,6 +165,7 @@ class ForecastDataModule(L.LightningDataModule):
         fold: int = 0,
         gap: int = 0,
         scaler: Literal["standard", "none"] = "standard",
+        inputs: Inputs = "tier",
         batch_size: int | Literal["auto"] = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -171,13 +177,18 @@ class ForecastDataModule(L.LightningDataModule):
         _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows,
                     task, batch_size, eval_batch_size)
         _check_folds(folds, fold, test_start, test_end)
+        if inputs not in INPUTS:
+            raise ForecastError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
         self.symbol, self.tier = symbol, tier
         self.data_dir = resolve_data_dir(data_dir)
         self.context_length, self.task, self.horizon, self.threshold = context_length, task, horizon, threshold
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.predict_split = predict_split
-        self.n_features = len(TIERS[tier].columns)
-        self.feature_names = list(TIERS[tier].columns)
+        self.inputs = inputs
+        self.feature_names = list(TIERS[tier].columns)  # the tier's columns (raw_features; baselines, VIX)
+        # what the network sees, known before any file is read
+        self.input_names = stationary_names(self.feature_names) if inputs == "stationary" else list(self.feature_names)
+        self.n_features = len(self.input_names)
         self.folds, self.fold = folds, fold
         test_end_ts = None if test_end is None else pd.Timestamp(test_end)
         self._load(pd.Timestamp(val_start), pd.Timestamp(test_start), test_end_ts, gap, scaler, min_windows)
@@ -202,9 +213,13 @@ class ForecastDataModule(L.LightningDataModule):
                 )
 
         self.raw_features = frame[self.feature_names].to_numpy(dtype=np.float64)  # [rows, F] unscaled
+        seen = self.raw_features
+        if self.inputs == "stationary":
+            seen, names = stationary_features(self.raw_features, self.feature_names)  # [rows, G]
+            assert names == self.input_names, "stationary_names and stationary_features disagree"
         train_rows = np.arange(len(self.dates)) < self.bounds["train"][1]
-        self.scale_mean, self.scale_std = _fit_scaler(self.raw_features, train_rows, scaler)
-        scaled = (self.raw_features - self.scale_mean) / self.scale_std
+        self.scale_mean, self.scale_std = _fit_scaler(seen, train_rows, scaler)
+        scaled = (seen - self.scale_mean) / self.scale_std
         self.features = torch.from_numpy(scaled.astype(np.float32))  # [rows, F]
         self.targets = torch.from_numpy(np.nan_to_num(y, nan=-1.0).astype(np.float32))  # [rows]; -1 never sampled
         self.balance = {name: float(y[s.ends].mean()) for name, s in self.splits.items()}

@@ -24,10 +24,12 @@ TRIAL_DEFAULTS = (
 
 
 def study_name(config: Mapping[str, Any], budget: str) -> str:
-    """`SPY-a25-threshold0.01-h1-2M`: everything that tells two studies' targets apart."""
+    """`SPY-a25-threshold0.01-h1-2M`: everything that tells two studies' targets apart, and
+    `SPY-a25-stationary-threshold0.01-h1-2M` when the network sees the stationary inputs."""
     data = config["data"]
     task = data["task"] + (f"{data['threshold']:g}" if data["task"] == "threshold" else "")
-    return f"{data['symbol']}-{data['tier']}-{task}-h{data['horizon']}-{budget}"
+    inputs = "" if data.get("inputs", "tier") == "tier" else f"-{data['inputs']}"
+    return f"{data['symbol']}-{data['tier']}{inputs}-{task}-h{data['horizon']}-{budget}"
 
 
 def fingerprint(config: Mapping[str, Any], budget: str, space: Mapping[str, Any],

@@ -40,7 +40,7 @@ ARCH_ARGS = ("d_model", "n_layers", "n_heads", "d_ff")
 # Keys that change the data shape, and with it the budget's grid: searching them would
 # move a trial out of its budget, so the search space may not name them.
 SHAPE_KEYS = (
-    "data.tier", "data.context_length",
+    "data.tier", "data.context_length", "data.inputs",
     *(NET_PREFIX + k for k in ("n_features", "context_length", "patch_len", "stride",
                                "patch_mode", "revin")),
 )

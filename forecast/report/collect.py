@@ -38,16 +38,18 @@ _HEADER = re.compile(r"#\s*Best trial (\d+) of study")
 
 @dataclass(frozen=True)
 class Series:
-    """What a scaling curve holds fixed: the data, the target and the horizon."""
+    """What a scaling curve holds fixed: the data, the network's inputs, the target and the horizon."""
 
     symbol: str
     tier: str
     task: str  # "threshold0.01" or "direction"
     horizon: int
+    inputs: str = "tier"  # the tier's columns, or "stationary" (the baselines' inputs)
 
     @property
     def label(self) -> str:
-        return f"{self.symbol} {self.tier} {self.task} h={self.horizon}"
+        inputs = "" if self.inputs == "tier" else f" ({self.inputs} inputs)"
+        return f"{self.symbol} {self.tier}{inputs} {self.task} h={self.horizon}"
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ def series_of(data: dict[str, Any]) -> Series:
     task = str(data.get("task", "threshold"))
     if task == "threshold":
         task += f"{float(data.get('threshold', 0.01)):g}"
-    return Series(str(data.get("symbol")), str(data.get("tier")), task, int(data.get("horizon", 1)))
+    return Series(str(data.get("symbol")), str(data.get("tier")), task, int(data.get("horizon", 1)),
+                  str(data.get("inputs", "tier")))
 
 
 def _best(t: FrozenTrial) -> BestTrial:

@@ -11,9 +11,10 @@ test set's own sampling noise plus the seeds' spread.
   replacement as well, so an interval holds both sources of noise. The same draw serves every
   comparison and the slope, so they are joint.
 - `compare`: model vs model, model vs baseline and the slope of loss (or AUROC) against
-  log10(parameters), each with its percentile interval; a verdict only where that interval
-  excludes 0 and every model in it has at least two seeds (`MIN_SEEDS`): never from a zero-width
-  or one-seed interval.
+  log10(parameters), each with its percentile interval, its minimum detectable effect and a
+  three-way verdict (`forecast.report.equivalence`): better / worse where that interval excludes 0,
+  equivalent where it lies inside the metric's margin, else no evidence; a verdict needs every
+  model in it to have at least two seeds (`MIN_SEEDS`): never from a zero-width or one-seed interval.
 - `t_interval`: mean and t-interval over seeds, for descriptive per-fold tables only.
 - `fit_power_law`: L(N) = L_inf + (N0 / N)^alpha with scipy's curve_fit, fitted only with at least
   `MIN_BUDGETS_FOR_FIT` budgets and shown as descriptive.
@@ -31,11 +32,13 @@ from arch.bootstrap import StationaryBootstrap, optimal_block_length
 from scipy import optimize
 from scipy import stats as sps
 
+from forecast.report.equivalence import EQUIVALENT, NO_EVIDENCE, Margins, mde, verdict
+
 LEVEL = 0.95
 MIN_BUDGETS_FOR_FIT = 4  # L_inf, N0, alpha: 3 parameters; 4 budgets leave one degree of freedom
 MIN_SEEDS = 2  # a verdict needs seed spread in every model it compares
 EPS = 1e-7
-HELPS, HURTS, NO_EVIDENCE = "larger helps", "larger hurts", "no evidence"
+HELPS, HURTS = "larger helps", "larger hurts"
 BETTER, WORSE = "model better", "model worse"
 LOWER_IS_BETTER = {"loss": True, "auroc": False}
 
@@ -272,6 +275,8 @@ class Comparison:
     hi: float
     verdict: str
     method: str
+    mde: float = math.nan  # minimum detectable effect (80% power at 5%), from the same interval
+    delta: float = math.nan  # the equivalence margin the verdict used
 
     @property
     def interval(self) -> Interval:
@@ -286,15 +291,12 @@ def _percentiles(values: np.ndarray, level: float = LEVEL) -> tuple[float, float
     return float(lo), float(hi)
 
 
-def decide(lo: float, hi: float, seeds_ok: bool, lower_is_better: bool, words: tuple[str, str]) -> str:
+def decide(lo: float, hi: float, seeds_ok: bool, lower_is_better: bool, words: tuple[str, str],
+           delta: float = 0.0) -> str:
     """words[0] ("helps"/"better") or words[1] where [lo, hi] lies wholly on one side of 0 with real
-    width and enough seeds; otherwise NO_EVIDENCE. A negative change is an improvement when lower
-    is better."""
-    iv = Interval(math.nan, lo, hi)
-    if not seeds_ok or not iv.excludes_zero() or not hi > lo:
-        return NO_EVIDENCE
-    improves = hi < 0 if lower_is_better else lo > 0
-    return words[0] if improves else words[1]
+    width and enough seeds; EQUIVALENT where it lies inside (-delta, delta); otherwise NO_EVIDENCE
+    (`forecast.report.equivalence.verdict`)."""
+    return verdict(lo, hi, seeds_ok, lower_is_better, delta, words)
 
 
 def slope(log_params: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -304,19 +306,31 @@ def slope(log_params: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def compare(d: Draws, models: Sequence[Arm], baselines: Sequence[Arm], metrics: Sequence[str] = ("loss", "auroc"),
-            level: float = LEVEL) -> list[Comparison]:
+            level: float = LEVEL, margins: Margins | None = None) -> list[Comparison]:
     """Every claim the report makes for one series, from one set of joint draws.
 
     - "slope per 10x params" (with >= 2 budgets): OLS of the metric on log10(parameters).
     - "<largest> - <smallest>": the largest budget minus the smallest.
     - "<model> - <baseline>": each budget minus each baseline.
+
+    Each carries its MDE and the three-way verdict with the metric's margin (`margins`, default
+    `Margins()`).
     """
+    margins = margins or Margins()
     models = sorted(models, key=lambda a: a.params)
     method = (f"stationary block bootstrap over {d.dates} test dates (mean block {d.block} days) x seeds "
               f"resampled within each budget, {len(d.loss_draws)} draws, {level:.0%} percentile interval")
     out = []
+
+    def claim(name: str, kind: str, metric: str, estimate: float, drawn: np.ndarray, seeds_ok: bool,
+              words: tuple[str, str]) -> Comparison:
+        lo, hi = _percentiles(drawn, level)
+        delta = margins.of(metric)
+        return Comparison(name, kind, metric, float(estimate), lo, hi,
+                          decide(lo, hi, seeds_ok, LOWER_IS_BETTER[metric], words, delta), method,
+                          mde(lo, hi, level), delta)
+
     for metric in metrics:
-        lower = LOWER_IS_BETTER[metric]
         if metric == "auroc" and not np.isfinite(d.auroc_draws).any():
             continue
         if len(models) >= 2:
@@ -324,23 +338,18 @@ def compare(d: Draws, models: Sequence[Arm], baselines: Sequence[Arm], metrics: 
             names = [m.name for m in models]
             full = slope(x, np.array([d.column(metric, n) for n in names]))
             drawn = slope(x, np.stack([d.column(metric, n, draws=True) for n in names], axis=1))
-            lo, hi = _percentiles(drawn, level)
             seeds_ok = all(m.seeds >= MIN_SEEDS for m in models)
-            out.append(Comparison("slope per 10x params", "scaling", metric, float(full), lo, hi,
-                                  decide(lo, hi, seeds_ok, lower, (HELPS, HURTS)), method))
+            out.append(claim("slope per 10x params", "scaling", metric, full, drawn, seeds_ok, (HELPS, HURTS)))
             big, small = models[-1].name, models[0].name
             diff = d.column(metric, big, True) - d.column(metric, small, True)
-            lo, hi = _percentiles(diff, level)
-            out.append(Comparison(f"{big} - {small}", "scaling", metric,
-                                  d.column(metric, big) - d.column(metric, small), lo, hi,
-                                  decide(lo, hi, seeds_ok, lower, (HELPS, HURTS)), method))
+            out.append(claim(f"{big} - {small}", "scaling", metric, d.column(metric, big) - d.column(metric, small),
+                             diff, seeds_ok, (HELPS, HURTS)))
         for m in models:
             for b in baselines:
                 diff = d.column(metric, m.name, True) - d.column(metric, b.name, True)
-                lo, hi = _percentiles(diff, level)
-                out.append(Comparison(f"{m.name} - {b.name}", "baseline", metric,
-                                      d.column(metric, m.name) - d.column(metric, b.name), lo, hi,
-                                      decide(lo, hi, m.seeds >= MIN_SEEDS, lower, (BETTER, WORSE)), method))
+                out.append(claim(f"{m.name} - {b.name}", "baseline", metric,
+                                 d.column(metric, m.name) - d.column(metric, b.name), diff, m.seeds >= MIN_SEEDS,
+                                 (BETTER, WORSE)))
     return out
 
 
@@ -352,6 +361,11 @@ def scaling_verdict(comparisons: Sequence[Comparison], budgets: int) -> tuple[st
     if not found:
         return NO_EVIDENCE, "no slope could be formed"
     c = found[0]
+    if c.verdict == EQUIVALENT:
+        return (EQUIVALENT,
+                f"slope of pooled test loss per 10x parameters, {c.method}: its interval lies inside "
+                f"±{c.delta:g}; minimum detectable effect {c.mde:.4f}")
     why = ("its interval excludes 0" if c.verdict != NO_EVIDENCE
-           else "its interval includes 0, or a budget has fewer than 2 seeds")
-    return c.verdict, f"slope of pooled test loss per 10x parameters, {c.method}: {why}"
+           else "its interval includes 0 but not only effects within the margin, or a budget has fewer than 2 seeds")
+    return c.verdict, (f"slope of pooled test loss per 10x parameters, {c.method}: {why}; minimum detectable "
+                       f"effect {c.mde:.4f}")

@@ -26,7 +26,7 @@ from forecast.training.baselines import BASELINES, scores
 
 
 def _series_cols(s: Series) -> dict[str, Any]:
-    return {"symbol": s.symbol, "tier": s.tier, "task": s.task, "horizon": s.horizon}
+    return {"symbol": s.symbol, "tier": s.tier, "inputs": s.inputs, "task": s.task, "horizon": s.horizon}
 
 
 def verdicts_frame(report: Report) -> pd.DataFrame:
