@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
+from forecast.report.limits import MIN_PER_CLASS
 from forecast.report.regimes import LEVELS, regimes, vix_at_test_windows
 from forecast.report.equivalence import EQUIVALENT, Margins, mde, not_excluded, verdict, verdict_text
 from forecast.report.stats import (
@@ -58,8 +59,8 @@ def test_t_interval_needs_two_values_and_skips_nan():
     one = t_interval([0.7, math.nan])
     assert one.estimate == 0.7 and math.isnan(one.lo) and math.isnan(one.hi) and one.text() == "0.7000"
     assert math.isnan(t_interval([]).estimate) and t_interval([]).text() == "n/a"
-    same = t_interval([0.5, 0.5, 0.5])
-    assert same.lo == same.hi == 0.5
+    same = t_interval([0.5, 0.5, 0.5])  # fewer than 2 distinct values: no (zero-width) interval
+    assert same.estimate == 0.5 and same.n == 3 and math.isnan(same.lo) and same.text(1) == "0.5"
 
 
 def test_clipped_keeps_bounds_inside_the_range():
@@ -343,17 +344,30 @@ def test_baselines_on_a_known_answer_tune_on_validation():
 
 # -- regime view ----------------------------------------------------------------------------
 def test_regimes_split_at_15_and_25_and_score_each_level():
-    vix = np.array([10, 12, 14, 14.9, 15, 20, 25, 24, 26, 30, 40, 35], dtype=float)
-    y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    vix = np.repeat([10, 12, 14, 14.9, 15, 20, 25, 24, 26, 30, 40, 35], 10).astype(float)
+    y = np.tile([0, 1], 60)  # every level: 40 samples, 20 positive
     perfect = y.astype(float)  # AUROC 1 everywhere
     inverted = 1 - perfect  # AUROC 0 everywhere
     out = regimes(vix, y, [perfect, perfect, inverted])
     assert [g.name for g in out] == [name for name, _, _ in LEVELS]
-    assert [g.windows for g in out] == [4, 4, 4]  # 15 and 25 belong to the middle level
+    assert [g.windows for g in out] == [40, 40, 40]  # 15 and 25 belong to the middle level
+    assert [g.positives for g in out] == [20, 20, 20] and not any(g.too_few for g in out)
     assert all(g.auroc.estimate == pytest.approx(2 / 3) for g in out)
     assert all(0.0 <= g.auroc.lo and g.auroc.hi <= 1.0 for g in out)  # kept inside AUROC's range
     one_class = regimes(np.array([10.0, 11.0, 30.0, 31.0]), np.array([1, 1, 0, 1]), [[0.2, 0.8, 0.1, 0.9]])
     assert math.isnan(one_class[0].auroc.estimate) and one_class[1].windows == 0
+
+
+@given(positives=st.integers(0, 30), negatives=st.integers(0, 30), seeds=st.integers(1, 3))
+def test_a_regime_with_fewer_than_10_of_a_class_shows_no_auroc(positives, negatives, seeds):
+    """The real-SPY regime table once printed AUROC 0.135 [0.135, 0.135] for 2 positives of 65."""
+    y = np.r_[np.ones(positives), np.zeros(negatives)].astype(int)
+    rng = np.random.default_rng(positives * 31 + negatives)
+    out = regimes(np.full(len(y), 30.0), y, [rng.random(len(y)) for _ in range(seeds)])[2]  # all in VIX > 25
+    assert out.windows == len(y) and out.positives == positives
+    assert out.too_few == (min(positives, negatives) < MIN_PER_CLASS)
+    assert math.isnan(out.auroc.estimate) == out.too_few
+    assert math.isnan(out.auroc.lo) or out.auroc.lo < out.auroc.hi  # never a zero-width interval
 
 
 def test_vix_is_the_unscaled_tier_column_at_each_test_sample():

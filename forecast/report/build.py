@@ -29,6 +29,7 @@ import pandas as pd
 from forecast.errors import ForecastError
 from forecast.hpo.api import TaskQueue, describe
 from forecast.report.collect import Series, StudyEntry, collect
+from forecast.report.equivalence import DEFAULT_MARGINS, Margins
 from forecast.report.jobs import Task, Workers, line, seed_run, verdict_key, work, worker_number
 from forecast.report.regimes import Regime, regimes, vix_at_test_windows
 from forecast.report.retrain import FOLD_KEYS, SeedRun, check_overrides, fold_args, resolve_best
@@ -43,6 +44,7 @@ from forecast.report.stats import (
     paired_bootstrap,
     scaling_verdict,
 )
+from forecast.report.sufficiency import Sufficiency, sufficiency, unconverged_budgets
 from forecast.training.baselines import BASELINES, fit_baselines, labels
 
 
@@ -64,6 +66,12 @@ class ReportOptions:
     devices: list[str] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES of worker k: devices[k % len]
     heartbeat: int = 60
     argv: list[str] = field(default_factory=list)  # the command's own arguments, for its --jobs workers
+    equivalence_loss: float = DEFAULT_MARGINS["loss"]  # nats (per 10x parameters for the slope)
+    equivalence_auroc: float = DEFAULT_MARGINS["auroc"]
+
+    @property
+    def margins(self) -> Margins:
+        return Margins(loss=self.equivalence_loss, auroc=self.equivalence_auroc)
 
 
 @dataclass
@@ -99,6 +107,7 @@ class StudyResult:
     problem: str | None = None
     regimes: list[Regime] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    search: Sufficiency | None = None  # was its search enough (`forecast.report.sufficiency`)
 
     @property
     def ok(self) -> bool:
@@ -129,6 +138,14 @@ class SeriesResult:
 
     def claim(self, comparison: str, metric: str) -> Comparison | None:
         return next((c for c in self.comparisons if c.comparison == comparison and c.metric == metric), None)
+
+    def search_note(self, c: Comparison) -> str:
+        """"rests on an unconverged search (2M)" when a study the claim compares looks
+        unconverged (a scaling claim rests on every budget), else ""."""
+        searches = {s.entry.budget: s.search for s in self.reported if s.search is not None}
+        names = list(searches) if c.kind == "scaling" else c.comparison.split(" - ")
+        weak = unconverged_budgets(names, searches)
+        return f"rests on an unconverged search ({', '.join(weak)})" if weak else ""
 
 
 @dataclass
@@ -166,6 +183,9 @@ def build_report(options: ReportOptions, say: Say = print) -> Report:
                             f"{options.folds}, {options.bootstrap}")
     if options.jobs < 1 or options.heartbeat < 0:
         raise ForecastError(f"--jobs must be >= 1 and --heartbeat >= 0, got {options.jobs}, {options.heartbeat}")
+    if not (options.equivalence_loss > 0 and options.equivalence_auroc > 0):
+        raise ForecastError("--equivalence-loss and --equivalence-auroc must be > 0, got "
+                            f"{options.equivalence_loss}, {options.equivalence_auroc}")
     check_overrides(options.overrides)
     entries = collect(options.storage, options.studies)
     seeds = list(range(options.seeds))
@@ -198,7 +218,7 @@ def build_report(options: ReportOptions, say: Say = print) -> Report:
                 "write it here too"))
     for t in tasks:
         _record(t, states[t.key], t.key in reused, tasks, say)
-    series = [_judge(s, results, folds, seeds, options.bootstrap) for s, results, folds, _ in plans]
+    series = [_judge(s, results, folds, seeds, options.bootstrap, options.margins) for s, results, folds, _ in plans]
     if claim is not None:
         work_queue.finish(claim, 0.0, {"verdicts": [r.verdict for r in series]})
     return Report(options, series, round(time.time() - started, 1), seeds)
@@ -237,6 +257,8 @@ def _plan(series: Series, entries: Sequence[StudyEntry], options: ReportOptions,
         except ForecastError as err:
             r.problem = f"best config does not load: {err}"
             say(f"study {r.entry.name}: {r.problem}")
+    for r in results:
+        r.search = sufficiency(r.entry, _epoch_limit(r.entry, configs.get(r.entry.name), options.overrides))
     if not configs:
         return series, results, [], configs
     first = next(iter(configs.values()))["data"]  # every study of a series has the same data (collect)
@@ -262,14 +284,27 @@ def _record(task: Task, state: Any, reused: bool, tasks: Sequence[Task], say: Sa
 
 
 def _judge(series: Series, results: list[StudyResult], folds: list[Fold], seeds: list[int],
-           draws: int) -> SeriesResult:
+           draws: int, margins: Margins | None = None) -> SeriesResult:
     for r in results:
         if r.problem is None and r.runs:
             r.runs.sort(key=lambda run: (run.fold, run.seed))
             _check_runs(r, folds, seeds)
     if not folds:
         return SeriesResult(series, results, [], None, [], *scaling_verdict([], 0))
-    return judge(series, results, folds, seeds, draws)
+    return judge(series, results, folds, seeds, draws, margins)
+
+
+def _epoch_limit(entry: StudyEntry, config: dict[str, Any] | None, overrides: list[str]) -> int | None:
+    """`trainer.max_epochs` the study's trials ran under (not a report override of it)."""
+    if config is None:
+        return None
+    if any("max_epochs" in o for o in overrides):
+        try:
+            config = resolve_best(entry, [])
+        except ForecastError:
+            return None
+    limit = config.get("trainer", {}).get("max_epochs")
+    return limit if isinstance(limit, int) and limit > 0 else None
 
 
 def _period(data: dict[str, Any], options: ReportOptions) -> tuple[str, str | None]:
@@ -325,7 +360,7 @@ def _check_runs(result: StudyResult, folds: Sequence[Fold], seeds: Sequence[int]
 
 
 def judge(series: Series, results: list[StudyResult], folds: list[Fold], seeds: list[int],
-          draws: int) -> SeriesResult:
+          draws: int, margins: Margins | None = None) -> SeriesResult:
     """Joint draws over the pooled test dates, every claim, the verdict, the regime view and the fit."""
     ok = sorted((r for r in results if r.ok), key=lambda r: r.entry.best.params)
     results = sorted(results, key=lambda r: r.entry.best.params)
@@ -335,7 +370,7 @@ def judge(series: Series, results: list[StudyResult], folds: list[Fold], seeds: 
     models = [Arm(r.entry.budget, r.probs(seeds, folds), float(r.entry.best.params)) for r in ok]
     baselines = [Arm(b, np.concatenate([f.baselines[b] for f in folds])[None, :]) for b in BASELINES]
     d = paired_bootstrap(y, [*models, *baselines], draws=draws)
-    claims = compare(d, models, baselines)
+    claims = compare(d, models, baselines, margins=margins)
     verdict, method = scaling_verdict(claims, len(models))
     if folds[0].vix is not None:
         vix = np.concatenate([f.vix for f in folds])

@@ -10,6 +10,7 @@ from pathlib import Path
 from forecast.errors import OneLineParser
 from forecast.hpo.api import device_ids
 from forecast.report.build import ReportOptions
+from forecast.report.equivalence import DEFAULT_MARGINS
 from forecast.report.jobs import worker_number
 from forecast.report.outputs import make_report
 
@@ -55,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
                         "(default: logs/report)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                    help="joint block-bootstrap resamples of dates and seeds (default: 1000)")
+    p.add_argument("--equivalence-loss", type=float, default=DEFAULT_MARGINS["loss"], metavar="NATS",
+                   help="equivalence margin of log-loss claims: a claim whose whole interval lies within "
+                        "+-NATS (per 10x parameters for the slope) is called equivalent "
+                        f"(default: {DEFAULT_MARGINS['loss']:g})")
+    p.add_argument("--equivalence-auroc", type=float, default=DEFAULT_MARGINS["auroc"], metavar="D",
+                   help=f"equivalence margin of AUROC claims (default: {DEFAULT_MARGINS['auroc']:g})")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the retrains' checkpoints (default: deleted once tested)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -76,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             test_start=args.test_start, test_end=args.test_end, out=args.out, overrides=extra,
                             keep_checkpoints=args.keep_checkpoints, bootstrap=args.bootstrap, jobs=args.jobs,
                             devices=device_ids(args.devices) if args.jobs > 1 else [], heartbeat=args.heartbeat,
-                            argv=argv)
+                            argv=argv, equivalence_loss=args.equivalence_loss,
+                            equivalence_auroc=args.equivalence_auroc)
     report = make_report(options)
     if report.pending is not None:
         if worker_number() is None:

@@ -5,11 +5,14 @@ Everything here is READ from what `forecast hpo` recorded; nothing is re-derived
       splits) and its budget label;
   the best trial's user attrs: exact parameter count (`params`), architecture (`arch_id`), best
       epoch, its log folder (`log_dir`, whose parent holds the study's best.yaml) and the command
-      that replays it (`replay`).
+      that replays it (`replay`);
+  every trial's state, value and best epoch (`TrialRecord`, for the search-sufficiency view), and
+      where the best trial's draws lie in the ranges they were drawn from (`BestTrial.edges`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -34,6 +37,8 @@ from forecast.training.config import differences
 
 SHOWN_NAMES = 8  # study names listed in an "unknown study" message
 _HEADER = re.compile(r"#\s*Best trial (\d+) of study")
+EDGE = 0.05  # a float/int draw within 5% of its range's (log-)width from an end lies on the edge
+MIN_CHOICES_FOR_EDGE = 3  # with two choices every pick is an "edge": that says nothing
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,24 @@ class BestTrial:
     curve: dict[int, float]  # val/loss per epoch, as the pruner saw it
     log_dir: Path
     replay: str
+    edges: list[str] = field(default_factory=list)  # "d_model 512: the largest of 4 choices", ...
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of a study as the search left it (for the search-sufficiency view).
+
+    Attributes:
+        state: complete, pruned, failed, lost, running or waiting (`forecast.hpo.api.counts`' names).
+        value: the objective (best val/loss) of a complete trial, else the last reported val/loss
+            (a pruned trial), else None.
+    """
+
+    number: int
+    state: str
+    value: float | None
+    best_epoch: int | None
+    epochs_run: int | None
 
 
 @dataclass
@@ -84,6 +107,7 @@ class StudyEntry:
     data: dict[str, Any]
     counts: dict[str, int]
     best: BestTrial
+    trials: list[TrialRecord] = field(default_factory=list)
     config_args: list[str] = field(default_factory=list)
     config_note: str = ""
     problem: str | None = None
@@ -142,7 +166,7 @@ def _entry(study: Study) -> StudyEntry:
     data = stamp["data"]
     label, size = parse_budget(str(stamp["budget"]))
     entry = StudyEntry(study.study_name, series_of(data), label, size, data, counts(trials),
-                       _best(study.best_trial))
+                       _best(study.best_trial), [_record(t) for t in sorted(trials, key=lambda t: t.number)])
     entry.config_args, entry.config_note = config_args(entry.best, study.study_name)
     return entry
 
@@ -162,7 +186,47 @@ def _best(t: FrozenTrial) -> BestTrial:
     return BestTrial(t.number, float(t.value), int(a.get("params", 0)), str(a.get("arch_id", "?")),
                      a.get("best_epoch"), a.get("epochs_run"), values,
                      {int(k): float(v) for k, v in t.intermediate_values.items()},
-                     Path(str(a.get("log_dir", ""))), str(a.get("replay", "")))
+                     Path(str(a.get("log_dir", ""))), str(a.get("replay", "")), edges(t))
+
+
+def _record(t: FrozenTrial) -> TrialRecord:
+    state = next(k for k, n in counts([t]).items() if n)  # counts names it (a FAIL is "failed" or "lost")
+    value = t.value if t.value is not None else (
+        t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+    a = t.user_attrs
+    return TrialRecord(t.number, state, None if value is None else float(value), a.get("best_epoch"),
+                       a.get("epochs_run"))
+
+
+def edges(t: FrozenTrial) -> list[str]:
+    """The best trial's draws that lie on the edge of what they were drawn from.
+
+    An architecture level (d_model, then `ffn_ratio@...`, `n_layers@...`, `n_heads@...` within the
+    width chosen) is on the edge when it is the smallest or largest of at least
+    `MIN_CHOICES_FOR_EDGE` choices; a float or int setting (lr, weight decay, ...) when it lies
+    within `EDGE` of its range's width (in log space for a log range) from either end. Read through
+    the distributions' public attributes (`choices`, `low`, `high`, `log`).
+    """
+    found = []
+    for name, dist in t.distributions.items():
+        value = t.params.get(name)
+        label = name.split("@")[0]
+        choices = getattr(dist, "choices", None)
+        if choices is not None:
+            numbers = sorted(c for c in choices if isinstance(c, int | float))
+            if len(numbers) >= MIN_CHOICES_FOR_EDGE and value in (numbers[0], numbers[-1]):
+                end = "smallest" if value == numbers[0] else "largest"
+                found.append(f"{label} {value:g}: the {end} of {len(numbers)} choices")
+            continue
+        low, high, log = getattr(dist, "low", None), getattr(dist, "high", None), getattr(dist, "log", False)
+        if low is None or high is None or not high > low or not isinstance(value, int | float):
+            continue
+        scale = (lambda v: math.log(v)) if log and low > 0 else (lambda v: v)
+        where = (scale(value) - scale(low)) / (scale(high) - scale(low))
+        if where <= EDGE or where >= 1 - EDGE:
+            end = "bottom" if where <= EDGE else "top"
+            found.append(f"{label} {value:.3g}: at the {end} of [{low:g}, {high:g}]")
+    return found
 
 
 def config_args(best: BestTrial, study: str) -> tuple[list[str], str]:

@@ -8,7 +8,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from forecast.report.build import Report, SeriesResult
+from forecast.report.equivalence import verdict_text
+from forecast.report.limits import MIN_PER_CLASS, TOO_FEW, enough, too_few_text
 from forecast.report.stats import LEVEL, MIN_BUDGETS_FOR_FIT, MIN_SEEDS, Comparison
+from forecast.report.sufficiency import MIN_TRIALS
 from forecast.report.tables import series_folds
 from forecast.training.baselines import BASELINES
 
@@ -44,20 +47,32 @@ def _header(report: Report) -> list[str]:
 
 
 def _answer(report: Report) -> list[str]:
-    head = ["series", "budgets", "verdict", "test-loss slope per 10x params [95% CI]",
-            "largest - smallest, test loss", "largest - logistic, test loss", "largest - logistic, test AUROC"]
+    head = ["series", "budgets", "verdict", "test-loss slope per 10x params [95% CI] (MDE)",
+            "largest - smallest, test loss", "largest - logistic, test loss", "largest - logistic, test AUROC",
+            "search"]
     rows = []
     for r in report.series:
         ok = r.reported
         big = ok[-1].entry.budget if ok else None
         small = ok[0].entry.budget if ok else None
-        rows.append([r.series.label, ", ".join(s.entry.budget for s in ok) or "none", f"**{r.verdict}**",
-                     _claim(r.claim("slope per 10x params", "loss")),
+        slope = r.claim("slope per 10x params", "loss")
+        shown = _verdict(slope) if slope is not None else r.verdict
+        rows.append([r.series.label, ", ".join(s.entry.budget for s in ok) or "none", f"**{shown}**",
+                     _claim(slope, mde=True),
                      _claim(r.claim(f"{big} - {small}", "loss")) if len(ok) > 1 else "n/a",
-                     _claim(r.claim(f"{big} - logistic", "loss")), _claim(r.claim(f"{big} - logistic", "auroc"))])
+                     _claim(r.claim(f"{big} - logistic", "loss")), _claim(r.claim(f"{big} - logistic", "auroc")),
+                     _search_word(r)])
+    o = report.options
     return ["## Answer", "", *_table(head, rows), "",
             "Differences are pooled over every fold's test samples: negative loss (positive AUROC) differences "
-            "favour the first-named model. A verdict is given only where its interval excludes 0.", ""]
+            "favour the first-named model. A verdict is \"better\"/\"worse\" only where its interval excludes 0, "
+            f"\"equivalent\" only where it lies inside the margin (±{o.equivalence_loss:g} nats, "
+            f"±{o.equivalence_auroc:g} AUROC); MDE = the smallest effect this design finds 80% of the time.", ""]
+
+
+def _search_word(r: SeriesResult) -> str:
+    weak = [s.entry.budget for s in r.studies if s.search is not None and s.search.unconverged]
+    return f"unconverged: {', '.join(weak)}" if weak else "converged"
 
 
 def _how_to_read(report: Report) -> list[str]:
@@ -75,9 +90,21 @@ def _how_to_read(report: Report) -> list[str]:
         "stationary blocks (length from the Politis-White rule, shown per series), because overlapping h-day "
         "targets and volatility make neighbouring days' errors alike, and each budget's seeds resampled with "
         "replacement. Every claim of a series uses the same draws, so they are paired by date.",
-        f"- **Verdict**: \"larger helps\" / \"larger hurts\" only when the interval of the slope of pooled test "
-        f"loss against log10(parameters) excludes 0 and every budget has at least {MIN_SEEDS} seeds; otherwise "
-        "\"no evidence\". Point estimates never decide.",
+        f"- **Verdict**: \"larger helps\" / \"larger hurts\" (\"model better\" / \"model worse\" against a "
+        "baseline) only when the claim's interval excludes 0 and every model in it has at least "
+        f"{MIN_SEEDS} seeds; \"equivalent within ±δ\" when the whole interval lies inside ±δ "
+        f"(δ = {o.equivalence_loss:g} nats of log loss, per 10x parameters for the slope, and "
+        f"{o.equivalence_auroc:g} AUROC: `--equivalence-loss`, `--equivalence-auroc`); otherwise \"no evidence\", "
+        "with the largest effect the interval still allows. Point estimates never decide.",
+        "- **MDE** (minimum detectable effect): the smallest true effect this design (these dates, block "
+        "length and seeds) would call at 5% with 80% power, from the claim's own interval: "
+        "MDE = (1.96 + 0.84) x se, se = the interval's width / 3.92. An effect below it can hide in "
+        "\"no evidence\".",
+        f"- **Search sufficiency**: a study is *unconverged* when fewer than {MIN_TRIALS} trials finished, when "
+        "its best value last improved (by more than 0.001) within the last quarter of its trials, or when its "
+        "best trial's best epoch was the last one allowed. A claim resting on such a study says so.",
+        f"- **Descriptive cells** (folds, VIX levels) with fewer than {MIN_PER_CLASS} positive or negative "
+        "samples show \"too few\"; an interval over fewer than 2 distinct values is not printed.",
         "- **Baselines** are fitted per fold on the same training split and scored on the same samples: the class "
         "prior; logistic regression and HistGradientBoosting on stationary inputs (returns, ranges, indicators "
         "relative to price, a few lagged returns), their regularisation chosen on the fold's validation period.",
@@ -94,8 +121,24 @@ def _series(r: SeriesResult) -> list[str]:
     if r.fit is not None:
         shape = "no falling power law" if r.fit.degenerate else f"alpha {r.fit.alpha:.3f}, L_inf {r.fit.l_inf:.4f}"
         lines.append(f"Power law (descriptive): {shape}.")
+    lines += _inputs(r)
     lines.append("")
-    return lines + _fold_table(r) + _claims_table(r) + _best_table(r) + _regime_table(r) + _notes(r)
+    return (lines + _fold_table(r) + _claims_table(r) + _best_table(r) + _search_table(r) + _regime_table(r)
+            + _notes(r))
+
+
+def _inputs(r: SeriesResult) -> list[str]:
+    """Which inputs each model had (the transformer's depend on the studies' `data.inputs`)."""
+    from forecast.data.stationary import stationary_names
+    from forecast.data.tiers import TIERS
+
+    if r.series.tier not in TIERS:
+        return []
+    columns = TIERS[r.series.tier].columns
+    stationary = f"the {len(stationary_names(columns))} stationary inputs (returns, ranges, indicators relative to price)"
+    model = stationary if r.series.inputs == "stationary" else f"the tier's {len(columns)} columns"
+    return [f"Inputs: PatchTST saw {model}, scaled on training rows and normalised per window (RevIN); "
+            f"logistic regression and HistGradientBoosting saw {stationary}."]
 
 
 def _fold_table(r: SeriesResult) -> list[str]:
@@ -110,6 +153,9 @@ def _fold_table(r: SeriesResult) -> list[str]:
         cells = []
         for n in names:
             m = own[own["budget"] == n]
+            if not enough(f.labels):
+                cells.append(too_few_text(f.labels))
+                continue
             cells.append(f"{m['auroc'].mean():.3f} / {m['loss'].mean():.4f}" if len(m) else "n/a")
         rows.append([str(f.index), f"{f.test[0]}..{f.test[1]}", str(len(f.dates)), f"{f.labels.mean():.1%}", *cells])
     return ["### Per fold (models: mean over seeds)", "", *_table(head, rows), ""]
@@ -118,8 +164,9 @@ def _fold_table(r: SeriesResult) -> list[str]:
 def _claims_table(r: SeriesResult) -> list[str]:
     if not r.comparisons:
         return []
-    head = ["claim", "metric", "estimate [95% CI]", "verdict"]
-    rows = [[c.comparison, c.metric, _claim(c), c.verdict] for c in r.comparisons]
+    head = ["claim", "metric", "estimate [95% CI]", "MDE", "verdict", "search"]
+    rows = [[c.comparison, c.metric, _claim(c), _number(c.mde), _verdict(c), r.search_note(c) or "converged"]
+            for c in r.comparisons]
     return ["### Pooled paired differences", "", *_table(head, rows), "",
             f"Method: {r.comparisons[0].method}.", ""]
 
@@ -131,6 +178,20 @@ def _best_table(r: SeriesResult) -> list[str]:
     return ["### Best trial of each budget (chosen on the search's validation period)", "", *_table(head, rows), ""]
 
 
+def _search_table(r: SeriesResult) -> list[str]:
+    shown = [s for s in r.studies if s.search is not None]
+    if not shown:
+        return []
+    head = ["budget", "trials complete / pruned / failed", "best trial", "best epoch", "unconverged because",
+            "warnings"]
+    rows = [[s.entry.budget, f"{q.complete} / {q.pruned} / {q.failed}",
+             f"{q.best_trial} (#{q.best_at} of {q.finished} finished)", q.epoch_text,
+             "; ".join(q.reasons) or "converged", "; ".join(q.warnings) or "-"]
+            for s in shown if (q := s.search) is not None]
+    return ["### Search sufficiency (was each budget searched and trained enough?)", "", *_table(head, rows), "",
+            "Best-so-far validation loss per trial: `search.png`.", ""]
+
+
 def _regime_table(r: SeriesResult) -> list[str]:
     shown = [s for s in r.studies if s.regimes]
     if not shown:
@@ -138,7 +199,8 @@ def _regime_table(r: SeriesResult) -> list[str]:
     head = ["budget", *(g.name for g in shown[0].regimes)]
     rows = [["test samples (positive rate)",
              *(f"{g.windows} ({g.positive_rate:.1%})" if g.windows else "0" for g in shown[0].regimes)]]
-    rows += [[s.entry.budget, *(g.auroc.text(3) for g in s.regimes)] for s in shown]
+    rows += [[s.entry.budget, *(f"{TOO_FEW} ({g.positives} positive)" if g.too_few else g.auroc.text(3)
+                                for g in s.regimes)] for s in shown]
     return ["### Test AUROC by VIX level, all folds (mean and t-interval over seeds; descriptive)", "",
             *_table(head, rows), ""]
 
@@ -173,9 +235,17 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [row(head), row(["---"] * len(head)), *map(row, rows)]
 
 
-def _claim(c: Comparison | None) -> str:
+def _claim(c: Comparison | None, mde: bool = False) -> str:
     if c is None or not math.isfinite(c.estimate):
         return "n/a"
     if not (math.isfinite(c.lo) and math.isfinite(c.hi)):
         return f"{c.estimate:+.4f} (no interval)"
-    return f"{c.estimate:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]"
+    return f"{c.estimate:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]" + (f" (MDE {c.mde:.4f})" if mde else "")
+
+
+def _number(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else "n/a"
+
+
+def _verdict(c: Comparison) -> str:
+    return verdict_text(c.verdict, c.lo, c.hi, c.delta)

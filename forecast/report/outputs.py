@@ -7,7 +7,7 @@ from pathlib import Path
 from forecast.io import atomic_path, write_text_atomic
 from forecast.report.build import Report, ReportOptions, Say, build_report
 from forecast.report.markdown import render
-from forecast.report.plots import folds_figure, save_png, scaling_figure
+from forecast.report.plots import folds_figure, save_png, scaling_figure, search_figure
 from forecast.report.tables import TABLES
 
 TENSORBOARD = "tensorboard"
@@ -22,7 +22,7 @@ def make_report(options: ReportOptions, say: Say = print) -> Report:
 
 
 def write_outputs(report: Report, out: Path) -> list[Path]:
-    """report.md, the CSVs, folds.png, scaling.png and TensorBoard figures.
+    """report.md, the CSVs, folds.png, scaling.png, search.png and TensorBoard figures.
 
     Returns:
         The files written, report.md last (it lists the others).
@@ -36,7 +36,7 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
         written.append(out / name)
-    figures = {"folds": folds_figure(report), "scaling": scaling_figure(report)}
+    figures = {"folds": folds_figure(report), "scaling": scaling_figure(report), "search": search_figure(report)}
     for name, fig in figures.items():
         save_png(fig, out / f"{name}.png")
         written.append(out / f"{name}.png")

@@ -4,6 +4,8 @@
   seed a dot) and one dashed line per baseline; one panel per series.
 - `scaling_figure`: pooled test loss and AUROC against exact parameter count (log axis), one line
   per series, error bars = the joint block-bootstrap interval; the baselines as horizontal lines.
+- `search_figure`: one panel per study: every finished trial's validation loss (pruned ones at
+  their last reported epoch) and the best-so-far curve, titled with the sufficiency verdict.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def folds_figure(report: Report) -> Figure:
             ax.set_title(f"{r.series.label}: not reported", fontsize=10)
             continue
         rows = frame[(frame["horizon"] == r.series.horizon) & (frame["task"] == r.series.task)
-                     & (frame["tier"] == r.series.tier) & (frame["symbol"] == r.series.symbol)]
+                     & (frame["tier"] == r.series.tier) & (frame["symbol"] == r.series.symbol)
+                     & (frame["inputs"] == r.series.inputs)]
         models = [s.entry.budget for s in r.reported]
         for i, budget in enumerate(models):
             own = rows[rows["budget"] == budget]
@@ -86,6 +89,38 @@ def scaling_figure(report: Report) -> Figure:
     if axes[0].get_legend_handles_labels()[0]:  # nothing to name when no series could be reported
         axes[0].legend(fontsize=8, title="baselines: prior ':', logistic '--', HistGB '-.'", title_fontsize=7)
     fig.suptitle("Scaling over all folds: 95% joint block-bootstrap intervals (dates x seeds)")
+    return fig
+
+
+def search_figure(report: Report) -> Figure:
+    """Best-so-far validation loss per trial, one panel per study (`forecast.report.sufficiency`)."""
+    studies = [(r.series, s) for r in report.series for s in r.studies if s.search is not None]
+    cols = max(min(len(studies), 3), 1)
+    rows = max(-(-len(studies) // cols), 1)
+    fig = Figure(figsize=(4.6 * cols, 3.4 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(studies):]:
+        ax.set_axis_off()
+    for ax, (series, s) in zip(axes, studies, strict=False):
+        q = s.search
+        for state, style in (("complete", dict(color="tab:blue", marker="o", ls="")),
+                             ("pruned", dict(color="tab:gray", marker="x", ls="")),
+                             ("failed", dict(color="tab:red", marker="v", ls=""))):
+            found = [(t.number, t.value) for t in s.entry.trials if t.state == state and t.value is not None]
+            if found:
+                ax.plot(*zip(*found, strict=True), label=state, **style)
+        if q.curve:
+            ax.step(*zip(*q.curve, strict=True), where="post", color="black", lw=1.2, label="best so far")
+        ax.axvline(q.best_trial, color="tab:green", lw=0.8, ls="--")
+        ax.set_title(f"{series.label} {s.entry.budget}: {'UNCONVERGED' if q.unconverged else 'converged'}",
+                     fontsize=8, color="tab:red" if q.unconverged else "black")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("val/loss")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("Search sufficiency: each trial's validation loss and the best so far (dashed: the best trial)",
+                 fontsize=10)
     return fig
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from forecast.report.limits import MIN_PER_CLASS, class_counts, enough
 from forecast.report.stats import Interval, clipped, t_interval
 
 VIX_COLUMN = "vix_close"
@@ -27,7 +28,12 @@ class Regime:
     name: str
     windows: int
     positive_rate: float
-    auroc: Interval
+    auroc: Interval  # NaN when the level holds too few positives or negatives (`limits.enough`)
+    positives: int = 0
+
+    @property
+    def too_few(self) -> bool:
+        return min(self.positives, self.windows - self.positives) < MIN_PER_CLASS
 
 
 def vix_at_test_windows(dm) -> np.ndarray | None:
@@ -55,14 +61,15 @@ def regimes(vix: np.ndarray, labels: np.ndarray, probs_by_seed: Sequence[Sequenc
         probs_by_seed: each seed's predicted probability per test window (same order).
 
     Returns:
-        One `Regime` per level; its AUROC is NaN where the level holds one class or no window.
+        One `Regime` per level; its AUROC is NaN where the level holds fewer than `MIN_PER_CLASS`
+        positives or negatives (the table says "too few").
     """
     out = []
     for (name, _, _), mask in zip(LEVELS, level_masks(vix), strict=True):
         y = labels[mask]
-        scores = [_auroc(y, np.asarray(p)[mask]) for p in probs_by_seed]
         rate = float(y.mean()) if len(y) else math.nan
-        out.append(Regime(name, int(mask.sum()), rate, clipped(t_interval(scores), 0.0, 1.0)))
+        scores = [_auroc(y, np.asarray(p)[mask]) for p in probs_by_seed] if enough(y) else []
+        out.append(Regime(name, int(mask.sum()), rate, clipped(t_interval(scores), 0.0, 1.0), class_counts(y)[0]))
     return out
 
 

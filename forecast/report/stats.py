@@ -72,14 +72,15 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
         level: coverage of the interval.
 
     Returns:
-        mean +- t_{(1+level)/2, n-1} * s / sqrt(n); lo/hi are NaN for fewer than 2 values.
+        mean +- t_{(1+level)/2, n-1} * s / sqrt(n); lo/hi are NaN for fewer than 2 DISTINCT values
+        (a zero-width interval would claim a certainty nothing measured).
     """
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     if len(x) == 0:
         return Interval(math.nan, math.nan, math.nan, 0)
     mean = float(x.mean())
-    if len(x) < 2:
-        return Interval(mean, math.nan, math.nan, 1)
+    if len(np.unique(x)) < 2:
+        return Interval(mean, math.nan, math.nan, len(x))
     half = float(sps.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return Interval(mean, mean - half, mean + half, len(x))
 

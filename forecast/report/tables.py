@@ -8,6 +8,7 @@
   runs.csv         one row per retrain (fold x seed): its test metrics and where its logs are
   predictions.csv  one row per test sample x model seed or baseline: date, probability, label
   regimes.csv      one row per study x VIX level (tiers with VIX only)
+  search.csv       one row per study: its trials, where the best was found, unconverged or not and why
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pandas as pd
 from forecast.metrics import MONITOR
 from forecast.report.build import Report, SeriesResult
 from forecast.report.collect import Series
+from forecast.report.equivalence import not_excluded
 from forecast.report.stats import LEVEL
 from forecast.training.baselines import BASELINES, scores
 
@@ -30,9 +32,12 @@ def _series_cols(s: Series) -> dict[str, Any]:
 
 
 def verdicts_frame(report: Report) -> pd.DataFrame:
-    """verdicts.csv: every claim with its interval and how it was made."""
+    """verdicts.csv: every claim with its interval, minimum detectable effect (80% power at 5%),
+    equivalence margin, the largest effect its interval leaves open, verdict and how it was made."""
     rows = [{**_series_cols(r.series), "comparison": c.comparison, "kind": c.kind, "metric": c.metric,
-             "estimate": c.estimate, "lo": c.lo, "hi": c.hi, "method": c.method, "verdict": c.verdict}
+             "estimate": c.estimate, "lo": c.lo, "hi": c.hi, "mde": c.mde, "margin": c.delta,
+             "not_excluded": not_excluded(c.lo, c.hi), "verdict": c.verdict,
+             "search": r.search_note(c), "method": c.method}
             for r in report.series for c in r.comparisons]
     return pd.DataFrame(rows)
 
@@ -135,9 +140,26 @@ def regimes_frame(report: Report) -> pd.DataFrame:
         for s in r.studies:
             for g in s.regimes:
                 rows.append({**_series_cols(r.series), "budget": s.entry.budget, "regime": g.name,
-                             "windows": g.windows, "positive_rate": g.positive_rate,
+                             "windows": g.windows, "positives": g.positives, "too_few": g.too_few,
+                             "positive_rate": g.positive_rate,
                              "test_auroc_mean": g.auroc.estimate, "test_auroc_lo": g.auroc.lo,
                              "test_auroc_hi": g.auroc.hi})
+    return pd.DataFrame(rows)
+
+
+def search_frame(report: Report) -> pd.DataFrame:
+    """search.csv: each study's search sufficiency (`forecast.report.sufficiency`)."""
+    rows = []
+    for r in report.series:
+        for s in r.studies:
+            q = s.search
+            if q is None:
+                continue
+            rows.append({**_series_cols(r.series), "budget": s.entry.budget, "study": s.entry.name,
+                         "complete": q.complete, "pruned": q.pruned, "failed": q.failed, "best_trial": q.best_trial,
+                         "best_at": q.best_at, "best_epoch": q.best_epoch, "max_epochs": q.max_epochs,
+                         "unconverged": q.unconverged, "reasons": "; ".join(q.reasons),
+                         "warnings": "; ".join(q.warnings)})
     return pd.DataFrame(rows)
 
 
@@ -148,4 +170,5 @@ TABLES = {
     "runs.csv": runs_frame,
     "predictions.csv": predictions_frame,
     "regimes.csv": regimes_frame,
+    "search.csv": search_frame,
 }
