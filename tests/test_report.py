@@ -26,6 +26,7 @@ from forecast.hpo.study import HpoOptions, run_study
 from forecast.metrics import MONITOR
 from forecast.report.build import ReportOptions
 from forecast.report.outputs import make_report
+from forecast.report.equivalence import verdict_text
 from forecast.report.stats import NO_EVIDENCE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,15 @@ def test_predictions_are_kept_for_every_retrain_and_baseline_on_the_same_samples
 def test_verdicts_are_date_paired_bootstrap_claims(report):
     result, out, _ = report
     v = pd.read_csv(out / "verdicts.csv")
-    assert {"horizon", "comparison", "metric", "estimate", "lo", "hi", "method", "verdict"} <= set(v.columns)
+    assert {"horizon", "inputs", "comparison", "metric", "estimate", "lo", "hi", "mde", "margin", "not_excluded",
+            "method", "verdict", "search"} <= set(v.columns)
+    # every claim has its MDE (from its own interval) and one of the four verdicts
+    assert set(v["verdict"]) <= {"larger helps", "larger hurts", "model better", "model worse", "equivalent",
+                                 NO_EVIDENCE}
+    assert np.allclose(v["mde"], 2.8016 / 3.9199 * (v["hi"] - v["lo"]), rtol=1e-3)
+    assert set(v.loc[v["metric"] == "loss", "margin"]) == {0.01} and set(v.loc[v["metric"] == "auroc", "margin"]) == {0.02}
+    # 1-trial searches: every claim says it rests on an unconverged search
+    assert v["search"].str.startswith("rests on an unconverged search").all()
     big, small = BUDGETS[-1], BUDGETS[0]
     claims = set(zip(v["comparison"], v["metric"], strict=True))
     for metric in ("loss", "auroc"):
@@ -158,6 +167,19 @@ def test_verdicts_are_date_paired_bootstrap_claims(report):
         assert slope["verdict"] == NO_EVIDENCE
 
 
+def test_search_sufficiency_is_read_from_the_studies(report, studies):
+    result, out, _ = report
+    url, _ = studies
+    search = pd.read_csv(out / "search.csv").set_index("budget")
+    for budget in BUDGETS:
+        study = _study(url, budget)
+        row = search.loc[budget]
+        assert (row["complete"], row["pruned"], row["failed"]) == (1, 0, 0)
+        assert row["best_trial"] == study.best_trial.number and row["max_epochs"] == 1
+        assert row["unconverged"] and "only 1 trials finished" in row["reasons"]
+        assert "its last (epoch 1 of 1" in row["reasons"]  # 1 epoch allowed: the best is at the limit
+
+
 def test_regimes_partition_the_pooled_test_samples(report):
     _, out, _ = report
     regimes = pd.read_csv(out / "regimes.csv")
@@ -169,10 +191,14 @@ def test_regimes_partition_the_pooled_test_samples(report):
 def test_report_md_reads_without_the_code(report):
     result, out, _ = report
     text = (out / "report.md").read_text()
+    slope = result.series[0].claim("slope per 10x params", "loss")
+    assert f"**{verdict_text(slope.verdict, slope.lo, slope.hi, slope.delta)}**" in text
     for needle in ("## Answer", "## How to read this", "Walk-forward folds", "SYN c threshold0.01 h=1",
                    "### Per fold", "### Pooled paired differences", "stationary block bootstrap",
                    "class prior", "logistic regression", "HistGradientBoosting", "Test AUROC by VIX level",
-                   f"**{result.series[0].verdict}**", "folds.png", "verdicts.csv", "Block length"):
+                   "folds.png", "verdicts.csv", "Block length", "MDE", "### Search sufficiency", "search.png",
+                   "Inputs: PatchTST saw the tier's 33 columns", "unconverged: 6K, 20K",
+                   "only 1 trials finished (< 10"):
         assert needle in text, needle
     assert "Could not be reported" not in text and not list(out.glob(".*.tmp"))
 
@@ -180,12 +206,12 @@ def test_report_md_reads_without_the_code(report):
 # -- plots ---------------------------------------------------------------------------------------
 def test_plots_are_written_and_logged_to_tensorboard(report):
     _, out, _ = report
-    for name in ("folds.png", "scaling.png"):
+    for name in ("folds.png", "scaling.png", "search.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, name
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
-    assert set(events.Tags()["images"]) == {"report/folds", "report/scaling"}
+    assert set(events.Tags()["images"]) == {"report/folds", "report/scaling", "report/search"}
 
 
 # -- a rerun reuses every retrain; the command line --------------------------------------------

@@ -118,7 +118,8 @@ def sufficiency(entry: StudyEntry, max_epochs: int | None) -> Sufficiency:
     if n and gain > math.floor((1 - LAST_SHARE) * n):  # of 3 trials the 3rd, of 8 the 7th and 8th
         reasons.append(f"the best improved at trial {gain} of {n}, within the last quarter")
     if found.at_limit:
-        reasons.append(f"the best trial's best epoch was its last ({found.epoch_text}): still improving")
+        reasons.append(f"the best trial's best epoch was its last allowed, epoch {best.best_epoch + 1} of {limit}: "
+                       "still improving")
     if best.best_epoch == 0 and not found.at_limit:
         warnings.append("the best trial's best epoch was its first: later epochs only got worse")
     if found.edges:
