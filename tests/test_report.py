@@ -25,8 +25,8 @@ from forecast.data.tiers import build_and_write
 from forecast.hpo.study import HpoOptions, run_study
 from forecast.metrics import MONITOR
 from forecast.report.build import ReportOptions
-from forecast.report.outputs import make_report
 from forecast.report.equivalence import verdict_text
+from forecast.report.outputs import make_report
 from forecast.report.stats import NO_EVIDENCE
 
 ROOT = Path(__file__).resolve().parents[1]

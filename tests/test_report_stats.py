@@ -16,9 +16,16 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 from sklearn.metrics import roc_auc_score
 
+from forecast.report.equivalence import (
+    EQUIVALENT,
+    Margins,
+    mde,
+    not_excluded,
+    verdict,
+    verdict_text,
+)
 from forecast.report.limits import MIN_PER_CLASS
 from forecast.report.regimes import LEVELS, regimes, vix_at_test_windows
-from forecast.report.equivalence import EQUIVALENT, Margins, mde, not_excluded, verdict, verdict_text
 from forecast.report.stats import (
     BETTER,
     HELPS,
@@ -28,11 +35,11 @@ from forecast.report.stats import (
     Interval,
     auroc_rows,
     block_length,
-    log_loss_per_date,
     clipped,
     compare,
     decide,
     fit_power_law,
+    log_loss_per_date,
     paired_bootstrap,
     power_law,
     scaling_verdict,
