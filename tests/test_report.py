@@ -177,7 +177,7 @@ def test_search_sufficiency_is_read_from_the_studies(report, studies):
         assert (row["complete"], row["pruned"], row["failed"]) == (1, 0, 0)
         assert row["best_trial"] == study.best_trial.number and row["max_epochs"] == 1
         assert row["unconverged"] and "only 1 trials finished" in row["reasons"]
-        assert "its last (epoch 1 of 1" in row["reasons"]  # 1 epoch allowed: the best is at the limit
+        assert "its last allowed, epoch 1 of 1" in row["reasons"]  # 1 epoch allowed: the best is at the limit
 
 
 def test_regimes_partition_the_pooled_test_samples(report):

@@ -114,7 +114,10 @@ def _how_to_read(report: Report) -> list[str]:
 
 
 def _series(r: SeriesResult) -> list[str]:
-    lines = [f"## {r.series.label}", "", f"Verdict: **{r.verdict}** ({r.method})."]
+    slope = r.claim("slope per 10x params", "loss")
+    said = _verdict(slope) if slope is not None else r.verdict
+    weak = r.search_note(slope) if slope is not None else ""
+    lines = [f"## {r.series.label}", "", f"Verdict: **{said}** ({r.method})." + (f" This verdict {weak}." if weak else "")]
     if r.draws is not None:
         lines.append(f"Block length {r.draws.block} days over {r.draws.dates} test dates; "
                      f"{len(r.draws.loss_draws)} joint draws.")
@@ -238,7 +241,7 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def _claim(c: Comparison | None, mde: bool = False) -> str:
     if c is None or not math.isfinite(c.estimate):
         return "n/a"
-    if not (math.isfinite(c.lo) and math.isfinite(c.hi)):
+    if not (math.isfinite(c.lo) and math.isfinite(c.hi)) or c.lo == c.hi:  # zero width: nothing measured
         return f"{c.estimate:+.4f} (no interval)"
     return f"{c.estimate:+.4f} [{c.lo:+.4f}, {c.hi:+.4f}]" + (f" (MDE {c.mde:.4f})" if mde else "")
 

@@ -23,6 +23,7 @@ from forecast.metrics import MONITOR
 from forecast.report.build import Report, SeriesResult
 from forecast.report.collect import Series
 from forecast.report.equivalence import not_excluded
+from forecast.report.limits import enough
 from forecast.report.stats import LEVEL
 from forecast.training.baselines import BASELINES, scores
 
@@ -58,7 +59,7 @@ def series_folds(r: SeriesResult) -> pd.DataFrame:
     for f in r.folds:
         head = {**_series_cols(r.series), "fold": f.index, "test_start": f.test[0], "test_end": f.test[1],
                 "train_end": f.train[1], "val_start": f.val[0], "windows": len(f.dates),
-                "positive_rate": float(f.labels.mean())}
+                "positive_rate": float(f.labels.mean()), "too_few": not enough(f.labels)}
         for s in r.reported:
             for run in sorted((x for x in s.runs if x.fold == f.index), key=lambda x: x.seed):
                 rows.append({**head, "budget": s.entry.budget, "params": s.entry.best.params, "seed": run.seed,
