@@ -14,15 +14,15 @@ from conftest import synthetic_raw, synthetic_vix
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forecast.baselines import LOGISTIC_C, fit_baselines, stationary_features
-from forecast.budget import tier_features
 from forecast.data.datamodule import ForecastDataModule
 from forecast.data.raw import write_raw
 from forecast.data.stationary import stationary_frame, stationary_names
 from forecast.data.tiers import TIERS, build_and_write
 from forecast.errors import ForecastError
 from forecast.hpo.config import study_name
-from forecast.train import cli_main
+from forecast.sizing.budget import tier_features
+from forecast.training.baselines import LOGISTIC_C, fit_baselines, stationary_features
+from forecast.training.cli import cli_main
 
 SYMBOL = "SYN"
 VAL_START, TEST_START = "2017-07-03", "2018-04-02"

@@ -233,10 +233,13 @@ def architectures(budget: str | int, n_features: int, context_length: int = 80,
 # ------------------------------------------------------------------------ `forecast arch`
 
 
-def tier_features(tier: str) -> int:
-    """Number of feature columns of a registered tier."""
+def tier_features(tier: str, inputs: str = "tier") -> int:
+    """Number of input features of a registered tier: its columns, or the stationary inputs built
+    from them (`inputs="stationary"`, `forecast.data.stationary`)."""
+    from forecast.data.stationary import stationary_names
     from forecast.data.tiers import TIERS  # lazily: `forecast arch` needs TA-Lib only for this
 
     if tier not in TIERS:
         raise ForecastError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
-    return len(TIERS[tier].columns)
+    columns = TIERS[tier].columns
+    return len(stationary_names(columns)) if inputs == "stationary" else len(columns)

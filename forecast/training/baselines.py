@@ -2,10 +2,10 @@
 
 - `prior`: always the training split's positive rate (the bar any model must clear).
 - `logistic`: logistic regression, `hist_gb`: histogram gradient boosting, both on STATIONARY
-  inputs built from the tier (`stationary_features`): returns over 1, 5 and 20 days and the last
-  few days' returns from the context, ranges and indicator values relative to the price (never a
-  raw price level, whose scale drifts out of the training range), oscillators as they are, volume
-  relative to its 20-day mean. Their regularisation is chosen on the split's validation period
+  inputs built from the tier (`forecast.data.stationary`, shared with the network's
+  `inputs: stationary`): returns over 1, 5 and 20 days and the last few days' returns, ranges and
+  indicator values relative to the price (never a raw price level, whose scale drifts out of the
+  training range), oscillators as they are, volume relative to its 20-day mean. Their regularisation is chosen on the split's validation period
   (lowest val log loss), as the transformer's epochs are; the model is fitted on train only.
 
 `python -m forecast.training.baselines --config configs/spy.yaml [LightningCLI flags, e.g. --data.folds 4
@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,61 +30,22 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from forecast.data.datamodule import SPLITS, ForecastDataModule
+from forecast.data.stationary import stationary_features as stationary_inputs
 from forecast.io import atomic_path
 
 BASELINES = ("prior", "logistic", "hist_gb")
 EPS = 1e-7
-# Regularisation grids, chosen per split set on validation log loss.
+# Regularisation grids, chosen per split set on validation log loss. A C chosen at either end of
+# LOGISTIC_C extends the grid once by a decade past that end (`EXTEND_BY`); a choice still at the
+# end of the extended grid is flagged in its `chosen` text (the report prints it).
 LOGISTIC_C = (0.001, 0.01, 0.1, 1.0)
+EXTEND_BY = 10.0
 HIST_GB = tuple({"max_leaf_nodes": leaves, "l2_regularization": l2, "max_iter": iters}
                 for leaves, l2, iters in ((7, 1.0, 100), (15, 1.0, 200), (7, 10.0, 300), (31, 10.0, 100)))
-# Columns whose value is a price level: expressed relative to the close (x / close - 1).
-PRICE_LEVEL = ("open", "high", "low", "dema_9", "dema_10", "dema_20", "dema_25", "dema_90", "sma_12",
-               "sma_50", "sma_100", "sma_200", "vwap_20")
-PER_PRICE = ("atr_14", "macd")  # price units, not levels: divided by the close
-RETURN_LAGS = (1, 2, 3, 4)  # earlier days' 1-day returns, from the sample's context
-
-
 def stationary_features(dm: ForecastDataModule) -> tuple[np.ndarray, list[str]]:
-    """[rows, G] inputs whose scale does not drift with the price level, and their names.
-
-    Row t uses rows <= t only (returns and rolling means look back), like the tier itself.
-    """
-    raw = pd.DataFrame(dm.raw_features, columns=dm.feature_names)
-    out: dict[str, pd.Series] = {}
-    close = raw.get("close")
-    if close is not None:
-        ret = np.log(close).diff()
-        out["ret_1"] = ret
-        for lag in RETURN_LAGS:
-            out[f"ret_1_lag{lag}"] = ret.shift(lag)
-        out["ret_5"], out["ret_20"] = np.log(close).diff(5), np.log(close).diff(20)
-        for col in PRICE_LEVEL:
-            if col in raw:
-                out[f"{col}_rel"] = raw[col] / close - 1
-        for col in PER_PRICE:
-            if col in raw:
-                out[f"{col}_rel"] = raw[col] / close
-    if "high" in raw and "low" in raw and close is not None:
-        out["range"] = (raw["high"] - raw["low"]) / close
-    if "volume" in raw:
-        mean_volume = raw["volume"].rolling(20, min_periods=1).mean() + 1.0
-        out["volume_rel"] = np.log((raw["volume"] + 1.0) / mean_volume)
-        for col in ("obv", "adosc"):
-            if col in raw:
-                step = raw[col].diff(5) if col == "obv" else raw[col]
-                out[f"{col}_rel"] = step / mean_volume
-    if "vix_close" in raw:
-        out["vix_log"] = np.log(raw["vix_close"].clip(lower=1e-6))
-        for col in ("vix_sma_10", "vix_sma_20"):
-            if col in raw:
-                out[f"{col}_rel"] = raw[col] / raw["vix_close"].clip(lower=1e-6) - 1
-    taken = {"close", "volume", "obv", "adosc", "vix_close", "vix_sma_10", "vix_sma_20", *PRICE_LEVEL, *PER_PRICE}
-    for col in raw.columns:  # oscillators and changes are stationary as they are
-        if col not in taken:
-            out[col] = raw[col]
-    frame = pd.DataFrame(out).replace([np.inf, -np.inf], np.nan).fillna(0.0)
-    return frame.to_numpy(dtype=np.float64), list(frame.columns)
+    """[rows, G] stationary inputs of the data module's tier and their names: the one definition in
+    `forecast.data.stationary`, which `inputs: stationary` gives the network too."""
+    return stationary_inputs(dm.raw_features, dm.feature_names)
 
 
 def scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -129,8 +91,7 @@ def fit_baselines(dm: ForecastDataModule, splits: tuple[str, ...] = SPLITS, seed
     y = {s: labels(dm, s) for s in SPLITS}
     out = Baselines({"prior": {s: np.full(len(y[s]), y["train"].mean()) for s in splits}})
     candidates = {
-        "logistic": [(f"C={c:g}", make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000)))
-                     for c in LOGISTIC_C],
+        "logistic": [(f"C={c:g}", _logistic(c)) for c in LOGISTIC_C],
         "hist_gb": [(", ".join(f"{k}={v:g}" for k, v in h.items()),
                      HistGradientBoostingClassifier(learning_rate=0.05, min_samples_leaf=40,
                                                     early_stopping=False, random_state=seed, **h))
@@ -138,16 +99,41 @@ def fit_baselines(dm: ForecastDataModule, splits: tuple[str, ...] = SPLITS, seed
     }
     with threadpool_limits(1):
         for name, options in candidates.items():
-            best, best_loss = None, np.inf
-            for setting, model in options:
-                model.fit(x["train"], y["train"])
-                loss = log_loss(y["val"], np.clip(model.predict_proba(x["val"])[:, 1], EPS, 1 - EPS), labels=[0, 1])
-                if loss < best_loss:
-                    best, best_loss = (setting, model), loss
-            setting, model = best
+            (setting, model), loss = _choose(options, x, y)
+            if name == "logistic":
+                setting, model = _extend_logistic(setting, model, loss, x, y)
             out.chosen[name] = setting
             out.probs[name] = {s: model.predict_proba(x[s])[:, 1] for s in splits}
     return out
+
+
+def _choose(options: list[tuple[str, Any]], x: dict[str, np.ndarray], y: dict[str, np.ndarray]
+            ) -> tuple[tuple[str, Any], float]:
+    """The (setting, fitted model) with the lowest validation log loss, and that loss."""
+    best, best_loss = None, np.inf
+    for setting, model in options:
+        model.fit(x["train"], y["train"])
+        loss = log_loss(y["val"], np.clip(model.predict_proba(x["val"])[:, 1], EPS, 1 - EPS), labels=[0, 1])
+        if loss < best_loss:
+            best, best_loss = (setting, model), loss
+    return best, best_loss
+
+
+def _logistic(c: float) -> Any:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+
+def _extend_logistic(setting: str, model: Any, loss: float, x: dict[str, np.ndarray], y: dict[str, np.ndarray]
+                     ) -> tuple[str, Any]:
+    """A C at either end of `LOGISTIC_C`: try one decade further once; say where the choice lies."""
+    c = float(setting.removeprefix("C="))
+    if c not in (LOGISTIC_C[0], LOGISTIC_C[-1]):
+        return setting, model
+    further = c / EXTEND_BY if c == LOGISTIC_C[0] else c * EXTEND_BY
+    (new_setting, new_model), new_loss = _choose([(f"C={further:g}", _logistic(further))], x, y)
+    if new_loss < loss:
+        return f"{new_setting} (at the edge of its grid even after extending it once to {further:g})", new_model
+    return f"{setting} (grid extended once to C={further:g}, not better)", model
 
 
 def baseline_scores(dm: ForecastDataModule, splits: tuple[str, ...] = ("val", "test"), seed: int = 0) -> dict:

@@ -281,7 +281,8 @@ def apply_memory_plan(config) -> None:
     from forecast.sizing.planner import GB, available_memory_bytes, plan
 
     net = dict(config.model.net.init_args)
-    net.update(n_features=tier_features(config.data.tier), context_length=config.data.context_length)
+    net.update(n_features=tier_features(config.data.tier, config.data.get("inputs", "tier")),
+               context_length=config.data.context_length)
     device = "cuda" if accelerator_kind(config.trainer.accelerator) == "cuda" else "cpu"
     # this rank's device (never cuda:0 from every DDP rank); the host's 16 GB default on CPU
     memory = (int(config.planner.memory_gb * GB) if config.planner.memory_gb is not None
