@@ -19,7 +19,7 @@ from forecast.data.raw import write_raw
 from forecast.data.stationary import stationary_frame, stationary_names
 from forecast.data.tiers import TIERS, build_and_write
 from forecast.errors import ForecastError
-from forecast.hpo.config import study_name
+from forecast.hpo.config import fingerprint, study_name
 from forecast.sizing.budget import tier_features
 from forecast.training.baselines import LOGISTIC_C, fit_baselines, stationary_features
 from forecast.training.cli import cli_main
@@ -101,6 +101,10 @@ def test_fit_on_stationary_inputs_links_the_feature_count(data_dir, tmp_path):
     assert study_name(config, "2M") == "SPY-c-threshold0.01-h1-2M"  # unchanged for the tier's columns
     config["data"]["inputs"] = "stationary"
     assert study_name(config, "2M") == "SPY-c-stationary-threshold0.01-h1-2M"  # never resumes the other
+    config["model"] = {"net": {"init_args": {}}}
+    assert fingerprint(config, "2M", {})["data"]["inputs"] == "stationary"
+    config["data"]["inputs"] = "tier"  # the default leaves a study's fingerprint as it was before the option
+    assert "inputs" not in fingerprint(config, "2M", {})["data"]
 
 
 # -- the logistic baseline's grid ------------------------------------------------------------------

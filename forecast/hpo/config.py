@@ -42,6 +42,8 @@ def fingerprint(config: Mapping[str, Any], budget: str, space: Mapping[str, Any]
     study would not be comparable.
     """
     data = {k: v for k, v in config["data"].items() if k not in OPERATIONAL_DATA_KEYS}
+    if data.get("inputs") == "tier":  # the default: studies recorded before the option existed still resume
+        del data["inputs"]
     net = config["model"]["net"]["init_args"]
     shape = {k: net.get(k) for k in ("patch_len", "stride", "patch_mode", "revin")}
     measured = measured_settings(config, skip=("data", "seed_everything", *searched))
