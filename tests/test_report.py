@@ -287,6 +287,7 @@ def _no_complete_trial(tmp_path: Path, url: str) -> str:
     ("folds", "--seeds and --folds must be >= 1"),
     ("flag", "--data.horizon: not an option"),
     ("devices", "report retrains run on one device"),
+    ("margin", "--equivalence-loss and --equivalence-auroc must be > 0"),
 ])
 def test_bad_input_is_one_line(studies, tmp_path, capsys, case, message):
     url, _ = studies
@@ -296,7 +297,8 @@ def test_bad_input_is_one_line(studies, tmp_path, capsys, case, message):
             "seeds": ["--storage", url, "--seeds", "0"],
             "folds": ["--storage", url, "--folds", "0"],
             "flag": ["--storage", url, "--data.horizon=3"],
-            "devices": ["--storage", url, "--trainer.devices", "2"]}.get(case)
+            "devices": ["--storage", url, "--trainer.devices", "2"],
+            "margin": ["--storage", url, "--equivalence-auroc", "0"]}.get(case)
     if case == "empty":
         optuna.delete_study(study_name=optuna.create_study(storage=args[1]).study_name, storage=args[1])
     if case == "no_complete":
