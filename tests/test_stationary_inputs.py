@@ -23,6 +23,7 @@ from forecast.hpo.config import fingerprint, study_name
 from forecast.sizing.budget import tier_features
 from forecast.training.baselines import LOGISTIC_C, fit_baselines, stationary_features
 from forecast.training.cli import cli_main
+from forecast.training.config import recorded_data
 
 SYMBOL = "SYN"
 VAL_START, TEST_START = "2017-07-03", "2018-04-02"
@@ -105,6 +106,9 @@ def test_fit_on_stationary_inputs_links_the_feature_count(data_dir, tmp_path):
     assert fingerprint(config, "2M", {})["data"]["inputs"] == "stationary"
     config["data"]["inputs"] = "tier"  # the default leaves a study's fingerprint as it was before the option
     assert "inputs" not in fingerprint(config, "2M", {})["data"]
+    # a study recorded with the default spelled out and one recorded without it hold the same data
+    assert recorded_data({"tier": "c", "inputs": "tier", "data_dir": "x"}) == recorded_data({"tier": "c"})
+    assert recorded_data({"tier": "c", "inputs": "stationary"}) == {"tier": "c", "inputs": "stationary"}
 
 
 # -- the logistic baseline's grid ------------------------------------------------------------------

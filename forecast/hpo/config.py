@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from forecast.training.config import OPERATIONAL_DATA_KEYS, measured_settings
+from forecast.training.config import measured_settings, recorded_data
 
 MEASURED = "measured"  # key of the study fingerprint: the trainer, model and callback settings trials share
 
@@ -41,9 +41,7 @@ def fingerprint(config: Mapping[str, Any], budget: str, space: Mapping[str, Any]
     hardware) and the `searched` keys, which each trial draws, may differ; otherwise trials of one
     study would not be comparable.
     """
-    data = {k: v for k, v in config["data"].items() if k not in OPERATIONAL_DATA_KEYS}
-    if data.get("inputs") == "tier":  # the default: studies recorded before the option existed still resume
-        del data["inputs"]
+    data = recorded_data(config["data"])  # a later-added setting at its default: older studies still resume
     net = config["model"]["net"]["init_args"]
     shape = {k: net.get(k) for k in ("patch_len", "stride", "patch_mode", "revin")}
     measured = measured_settings(config, skip=("data", "seed_everything", *searched))

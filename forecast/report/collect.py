@@ -33,7 +33,7 @@ from forecast.hpo.api import (
     study_names,
 )
 from forecast.sizing.budget import parse_budget
-from forecast.training.config import differences
+from forecast.training.config import differences, recorded_data
 
 SHOWN_NAMES = 8  # study names listed in an "unknown study" message
 _HEADER = re.compile(r"#\s*Best trial (\d+) of study")
@@ -264,7 +264,7 @@ def _check_unique(entries: list[StudyEntry]) -> None:
             raise ForecastError(f"studies {other} and {e.name} both hold {e.series.label} at budget "
                                 f"{e.budget}; choose one with --study")
         ref = first.setdefault(e.series, e)
-        diff = differences(ref.data, e.data, "data.")
+        diff = differences(recorded_data(ref.data), recorded_data(e.data), "data.")
         if diff:
             raise ForecastError(f"studies {ref.name} and {e.name} of {e.series.label} were run on different "
                                 f"data ({diff[0]}), so their test sets differ; choose with --study")

@@ -35,7 +35,7 @@ from forecast.errors import ForecastError
 from forecast.io import write_json_atomic
 from forecast.report.collect import StudyEntry
 from forecast.sizing.devices import one_device
-from forecast.training.config import OPERATIONAL_DATA_KEYS, differences, resolve
+from forecast.training.config import differences, recorded_data, resolve
 
 RESULT = "result.json"
 # Flags a retrain may add to the best config: an ALLOWLIST of how it runs (hardware, data location and
@@ -101,9 +101,8 @@ def resolve_best(entry: StudyEntry, overrides: Sequence[str]) -> dict[str, Any]:
             study recorded.
     """
     config = resolve([*entry.config_args, ONE_DEVICE, *overrides])
-    skip = (*OPERATIONAL_DATA_KEYS, *FOLD_KEYS)
-    data = {k: v for k, v in config["data"].items() if k not in skip}
-    recorded = {k: v for k, v in entry.data.items() if k not in FOLD_KEYS}
+    data = {k: v for k, v in recorded_data(config["data"]).items() if k not in FOLD_KEYS}
+    recorded = {k: v for k, v in recorded_data(entry.data).items() if k not in FOLD_KEYS}
     diff = differences(recorded, json.loads(json.dumps(data, default=str)), "data.")
     if diff:
         raise ForecastError(f"the best config's data differ from the study's ({diff[0]})")

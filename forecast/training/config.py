@@ -14,6 +14,16 @@ from forecast.errors import ForecastError
 
 # Data settings that do not change what a trial learns from (where files live, loader workers).
 OPERATIONAL_DATA_KEYS = ("data_dir", "num_workers", "eval_batch_size", "batch_size", "predict_split")
+# Data settings left out of a study's record while at these defaults: settings added after studies
+# were recorded, so that those studies still resume and their best configs still match.
+DEFAULT_DATA = {"inputs": "tier"}
+
+
+def recorded_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The data settings a study records and is compared on: without the operational keys, and
+    without a later-added setting at its default (`DEFAULT_DATA`)."""
+    return {k: v for k, v in data.items()
+            if k not in OPERATIONAL_DATA_KEYS and not (k in DEFAULT_DATA and v == DEFAULT_DATA[k])}
 # Settings that cannot change what a run measures: where its files go, how it shows progress, which
 # hardware runs it (a study's workers may run on CPUs and GPUs alike). An ALLOWLIST: every other setting,
 # a Trainer argument a later Lightning adds included, counts as measured. Dotted keys; a key covers its children.
