@@ -24,7 +24,7 @@ LOCK_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 DATA_DIR ?= data
 STAMP    := $(VENV)/.installed-$(TORCH_BUILD)
 
-.PHONY: help install lock demo test test-slow verify lint bench gpu-wheels gpu-check gpu-rehearsal postgres postgres-stop clean
+.PHONY: help install lock demo test test-slow fuzz verify lint bench gpu-wheels gpu-check gpu-rehearsal postgres postgres-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -80,6 +80,14 @@ test: install ## fast test suite (< 5 min on 2 cores)
 
 test-slow: install ## the slow tests too (real data end to end)
 	$(PYTEST) -m "not gpu"
+
+# The fuzzer (tests/test_fuzz_cli.py): `make test` runs 100 derandomized examples (FUZZ_EXAMPLES);
+# this runs FUZZ_N random ones across every subcommand (Hypothesis keeps failures in .hypothesis/).
+FUZZ_N ?= 2000
+
+fuzz: install ## the command-line fuzzer: FUZZ_N (2000) random examples across every subcommand (~30 min)
+	OMP_NUM_THREADS=1 FUZZ_EXAMPLES=$(FUZZ_N) FUZZ_RANDOM=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) \
+	  tests/test_fuzz_cli.py -k fuzzed
 
 verify: install ## check every manifest entry's file, md5 and columns
 	$(BIN)/forecast data verify --data-dir $(DATA_DIR)

@@ -1,17 +1,16 @@
 """The `forecast` command: one entry point that dispatches to each subcommand's own parser.
 
-`data` and `arch` are argparse programs; `fit|validate|test|predict` are LightningCLI
-(see `forecast.training.cli`). A `ForecastError` anywhere becomes one line on stderr and exit 2.
+Every subcommand parses with jsonargparse (`forecast.parsing`); `fit|validate|test|predict` are
+LightningCLI (see `forecast.training.cli`). A `ForecastError` anywhere becomes one line on stderr
+and exit 2, a file-system failure one line and exit 1 (`forecast.errors.run_guarded`).
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from collections.abc import Callable
 
-from forecast.errors import ForecastError
+from forecast.errors import ForecastError, run_guarded
 from forecast.trust import add_trusted
 
 USAGE = """usage: forecast [--trust PACKAGE ...] <command> [options]
@@ -27,6 +26,7 @@ commands:
   sweep      run hpo over budgets x horizons
   report     scaling report from finished studies
   configs    list the configs that ship with forecast, or copy them (--copy DIR) to edit
+  baselines  class prior, logistic regression and HistGB on a run config's samples
 
 `forecast <command> --help` shows each command's options.
 
@@ -77,6 +77,12 @@ def _lightning(argv: list[str]) -> int:
     return 0
 
 
+def _baselines(argv: list[str]) -> int:
+    from forecast.training.baselines import main
+
+    return main(argv)
+
+
 def _hpo(argv: list[str]) -> int:
     from forecast.hpo.cli import main
 
@@ -112,6 +118,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "sweep": _sweep,
     "report": _report,
     "configs": _configs,
+    "baselines": _baselines,
     **{name: _lightning for name in LIGHTNING_COMMANDS},
 }
 
@@ -148,24 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"forecast: error: unknown command {argv[0]!r} (see `forecast --help`)", file=sys.stderr)
         return 2
-    try:
+    def run(args: list[str]) -> int:
         if argv[0] in TRAINING_COMMANDS and not {"-h", "--help"} & set(argv):
             _threads()
-        return command(argv if argv[0] in LIGHTNING_COMMANDS else argv[1:])
-    except ForecastError as err:
-        print(f"forecast: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("forecast: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit as err:
-        # Lightning ends a run on SIGTERM with SIGTERMException, a SystemExit whose code is 0;
-        # a killed run must not look like a finished one to the shell or a scheduler.
-        if type(err).__name__ != "SIGTERMException":
-            raise
-        print("forecast: stopped by SIGTERM", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except BrokenPipeError:
-        # `forecast arch ... | head`: the reader left; say nothing more (Python docs' recipe).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return command(args)
+
+    return run_guarded(run, argv if argv[0] in LIGHTNING_COMMANDS else argv[1:])

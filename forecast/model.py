@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.functional import gelu, scaled_dot_product_attention
 from torch.utils.checkpoint import checkpoint
 
+from forecast.domains import ClosedOpenUnitInterval, Size
 from forecast.errors import ForecastError
 
 PatchMode = Literal["mixing", "independent"]
@@ -136,16 +137,16 @@ class PatchTST(nn.Module):
 
     def __init__(
         self,
-        n_features: int,
-        context_length: int,
-        patch_len: int = 16,
-        stride: int = 8,
-        d_model: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        d_ff: int = 128,
-        dropout: float = 0.1,
-        head_dropout: float = 0.0,
+        n_features: Size,
+        context_length: Size,
+        patch_len: Size = 16,
+        stride: Size = 8,
+        d_model: Size = 64,
+        n_layers: Size = 2,
+        n_heads: Size = 4,
+        d_ff: Size = 128,
+        dropout: ClosedOpenUnitInterval = 0.1,
+        head_dropout: ClosedOpenUnitInterval = 0.0,
         patch_mode: PatchMode = "mixing",
         revin: bool = True,
         activation_checkpointing: bool = False,

@@ -74,7 +74,7 @@ def test_user_mistakes_are_one_line(tmp_path, data_dir):
     )
     assert_one_line_error(
         forecast("build", "--tier", "a25", "--data-dir", str(data_dir)),
-        "the following arguments are required: --symbol",
+        "the following arguments are required: build.symbol",
     )
     assert_one_line_error(
         forecast("build", "--symbol", "SPY", "--data-dir", str(data_dir)), "no raw data for SPY"

@@ -148,7 +148,7 @@ def test_the_sweep_timeout_bounds_the_whole_matrix(data, space_file, tmp_path, c
 
 def test_jobs_and_devices_are_checked_before_anything_runs(data, space_file, tmp_path, capsys):
     assert forecast_main(cli_args(data, space_file, tmp_path, 2, "--jobs", "0")) == 2
-    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
+    assert "jobs: '0' is not an integer >= 1" in capsys.readouterr().err
     sqlite = f"sqlite:///{tmp_path / 'optuna.db'}"
     assert forecast_main(cli_args(data, space_file, tmp_path, 2, "--jobs", "2", "--storage", sqlite)) == 2
     assert "--jobs on SQLite" in capsys.readouterr().err

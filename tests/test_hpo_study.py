@@ -223,7 +223,7 @@ def test_an_abort_that_surfaces_as_another_error_is_recorded_as_aborted(data, sp
                 "params": {"clip": {"key": "trainer.gradient_clip_val", "type": "categorical",
                                     "choices": [0.5, "lots"]}}}}, "invalid trial config"),
     ({"extra": ["--storage", "postgresql://user:secret@127.0.0.1:1/none"]}, "cannot open storage"),
-    ({"trials": 0}, "--trials must be >= 1"),
+    ({"trials": 0}, "trials: '0' is not an integer >= 1"),
     ({"extra": ["--model.lr=0.1"]}, "--model.lr is searched"),
     ({"extra": ["--data.val_start=1990-01-01"]}, "outside"),
     ({"extra": ["--trainer.devices=2"]}, "search trials run on one device"),

@@ -40,7 +40,7 @@ def test_fp32_matmuls_use_tensor_cores_on_cuda_only():
 
 
 @pytest.mark.parametrize("devices,message", [("2", "run on one device"), ("0,1", "run on one device"),
-                                             ("gpu", "expected a count")])
+                                             ("gpu", "trainer.devices: 'gpu' is not")])
 def test_evaluation_on_several_devices_is_refused(fitted, capsys, devices, message):
     cli, _ = fitted
     config = str(Path(cli.trainer.log_dir) / "config.yaml")

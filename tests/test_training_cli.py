@@ -108,11 +108,11 @@ def test_ddp_fit_on_two_cpu_processes(data_dir, tmp_path):
     "override,message",
     [
         (["--data.context_length=4"], "patch_len"),
-        (["--data.horizon=0"], "horizon must be >= 1"),
+        (["--data.horizon=0"], "data.horizon: '0' is not an integer in 1.."),
         (["--data.val_start=1990-01-01"], "outside"),
         (["--data.test_start=2030-01-01"], "outside"),
         (["--data.min_windows=100000"], "windows"),
-        (["--data.tier=zz"], "unknown tier"),
+        (["--data.tier=zz"], "data.tier: 'zz' is not one of 'a20', 'a25', 'c'"),
         (["--data.symbol=NOPE"], "missing processed file"),
         (["--data.batch_size=auto", "--planner.memory_gb=0.00001"], "does not fit this machine"),
     ],
@@ -130,7 +130,7 @@ def test_bad_config_from_a_subprocess_has_no_traceback(data_dir, tmp_path):
                            "--data.horizon=-2"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("forecast: error: horizon")
+    assert proc.stderr.strip().splitlines()[-1].startswith("forecast: error: forecast fit: data.horizon:")
 
 
 def test_run_folders_follow_default_root_dir_unless_a_save_dir_is_given(data_dir, tmp_path):

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from forecast.errors import ForecastError, OneLineParser
+from jsonargparse import ArgumentParser
+
+from forecast.errors import ForecastError
+from forecast.parsing import command_parser, parse
 
 __all__ = ["main", "path", "shipped"]
 
@@ -61,12 +64,16 @@ def copy_to(dest: Path) -> list[Path]:
     return written
 
 
+def parser() -> ArgumentParser:
+    """The `forecast configs` parser."""
+    p = command_parser("forecast configs", "List the configs that ship with forecast, or copy them to edit.")
+    p.add_argument("--copy", type=Path | None, default=None, metavar="DIR", help="copy every shipped config into DIR")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`forecast configs`: list the shipped configs, or copy them into a folder to edit."""
-    parser = OneLineParser(prog="forecast configs",
-                           description="List the configs that ship with forecast, or copy them to edit.")
-    parser.add_argument("--copy", type=Path, metavar="DIR", help="copy every shipped config into DIR")
-    args = parser.parse_args(argv)
+    args = parse(parser(), list(argv or []))
     if args.copy is None:
         print(f"shipped configs ({_root()}):")
         for name in shipped():

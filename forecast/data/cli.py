@@ -13,12 +13,12 @@ validated before anything is written, so a failed command leaves the data direct
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal
 
+from jsonargparse import ArgumentParser, Namespace
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -26,14 +26,8 @@ from rich.table import Table
 from forecast.data.manifest import load_manifest, verify
 from forecast.data.paths import DATA_DIR_ENV, resolve_data_dir, storage_symbol
 from forecast.data.raw import check_raw, write_raw
-from forecast.errors import ForecastError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a wrong flag as one line (ForecastError) instead of usage + exit."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ForecastError(f"{self.prog}: {message} (see --help)")
+from forecast.domains import Date, Symbol
+from forecast.parsing import command_parser, parse, sub_parser
 
 
 def _console() -> Console:
@@ -63,7 +57,7 @@ def _write_all(data_dir: Path, items: Sequence[tuple[str, Any, str, bool]]) -> N
         _tell_written(write_raw(data_dir, symbol, frame, source, sample=sample))
 
 
-def cmd_download(args: argparse.Namespace) -> int:
+def cmd_download(args: Namespace) -> int:
     """`download`: fetch every symbol, validate all, then write them."""
     from forecast.data.sources import fetch_yahoo
 
@@ -82,7 +76,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace) -> int:
+def cmd_import(args: Namespace) -> int:
     """`import`: one CSV file as one symbol."""
     from forecast.data.sources import read_price_csv
 
@@ -91,7 +85,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def cmd_sample(args: Namespace) -> int:
     """`sample`: the offline series shipped with `arch`."""
     from forecast.data.sources import sample_series
 
@@ -99,7 +93,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_build(args: argparse.Namespace) -> int:
+def cmd_build(args: Namespace) -> int:
     """`build`: one feature tier of one symbol."""
     from forecast.data.tiers import build_and_write
 
@@ -107,7 +101,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def cmd_verify(args: Namespace) -> int:
     """`verify`: table of every manifest entry; exit 1 naming each mismatch."""
     checks = verify(args.data_dir)
     table = Table(title=f"manifests under {args.data_dir}")
@@ -127,7 +121,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
+def cmd_info(args: Namespace) -> int:
     """`info`: what is on disk and which tiers exist."""
     from forecast.data.tiers import TIERS
 
@@ -161,61 +155,45 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `forecast data` argument parser."""
-    parser = _Parser(prog="forecast data", description="Prices, feature tiers and their manifests.")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help=f"data directory (default ${DATA_DIR_ENV}, else ./data)",
-    )
-    sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
-
-    p = sub.add_parser("download", parents=[common], help="daily prices from Yahoo (yfinance)")
-    p.add_argument(
-        "symbols", nargs="+", metavar="SYMBOL", help="Yahoo tickers; ^VIX is stored as VIX"
-    )
-    p.add_argument("--start", help="first day, YYYY-MM-DD (default: all history)")
-    p.add_argument("--end", help="last day, inclusive, YYYY-MM-DD (default: today)")
-    p.set_defaults(run=cmd_download)
-
-    p = sub.add_parser("import", parents=[common], help="a Yahoo-layout CSV file")
-    p.add_argument("symbol", metavar="SYMBOL", help="the symbol to store it as")
-    p.add_argument(
-        "file", type=Path, metavar="FILE", help="Date,Open,High,Low,Close,Adj Close,Volume"
-    )
-    p.set_defaults(run=cmd_import)
-
-    p = sub.add_parser(
-        "sample",
-        parents=[common],
-        help="offline sample: S&P 500 1999-2018 (SP500) and VIX closes 2014-2019 (VIX)",
-    )
-    p.set_defaults(run=cmd_sample)
-
+def build_parser() -> ArgumentParser:
+    """The `forecast data` argument parser (jsonargparse: every option typed, see forecast.domains)."""
     from forecast.data.tiers import DEFAULT_TIER, TIERS
 
-    p = sub.add_parser("build", parents=[common], help="build a feature tier from raw prices")
-    p.add_argument("--symbol", required=True, help="raw symbol to build from")
-    p.add_argument(
-        "--tier", default=DEFAULT_TIER, help=f"one of {', '.join(TIERS)} (default {DEFAULT_TIER})"
-    )
-    p.add_argument(
-        "--vix", default=None, help="raw symbol holding VIX, for tiers that use it (default VIX)"
-    )
-    p.set_defaults(run=cmd_build)
+    parser = command_parser("forecast data", "Prices, feature tiers and their manifests.")
+    sub = parser.add_subcommands(required=True, dest="command", metavar="COMMAND")
 
-    p = sub.add_parser(
-        "verify", parents=[common], help="check every file against its manifest entry"
-    )
-    p.set_defaults(run=cmd_verify)
-    p = sub.add_parser("info", parents=[common], help="list what is on disk")
-    p.set_defaults(run=cmd_info)
+    def add(name: str, help: str) -> ArgumentParser:
+        p = sub_parser(help)
+        p.add_argument("--data-dir", type=Path | None, default=None,
+                       help=f"data directory (default ${DATA_DIR_ENV}, else ./data)")
+        sub.add_subcommand(name, p, help=help)
+        return p
+
+    p = add("download", "daily prices from Yahoo (yfinance)")
+    p.add_argument("symbols", nargs="+", type=Symbol, metavar="SYMBOL", help="Yahoo tickers; ^VIX is stored as VIX")
+    p.add_argument("--start", type=Date | None, default=None, help="first day, YYYY-MM-DD (default: all history)")
+    p.add_argument("--end", type=Date | None, default=None, help="last day, inclusive, YYYY-MM-DD (default: today)")
+
+    p = add("import", "a Yahoo-layout CSV file")
+    p.add_argument("symbol", type=Symbol, metavar="SYMBOL", help="the symbol to store it as")
+    p.add_argument("file", type=Path, metavar="FILE", help="Date,Open,High,Low,Close,Adj Close,Volume")
+
+    add("sample", "offline sample: S&P 500 1999-2018 (SP500) and VIX closes 2014-2019 (VIX)")
+
+    p = add("build", "build a feature tier from raw prices")
+    p.add_argument("--symbol", type=Symbol, required=True, help="raw symbol to build from")
+    p.add_argument("--tier", type=Literal[tuple(TIERS)], default=DEFAULT_TIER,  # type: ignore[valid-type]
+                   help=f"one of {', '.join(TIERS)} (default {DEFAULT_TIER})")
+    p.add_argument("--vix", type=Symbol | None, default=None,
+                   help="raw symbol holding VIX, for tiers that use it (default VIX)")
+
+    add("verify", "check every file against its manifest entry")
+    add("info", "list what is on disk")
     return parser
+
+
+COMMANDS = {"download": cmd_download, "import": cmd_import, "sample": cmd_sample, "build": cmd_build,
+            "verify": cmd_verify, "info": cmd_info}
 
 
 def main(argv: list[str]) -> int:
@@ -224,6 +202,7 @@ def main(argv: list[str]) -> int:
     Raises:
         ForecastError: for user mistakes (forecast.cli prints it as one line, exit 2).
     """
-    args = build_parser().parse_args(argv)
+    parsed = parse(build_parser(), argv)
+    args = parsed[parsed.command]
     args.data_dir = resolve_data_dir(args.data_dir)
-    return args.run(args)
+    return COMMANDS[parsed.command](args)

@@ -33,7 +33,10 @@ from forecast.data.raw import forward_adjust, read_raw
 from forecast.data.stationary import INPUTS, Inputs, stationary_features, stationary_names
 from forecast.data.targets import Task, make_targets
 from forecast.data.tiers import TIERS
+from forecast.domains import Date, NonNegativeInt, PositiveInt, Size, Symbol, Threshold
 from forecast.errors import ForecastError
+
+TierName = Literal[tuple(TIERS)]  # type: ignore[valid-type]  # the registered tiers (forecast.data.tiers)
 
 SPLITS = ("train", "val", "test")
 
@@ -151,25 +154,25 @@ class ForecastDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        symbol: str = "SPY",
-        tier: str = "a25",
+        symbol: Symbol = "SPY",
+        tier: TierName = "a25",
         data_dir: str | None = None,
-        context_length: int = 80,
+        context_length: Size = 80,
         task: Task = "threshold",
-        horizon: int = 1,
-        threshold: float = 0.01,
-        val_start: str = "2018-01-01",
-        test_start: str = "2021-01-01",
-        test_end: str | None = None,
-        folds: int = 1,
-        fold: int = 0,
-        gap: int = 0,
+        horizon: Size = 1,
+        threshold: Threshold = 0.01,
+        val_start: Date = "2018-01-01",
+        test_start: Date = "2021-01-01",
+        test_end: Date | None = None,
+        folds: PositiveInt = 1,
+        fold: NonNegativeInt = 0,
+        gap: NonNegativeInt = 0,
         scaler: Literal["standard", "none"] = "standard",
         inputs: Inputs = "tier",
-        batch_size: int | Literal["auto"] = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        min_windows: int = 100,
+        batch_size: Size | Literal["auto"] = 64,
+        eval_batch_size: Size | None = None,
+        num_workers: NonNegativeInt = 0,
+        min_windows: PositiveInt = 100,
         predict_split: Literal["train", "val", "test"] = "test",
     ) -> None:
         super().__init__()
@@ -406,10 +409,9 @@ def split_bounds(dates: pd.DatetimeIndex, val_start: pd.Timestamp, test_start: p
     val0 = int(np.searchsorted(stamps, np.datetime64(val_start, "ns"), side="left"))
     test0 = int(np.searchsorted(stamps, np.datetime64(test_start, "ns"), side="left"))
     stop = len(dates) if test_end is None else int(np.searchsorted(stamps, np.datetime64(test_end, "ns"), side="right"))
-    blocks = np.array_split(np.arange(test0, stop), folds)
-    block = blocks[fold]
-    if len(block) == 0:
+    if folds > stop - test0:  # checked before splitting: 2**31 folds would build 2**31 empty blocks
         raise ForecastError(f"the test period has {stop - test0} trading days: too few for {folds} folds")
+    block = np.array_split(np.arange(test0, stop), folds)[fold]
     start = int(block[0])
     val_len = test0 - val0
     if start - val_len <= 0:

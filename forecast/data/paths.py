@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from forecast.domains import SYMBOL_MAX, SYMBOL_PATTERN
 from forecast.errors import ForecastError
 
 DATA_DIR_ENV = "FORECAST_DATA_DIR"
@@ -17,9 +18,11 @@ DEFAULT_DATA_DIR = "data"
 RAW_MANIFEST = "raw/manifest.json"
 PROCESSED_MANIFEST = "processed/manifest.json"
 
-# Symbols become file names, so only characters that are safe in one are allowed
-# (Yahoo uses `-`, `.`, `=` and a leading `^` for indices, e.g. BRK-B, EURUSD=X, ^VIX).
-_SYMBOL = re.compile(r"^\^?[A-Z0-9][A-Z0-9.=_-]*$")
+# Symbols become file names, so only characters that are safe in one are allowed: ASCII letters,
+# digits, `.`, `_`, `-` and a leading `^` for indices (BRK-B, ^VIX). The check runs on the name as
+# given, before upper-casing: Unicode case mapping turns `ﬀ` into `FF` and `ı` into `I`, and such a
+# name would silently replace another symbol's data.
+_SYMBOL = re.compile(SYMBOL_PATTERN)
 
 
 def resolve_data_dir(arg: str | os.PathLike | None) -> Path:
@@ -39,12 +42,12 @@ def storage_symbol(symbol: str) -> str:
     Raises:
         ForecastError: when the symbol has characters that do not belong in a file name.
     """
-    name = symbol.strip().upper()
-    if not _SYMBOL.match(name):
+    name = symbol  # as given: no stripping, the same rule as the --symbol option's type
+    if not (name.isascii() and _SYMBOL.fullmatch(name) and len(name) <= SYMBOL_MAX):
         raise ForecastError(
-            f"bad symbol {symbol!r}: use letters, digits and . = _ - (a leading ^ for indices)"
+            f"bad symbol {symbol!r}: use up to {SYMBOL_MAX} ASCII letters, digits and . _ - (a leading ^ for indices)"
         )
-    return name.removeprefix("^")
+    return name.upper().removeprefix("^")
 
 
 def raw_path(data_dir: str | os.PathLike, symbol: str) -> Path:

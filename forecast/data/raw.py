@@ -28,6 +28,12 @@ ADJUSTED_COLUMNS = ["Date", "Open", "High", "Low", "Close", "Volume"]
 # tz-aware yfinance frames ("2024-01-02 00:00:00-05:00"); the date part is the trading day.
 _ISO_DAY = r"^(\d{4}-\d{2}-\d{2})(?:[ T]00:00(?::00(?:\.0+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?$"
 _OLDEST, _NEWEST = pd.Timestamp("1800-01-01"), pd.Timestamp("2200-01-01")
+# Plausible prices (README "Data"): no traded share or index level has reached ten million
+# (Berkshire A, the dearest share, trades near 7e5), and no close moves tenfold up or down in one
+# day: such a number is a typo, a unit error (1e300, cents for dollars) or an unadjusted split, and
+# left in, it would scale every other day's features to nothing.
+MAX_PRICE = 1e7
+MAX_DAY_RATIO = 10.0
 
 
 def _key(name: object) -> str:
@@ -181,6 +187,26 @@ def _adjustment_drops(frame: pd.DataFrame, notes: list[str]) -> None:
         )
 
 
+def _check_plausible(frame: pd.DataFrame, source: str) -> None:
+    """Refuse prices above MAX_PRICE and closes that move more than MAX_DAY_RATIO-fold in one day,
+    naming their dates (prices are already finite and > 0)."""
+    prices = frame[PRICE_COLUMNS].to_numpy()  # [rows, 5]
+    high = np.flatnonzero((prices > MAX_PRICE).any(axis=1))
+    if len(high):
+        days = ", ".join(str(d.date()) for d in frame["Date"].iloc[high[:3]])
+        raise ForecastError(f"{source}: prices above {MAX_PRICE:g} on {len(high)} day(s) ({days}"
+                            f"{', ...' if len(high) > 3 else ''}): not a plausible price; fix the file")
+    close = frame["Close"].to_numpy()
+    ratio = close[1:] / close[:-1]  # [rows-1]: day t over day t-1
+    jumps = np.flatnonzero((ratio > MAX_DAY_RATIO) | (ratio < 1 / MAX_DAY_RATIO)) + 1
+    if len(jumps):
+        t = int(jumps[0])
+        raise ForecastError(
+            f"{source}: Close moves more than {MAX_DAY_RATIO:g}x in one day on {len(jumps)} day(s), first "
+            f"{frame['Date'].iloc[t].date()} ({close[t - 1]:g} -> {close[t]:g}): a typo, a unit error or an "
+            "unadjusted split; fix or split-adjust the file")
+
+
 def _check_not_future(dates: pd.Series, source: str) -> None:
     """A finished daily bar is dated at most today in UTC (the earliest time zone closes first)."""
     today = pd.Timestamp.now(tz="UTC").normalize().tz_localize(None)
@@ -204,6 +230,7 @@ def _check(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str], int]
     order = _check_dates(dates, source, notes)
     clean = pd.concat([dates.rename("Date"), numbers], axis=1)[RAW_COLUMNS]
     clean = clean.iloc[order].reset_index(drop=True)
+    _check_plausible(clean, source)
     clean, repaired, note = repair_bars(clean)
     notes += [note] if note else []
     _adjustment_drops(clean, notes)
@@ -225,7 +252,8 @@ def check_raw(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, list[str]]:
 
     Raises:
         ForecastError: one line naming `source` and the first bad row (bad or future date,
-            bad number, repeated date).
+            bad number, repeated date), or the dates of implausible prices (above MAX_PRICE, or a
+            close more than MAX_DAY_RATIO-fold away from the day before).
     """
     return _check(df, source)[:2]
 

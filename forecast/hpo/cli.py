@@ -1,21 +1,32 @@
-"""`forecast hpo` and `forecast sweep`: argparse front ends of `forecast.hpo.study.run_study`.
+"""`forecast hpo` and `forecast sweep`: jsonargparse front ends of `forecast.hpo.study.run_study`.
 
-Options of the search are parsed here; every other `--data.* --model.* --trainer.*
---early_stopping.* --checkpoint.* --seed_everything` flag is handed to each trial's LightningCLI
-exactly as `forecast fit` would take it.
+Options of the search are parsed here, typed (forecast.domains); `--config FILE` and every
+`--data.* --model.* --trainer.* --early_stopping.* --checkpoint.* --planner.* --seed_everything`
+flag is handed to each trial's LightningCLI exactly as `forecast fit` would take it (and checked
+by that parser before the first trial).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
-from forecast.errors import ForecastError, OneLineParser
+from jsonargparse import ArgumentParser, Namespace
+
+from forecast.domains import (
+    DeviceIds,
+    Name,
+    NonEmptyStr,
+    NonNegativeInt,
+    PositiveFiniteFloat,
+    PositiveInt,
+    Seed,
+)
+from forecast.errors import ForecastError
 from forecast.hpo.stop import STOP_FILE, StopControl
 from forecast.hpo.study import (
-    DEFAULT_CONFIG,
     DEFAULT_SPACE,
     PRUNERS,
     HpoOptions,
@@ -23,48 +34,48 @@ from forecast.hpo.study import (
     run_queue,
 )
 from forecast.hpo.workers import run_workers, worker_number
+from forecast.parsing import RunArgs, command_parser, parse, split_run_args
 from forecast.sizing.budget import parse_budget
 from forecast.training.config import flag_keys
 
 ABORTED_EXIT = 130  # a second Ctrl-C ended a trial: like any interrupted command
 
 EPILOG = """\
-Any other flag (--data.horizon 3, --trainer.max_epochs 20, --model.net.init_args.patch_mode
-independent, ...) goes to every trial as in `forecast fit`. Stop with Ctrl-C, SIGTERM, `q` or a
+--config FILE (repeatable) and any --data.*, --model.*, --trainer.*, --early_stopping.*,
+--checkpoint.*, --planner.* or --seed_everything flag (--data.horizon 3, --trainer.max_epochs 20,
+--model.net.init_args.patch_mode independent, ...) go to every trial as in `forecast fit`. Stop with Ctrl-C, SIGTERM, `q` or a
 file named STOP in the study's log folder: the running trial finishes, outputs are written, exit 0;
 rerun the same command to continue. A second Ctrl-C aborts the running trial (exit 130).
 """
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trials", type=int, default=50,
+def _common(p: ArgumentParser) -> None:
+    p.add_argument("--trials", type=PositiveInt, default=50,
                    help="finished trials (complete, pruned or failed as a result) the study should hold "
                         "in total; a rerun continues to this number (default: 50)")
-    p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help=f"run config, repeatable, as for `forecast fit` (default: {DEFAULT_CONFIG.name})")
     p.add_argument("--search-space", type=Path, default=DEFAULT_SPACE, metavar="FILE",
                    help="search-space YAML (default: configs/hpo/search_space.yaml)")
-    p.add_argument("--storage", metavar="URL",
+    p.add_argument("--storage", type=NonEmptyStr | None, default=None, metavar="URL",
                    help="Optuna storage: a *.journal file or journal:PATH for several processes on one "
                         "machine, an RDB URL (postgresql://...) for many machines "
                         "(default: sqlite <log-dir>/optuna.db)")
-    p.add_argument("--pruner", choices=PRUNERS, default="median",
+    p.add_argument("--pruner", type=Literal[PRUNERS], default="median",  # type: ignore[valid-type]
                    help="median (default: after 5 trials, from the 3rd epoch, never at the last one), "
                         "hyperband or none")
-    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
-    p.add_argument("--timeout", type=float, metavar="S",
+    p.add_argument("--seed", type=Seed, default=0, help="seed of the TPE sampler (default: 0)")
+    p.add_argument("--timeout", type=PositiveFiniteFloat | None, default=None, metavar="S",
                    help="start no new trial after S seconds (the running one finishes); in a sweep, "
                         "for the whole matrix")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=PositiveInt, default=1, metavar="N",
                    help="worker processes on this machine sharing the studies through the storage "
                         "(without --storage: the journal <log-dir>/optuna.journal; default: 1)")
-    p.add_argument("--devices", metavar="IDS",
+    p.add_argument("--devices", type=DeviceIds | None, default=None, metavar="IDS",
                    help="CUDA devices for the workers, e.g. 0,1 or 0,0,1,1 (worker k takes the k-th id, "
                         "round robin; an id may repeat: several trials share a GPU; default: every "
                         "visible device)")
     p.add_argument("--log-dir", type=Path, default=Path("logs/hpo"),
                    help="TensorBoard runs (<log-dir>/<study>/trial_NNNN) and study outputs (default: logs/hpo)")
-    p.add_argument("--heartbeat", type=int, default=60, metavar="S",
+    p.add_argument("--heartbeat", type=NonNegativeInt, default=60, metavar="S",
                    help="RDB storages: a worker beats every S seconds and its RUNNING trial is retried "
                         "after 2*S without one (0 = off; default: 60)")
     p.add_argument("--keep-checkpoints", action="store_true",
@@ -72,55 +83,49 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-live", action="store_true", help="plain lines instead of the live panel")
 
 
-def hpo_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="forecast hpo", allow_abbrev=False, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Optuna search over one parameter budget's architectures and training settings.")
-    p.add_argument("--budget", required=True, help="2M, 20M, 200M, 2B, or a parameter count such as 50K")
-    p.add_argument("--study-name", help="default: <symbol>-<tier>-<task>-h<horizon>-<budget>")
+def hpo_parser() -> ArgumentParser:
+    """The `forecast hpo` parser (jsonargparse: every option typed, see forecast.domains)."""
+    p = command_parser("forecast hpo", "Optuna search over one parameter budget's architectures and "
+                       "training settings.", EPILOG)
+    p.add_argument("--budget", type=NonEmptyStr, required=True,
+                   help="2M, 20M, 200M, 2B, or a parameter count such as 50K")
+    p.add_argument("--study-name", type=Name | None, default=None,
+                   help="default: <symbol>-<tier>-<task>-h<horizon>-<budget>")
     _common(p)
     return p
 
 
-def sweep_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="forecast sweep", allow_abbrev=False, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run `forecast hpo` over budgets x horizons as one queue: each trial goes to the study "
-                    "furthest from --trials; any number of machines may run it on one --storage URL.")
-    p.add_argument("--budgets", nargs="+", required=True, metavar="BUDGET", help="e.g. 2M 20M 200M 2B")
-    p.add_argument("--horizons", nargs="+", required=True, type=int, metavar="H", help="e.g. 1 3 5")
+def sweep_parser() -> ArgumentParser:
+    """The `forecast sweep` parser."""
+    p = command_parser("forecast sweep", "Run `forecast hpo` over budgets x horizons as one queue: each trial "
+                       "goes to the study furthest from --trials; any number of machines may run it on one "
+                       "--storage URL.", EPILOG)
+    p.add_argument("--budgets", nargs="+", type=NonEmptyStr, required=True, metavar="BUDGET",
+                   help="e.g. 2M 20M 200M 2B")
+    p.add_argument("--horizons", nargs="+", type=PositiveInt, required=True, metavar="H", help="e.g. 1 3 5")
     _common(p)
     return p
 
 
-def _options(args: argparse.Namespace, rest: list[str], budget: str, study_name: str | None) -> HpoOptions:
+def _options(args: Namespace, run: RunArgs, budget: str, study_name: str | None) -> HpoOptions:
     storage = args.storage
     if storage is None and args.jobs > 1:
         storage = str(args.log_dir / "optuna.journal")  # SQLite locks up under several writers
     return HpoOptions(
-        budget=budget, trials=args.trials, configs=list(args.config), overrides=list(rest),
+        budget=budget, trials=args.trials, configs=list(run.configs), overrides=list(run.flags),
         search_space=args.search_space, storage=storage, study_name=study_name, pruner=args.pruner,
         seed=args.seed, timeout=args.timeout, log_dir=args.log_dir, heartbeat=args.heartbeat,
         keep_checkpoints=args.keep_checkpoints,
         live=False if args.no_live or worker_number() is not None else None)
 
 
-def _forwarded(rest: list[str]) -> list[str]:
-    """Flags for the trials; anything that is not a `--key` flag (or its value) is a mistake."""
-    if rest and not rest[0].startswith("--"):
-        raise ForecastError(f"unexpected argument {rest[0]!r} (options take the form --key value)")
-    return rest
-
-
 def exit_code(outcome: Outcome) -> int:
     return ABORTED_EXIT if outcome.ending == "aborted" else 0
 
 
-def _run(command: str, argv: list[str], args: argparse.Namespace, all_options: list[HpoOptions],
+def _run(command: str, argv: list[str], args: Namespace, all_options: list[HpoOptions],
          stop: StopControl | None = None) -> list[Outcome]:
     """In this process, or (--jobs N) in N worker processes running this same command."""
-    if args.jobs < 1:
-        raise ForecastError(f"--jobs must be >= 1, got {args.jobs}")
     if args.jobs > 1 and str(all_options[0].storage).startswith("sqlite"):
         # measured (make bench): two of 4 SQLite workers took the same queued trial, one crashed
         raise ForecastError("--jobs on SQLite: its writers are not isolated enough for several workers; "
@@ -136,23 +141,23 @@ def _run(command: str, argv: list[str], args: argparse.Namespace, all_options: l
 def main(argv: Sequence[str] | None = None) -> int:
     """`forecast hpo`."""
     argv = list(argv or [])
-    args, rest = hpo_parser().parse_known_args(argv)
-    outcome, = _run("hpo", argv, args, [_options(args, _forwarded(rest), args.budget, args.study_name)])
+    own, run = split_run_args(argv)
+    args = parse(hpo_parser(), own)
+    outcome, = _run("hpo", argv, args, [_options(args, run, args.budget, args.study_name)])
     return exit_code(outcome)
 
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """`forecast sweep`: budgets x horizons as one queue, with one stop control for all."""
     argv = list(argv or [])
-    args, rest = sweep_parser().parse_known_args(argv)
-    rest = _forwarded(rest)
+    own, run = split_run_args(argv)
+    args = parse(sweep_parser(), own)
     for budget in args.budgets:
         parse_budget(budget)  # an unknown budget fails before the first study starts
-    if "data.horizon" in flag_keys(rest):
+    if "data.horizon" in flag_keys(run.flags):
         raise ForecastError("--data.horizon is set by --horizons in a sweep")
-    if any(h < 1 for h in args.horizons):
-        raise ForecastError(f"--horizons must be >= 1, got {args.horizons}")
-    all_options = [_options(args, [*rest, f"--data.horizon={h}"], b, None) for b in args.budgets for h in args.horizons]
+    all_options = [_options(args, RunArgs(run.configs, [*run.flags, f"--data.horizon={h}"]), b, None)
+                   for b in args.budgets for h in args.horizons]
     with StopControl(args.log_dir / STOP_FILE, started=time.time()) as stop:
         outcomes = _run("sweep", argv, args, all_options, stop)
     left = [o for o in outcomes if o.ending != "done"]

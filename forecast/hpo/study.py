@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import re
 import time
 import warnings
 import zlib
@@ -30,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from forecast import configs
+from forecast.domains import check_name
 from forecast.errors import ForecastError
 from forecast.hpo import config as cfg
 from forecast.hpo.display import Display
@@ -141,8 +141,7 @@ def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = Non
                         options.trials, f"budget {options.budget}")  # memory and disk, before any trial
     if said:
         print(said, flush=True)
-    if not re.fullmatch(r"[\w.+-]+", name):
-        raise ForecastError(f"study name {name!r} may hold only letters, digits and . _ + -")
+    check_name(name, "study name")  # one folder inside --log-dir, never a path out of it
     url = options.storage or default_url(options.log_dir)
     setup = TrialSetup(base_args, user_args, space, options.log_dir, name, extra_callbacks)
     searched = [*(p.key for p in spec.params), *(NET_PREFIX + a for a in ARCH_ARGS)]

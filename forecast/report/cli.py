@@ -1,14 +1,17 @@
-"""`forecast report`: argparse front end of `forecast.report.build.make_report`."""
+"""`forecast report`: jsonargparse front end of `forecast.report.build.make_report`."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from forecast.errors import OneLineParser
+from jsonargparse import ArgumentParser
+
+from forecast.domains import Date, DeviceIds, Name, NonEmptyStr, NonNegativeInt, PositiveInt
+from forecast.errors import ForecastError
 from forecast.hpo.api import device_ids
+from forecast.parsing import command_parser, parse, split_run_args
 from forecast.report.build import ReportOptions
 from forecast.report.equivalence import DEFAULT_MARGINS
 from forecast.report.jobs import worker_number
@@ -29,32 +32,32 @@ not be (its best config no longer loads, a retrain failed: listed in report.md a
 """
 
 
-def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="forecast report", allow_abbrev=False, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Scaling report from finished `forecast hpo` studies: the studies' test period cut "
-                    "into walk-forward folds, each budget's best config retrained per fold x seed and tested "
-                    "once, baselines on the same samples, date-paired block-bootstrap intervals, the scaling "
-                    "verdict per horizon, tables and plots.")
-    p.add_argument("--storage", required=True, metavar="URL",
+def parser() -> ArgumentParser:
+    """The `forecast report` parser (jsonargparse: every option typed, see forecast.domains)."""
+    p = command_parser(
+        "forecast report",
+        "Scaling report from finished `forecast hpo` studies: the studies' test period cut "
+        "into walk-forward folds, each budget's best config retrained per fold x seed and tested "
+        "once, baselines on the same samples, date-paired block-bootstrap intervals, the scaling "
+        "verdict per horizon, tables and plots.", EPILOG)
+    p.add_argument("--storage", type=NonEmptyStr, required=True, metavar="URL",
                    help="the Optuna storage the studies live in (sqlite:///logs/hpo/optuna.db, a *.journal "
                         "file, postgresql://...)")
-    p.add_argument("--study", nargs="+", default=[], metavar="NAME",
+    p.add_argument("--study", nargs="+", type=Name, default=[], metavar="NAME",
                    help="studies to report (default: every study in the storage)")
-    p.add_argument("--seeds", type=int, default=2, metavar="S",
+    p.add_argument("--seeds", type=PositiveInt, default=2, metavar="S",
                    help="retrains of each best config per fold, seeds 0..S-1 (default: 2; a verdict needs >= 2)")
-    p.add_argument("--folds", type=int, default=4, metavar="K",
+    p.add_argument("--folds", type=PositiveInt, default=4, metavar="K",
                    help="walk-forward folds the test period is cut into (default: 4)")
-    p.add_argument("--test-start", metavar="DATE",
+    p.add_argument("--test-start", type=Date | None, default=None, metavar="DATE",
                    help="first day of the folds' test period (default: the studies' test_start; never earlier, "
                         "since the search validated on the days before it)")
-    p.add_argument("--test-end", metavar="DATE",
+    p.add_argument("--test-end", type=Date | None, default=None, metavar="DATE",
                    help="last day of the folds' test period (default: the studies' test_end, else the data's end)")
     p.add_argument("--out", type=Path, default=Path("logs/report"), metavar="DIR",
                    help="where report.md, the CSVs, plots, TensorBoard events and retrain runs go "
                         "(default: logs/report)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+    p.add_argument("--bootstrap", type=NonNegativeInt, default=1000, metavar="B",
                    help="joint block-bootstrap resamples of dates and seeds (default: 1000)")
     p.add_argument("--equivalence-loss", type=float, default=DEFAULT_MARGINS["loss"], metavar="NATS",
                    help="equivalence margin of log-loss claims: a claim whose whole interval lies within "
@@ -64,12 +67,12 @@ def parser() -> argparse.ArgumentParser:
                    help=f"equivalence margin of AUROC claims (default: {DEFAULT_MARGINS['auroc']:g})")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the retrains' checkpoints (default: deleted once tested)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=PositiveInt, default=1, metavar="N",
                    help="worker processes that claim and run the retrains (default: 1); any other `forecast "
                         "report` on the same --storage, on any machine, shares them too")
-    p.add_argument("--devices", metavar="IDS",
+    p.add_argument("--devices", type=DeviceIds | None, default=None, metavar="IDS",
                    help="CUDA device ids for the workers in turn, e.g. 0,1 or 0,0,1 (default: every visible one)")
-    p.add_argument("--heartbeat", type=int, default=60, metavar="S",
+    p.add_argument("--heartbeat", type=NonNegativeInt, default=60, metavar="S",
                    help="seconds between a running retrain's heartbeats on an RDB storage; a retrain whose "
                         "process stopped beating for 2 x S is redone once by another process (default: 60; 0: off)")
     return p
@@ -77,13 +80,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `forecast report`; returns the exit status (see the epilog)."""
-    args, extra = parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
     argv = list(sys.argv[1:] if argv is None else argv)
+    own, run = split_run_args(argv)
+    if run.configs:
+        raise ForecastError("forecast report: --config is not an option of report (a study's best config is "
+                            "what each retrain runs)")
+    args = parse(parser(), own)
     options = ReportOptions(storage=args.storage, studies=args.study, seeds=args.seeds, folds=args.folds,
-                            test_start=args.test_start, test_end=args.test_end, out=args.out, overrides=extra,
-                            keep_checkpoints=args.keep_checkpoints, bootstrap=args.bootstrap, jobs=args.jobs,
-                            devices=device_ids(args.devices) if args.jobs > 1 else [], heartbeat=args.heartbeat,
-                            argv=argv, equivalence_loss=args.equivalence_loss,
+                            test_start=args.test_start, test_end=args.test_end, out=args.out,
+                            overrides=run.flags, keep_checkpoints=args.keep_checkpoints, bootstrap=args.bootstrap,
+                            jobs=args.jobs, devices=device_ids(args.devices) if args.jobs > 1 else [],
+                            heartbeat=args.heartbeat, argv=argv, equivalence_loss=args.equivalence_loss,
                             equivalence_auroc=args.equivalence_auroc)
     report = make_report(options)
     if report.pending is not None:

@@ -11,7 +11,6 @@ each trial keeps a weights-only best checkpoint (new before old: 2 files) plus t
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -19,11 +18,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from jsonargparse import ArgumentParser
 
 from forecast import configs
-from forecast.errors import OneLineParser
-from forecast.model import PATCH_MODES
+from forecast.domains import MemoryGB, NonEmptyStr, PositiveInt, Size
+from forecast.model import PatchMode
+from forecast.parsing import command_parser, parse
 from forecast.sizing.budget import (
     BUDGETS,
     GB,
@@ -155,40 +157,44 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
-        prog="forecast arch",
-        description="List a budget's architectures with exact parameter counts, an estimated "
-                    "training-memory plan (micro-batch x accumulation) and FLOPs per sample.")
-    p.add_argument("--budget", required=True,
+def build_parser() -> ArgumentParser:
+    """The `forecast arch` parser (jsonargparse: every option typed, see forecast.domains)."""
+    from forecast.data.tiers import TIERS
+
+    p = command_parser(
+        "forecast arch",
+        "List a budget's architectures with exact parameter counts, an estimated "
+        "training-memory plan (micro-batch x accumulation) and FLOPs per sample.")
+    p.add_argument("--budget", type=NonEmptyStr, required=True,
                    help=f"a named budget ({', '.join(BUDGETS)}) or a parameter count such as 50K or 1.5M")
-    p.add_argument("--tier", default="a25", help="feature tier whose columns set n_features")
-    p.add_argument("--n-features", type=int, help="override the tier's feature count")
-    p.add_argument("--context-length", type=int, default=80, help="window length (days)")
-    p.add_argument("--patch-len", type=int, default=16, help="time steps per patch")
-    p.add_argument("--stride", type=int, default=8, help="steps between patch starts")
-    p.add_argument("--patch-mode", choices=PATCH_MODES, default="mixing")
-    p.add_argument("--memory-gb", type=float,
+    p.add_argument("--tier", type=Literal[tuple(TIERS)], default="a25",  # type: ignore[valid-type]
+                   help="feature tier whose columns set n_features")
+    p.add_argument("--n-features", type=PositiveInt | None, default=None, help="override the tier's feature count")
+    p.add_argument("--context-length", type=PositiveInt, default=80, help="window length (days)")
+    p.add_argument("--patch-len", type=PositiveInt, default=16, help="time steps per patch")
+    p.add_argument("--stride", type=PositiveInt, default=8, help="steps between patch starts")
+    p.add_argument("--patch-mode", type=PatchMode, default="mixing", help="mixing or independent")
+    p.add_argument("--memory-gb", type=MemoryGB | None, default=None,
                    help="device memory budget in GB (1e9 bytes); default: free CUDA memory if "
                         "a GPU is present, else 16")
-    p.add_argument("--device", choices=("cuda", "cpu"),
+    p.add_argument("--device", type=Literal["cuda", "cpu"] | None, default=None,
                    help="device the plan is for; default: cuda if available, else cpu")
-    p.add_argument("--precision", choices=PRECISIONS,
+    p.add_argument("--precision", type=Literal[PRECISIONS] | None, default=None,  # type: ignore[valid-type]
                    help="default: what a run on the device uses (bf16-mixed on cuda, 32 on cpu)")
-    p.add_argument("--disk-gb", type=float,
+    p.add_argument("--disk-gb", type=MemoryGB | None, default=None,
                    help="disk for the checkpoints in GB (1e9 bytes); default: free space of the working folder")
-    p.add_argument("--effective-batch", type=int, default=256,
+    p.add_argument("--effective-batch", type=Size, default=256,
                    help="samples per optimizer step (micro-batch x accumulation)")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="plan with each block's activations recomputed in the backward pass")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", type=Literal["table", "json"], default="table", help="table or json")
     p.add_argument("--grid", type=Path, default=GRID_PATH, help="architecture grid YAML")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`forecast arch`: print a budget's architectures as a table or a JSON list."""
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), list(argv or []))
     budget = parse_budget(args.budget)
     n_features = args.n_features if args.n_features is not None else tier_features(args.tier)
     archs = architectures(budget.label, n_features, args.context_length, args.patch_len,

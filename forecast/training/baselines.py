@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from jsonargparse import ArgumentParser
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
@@ -32,6 +33,7 @@ from threadpoolctl import threadpool_limits
 from forecast.data.datamodule import SPLITS, ForecastDataModule
 from forecast.data.stationary import stationary_features as stationary_inputs
 from forecast.io import atomic_path
+from forecast.parsing import command_parser, parse, split_run_args
 
 BASELINES = ("prior", "logistic", "hist_gb")
 EPS = 1e-7
@@ -151,15 +153,21 @@ def predictions_frame(dm: ForecastDataModule, fitted: Baselines) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True)
 
 
+def parser() -> ArgumentParser:
+    """`forecast baselines` (also `python -m forecast.training.baselines`): its own option; --config and run flags as for `forecast fit`."""
+    p = command_parser("forecast baselines", "The baselines of a run config on its val and test "
+                       "samples; --config FILE and --data.* flags as for `forecast fit`.")
+    p.add_argument("--out", type=Path | None, default=None, metavar="CSV",
+                   help="predictions CSV (default: logs/baselines/<symbol>-<tier>-h<h>-fold<k>of<K>-<md5>.csv)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     from forecast.training.cli import cli_main
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    out = None
-    if "--out" in args:
-        i = args.index("--out")
-        out, args = Path(args[i + 1]), args[:i] + args[i + 2:]
-    cli = cli_main(args, run=False)
+    own, run = split_run_args(list(sys.argv[1:] if argv is None else argv))
+    out = parse(parser(), own).out
+    cli = cli_main([*(a for c in run.configs for a in ("--config", c)), *run.flags], run=False)
     dm = cli.datamodule
     fitted = fit_baselines(dm)
     print(f"{dm.symbol} {dm.tier} {dm.task} h={dm.horizon}" + (f", fold {dm.fold} of {dm.folds}" if dm.folds > 1 else ""))
@@ -181,4 +189,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from forecast.errors import run_guarded
+
+    raise SystemExit(run_guarded(main, sys.argv[1:]))

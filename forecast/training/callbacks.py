@@ -23,13 +23,14 @@ class PredictionCSV(BasePredictionWriter):
         super().__init__(write_interval="epoch")
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if trainer.log_dir is None or trainer.fast_dev_run:  # a smoke test writes no files (also without a logger)
+            return
         dm: ForecastDataModule = trainer.datamodule
         split = dm.splits[dm.predict_split]
         probs = torch.cat(predictions).float().numpy()  # sequential sampler: rows in split order
-        labels = dm.targets[torch.as_tensor(split.ends)].numpy()
-        frame = pd.DataFrame({"date": split.dates.date, "probability": probs, "label": labels.astype(int)})
-        if trainer.log_dir is None:  # fast_dev_run: a smoke test writes no files
-            return
+        n = len(probs)  # all of the split, or its first n rows under --trainer.limit_predict_batches
+        labels = dm.targets[torch.as_tensor(split.ends[:n])].numpy()
+        frame = pd.DataFrame({"date": split.dates.date[:n], "probability": probs, "label": labels.astype(int)})
         path = evaluation_path(Path(trainer.log_dir), "predictions", dm, dm.predict_split, ".csv")
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6f")

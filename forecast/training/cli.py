@@ -14,16 +14,19 @@ from typing import Any
 
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from forecast import configs
 from forecast.data.datamodule import ForecastDataModule
+from forecast.domains import MemoryGB, Seed, Size
 from forecast.errors import ForecastError
 from forecast.io import write_json_atomic
 from forecast.metrics import MONITOR, MONITOR_MODE
+from forecast.parsing import one_line
 from forecast.sizing.devices import (
     accelerator_kind,
     bf16_capable,
@@ -55,6 +58,7 @@ from forecast.training.resume import (
     flatten,
 )
 from forecast.training.runs import point_at_run, write_metrics
+from forecast.training.typed import EarlyStopping, ModelCheckpoint, Trainer
 from forecast.trust import install, non_finite, refused_import
 
 DEFAULT_CONFIG = configs.path("trainer/default.yaml")
@@ -116,6 +120,12 @@ class ForecastCLI(LightningCLI):
         if taken:
             rank_zero_info(f"from the checkpoint: {'; '.join(taken)}")
 
+    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """LightningCLI's `--seed_everything`, typed: a seed numpy accepts (0..2**32-1), or true
+        for a random one (Lightning would warn and silently seed 0 for one out of range)."""
+        parser.add_argument("--seed_everything", type=bool | Seed, default=self.seed_everything_default,
+                            help="Seed (0..2**32-1) set before the classes are built; true draws a random one.")
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         self.parsers.append(parser)  # the subcommands' parsers: their keys name the closest to a typo
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
@@ -136,9 +146,9 @@ class ForecastCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_argument("--planner.effective_batch", type=int, default=256,
+        parser.add_argument("--planner.effective_batch", type=Size, default=256,
                             help="samples per optimizer step when data.batch_size is 'auto'")
-        parser.add_argument("--planner.memory_gb", type=float | None, default=None,
+        parser.add_argument("--planner.memory_gb", type=MemoryGB | None, default=None,
                             help="memory to plan for (default: free CUDA memory, or 16 GB on CPU)")
         parser.add_argument("--throughput.peak_tflops", type=float | None, default=None,
                             help="peak TFLOP/s the MFU divides by (default: the CUDA device's dense peak "
@@ -207,10 +217,18 @@ class ForecastCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.trainer.get("enable_checkpointing") is not False and not config.trainer.get("fast_dev_run"):
             callbacks += checkpoint_callbacks(config.checkpoint)
-        trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+        try:
+            trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+        except (MisconfigurationException, ValueError, TypeError) as err:
+            # settings each valid alone that Lightning refuses together (devices=[0] on a CPU,
+            # a strategy the accelerator cannot run): its own reason, in one line
+            raise ForecastError(f"trainer settings refused by Lightning: {one_line(str(err))}") from None
+        if trainer.logger is None:  # --trainer.logger=false: nothing to log learning rates to (Lightning refuses)
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         peak = config.get("throughput.peak_tflops")
         for monitor in (c for c in trainer.callbacks if isinstance(c, Throughput)):
             monitor.peak_flops = None if peak is None else peak * 1e12  # a given peak: MFU on any device
+        return trainer
         return trainer
 
     # -- after each subcommand: say what happened and where ----------------------------------
@@ -226,7 +244,7 @@ class ForecastCLI(LightningCLI):
             **{k: v for k, v in best.items() if k != "epoch"},
             **_throughput(self.trainer),
         }
-        if self.trainer.log_dir is None:  # fast_dev_run: a smoke test writes no files
+        if self.trainer.log_dir is None or self.trainer.fast_dev_run:  # a smoke test writes no files (also without a logger)
             rank_zero_info("fast_dev_run: fit ran; no run folder, checkpoint or summary written")
             return
         run = Path(self.trainer.log_dir)
@@ -318,7 +336,9 @@ def _one_device(config) -> None:
 
 def _parser_kwargs(run: bool) -> dict[str, Any]:
     """configs/trainer/default.yaml under every run: per subcommand with them, top level without."""
-    one_line = {"exit_on_error": False}  # parse errors raise; `parse_arguments` makes them one line
+    # parse errors raise (`parse_arguments` makes them one line); no abbreviated options, as in every
+    # other subcommand (`--trainer.max_epoch 3` is a mistake, not --trainer.max_epochs)
+    one_line = {"exit_on_error": False, "allow_abbrev": False, "prog": "forecast"}
     if not DEFAULT_CONFIG.exists():
         return one_line
     defaults = {"default_config_files": [str(DEFAULT_CONFIG)], **one_line}
@@ -366,6 +386,13 @@ def resolve_config(args: list[str]) -> dict[str, Any]:
     return yaml.safe_load(cli.parser.dump(cli.parsed, skip_none=False))
 
 
+def run_parser() -> LightningArgumentParser:
+    """The parser of a run's options (`forecast fit` without `--ckpt_path`), built and nothing else:
+    its actions and types are the schema the fuzzer draws values from."""
+    with quiet_lightning():
+        return _build(_ParseOnly, ["--config", str(configs.path("demo.yaml"))], False, None, {}).parser
+
+
 def _build(cls: type[ForecastCLI], args, run, subcommand, trainer_defaults, **kwargs) -> ForecastCLI:
     install()  # only allowlisted class paths, the safe YAML loader: before anything is parsed
     with warnings.catch_warnings():
@@ -374,6 +401,7 @@ def _build(cls: type[ForecastCLI], args, run, subcommand, trainer_defaults, **kw
         return cls(
             Forecaster,
             ForecastDataModule,
+            trainer_class=Trainer,  # Lightning's, its numeric options typed (forecast.training.typed)
             args=args,
             run=run,
             seed_everything_default=42,

@@ -17,6 +17,7 @@ import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from forecast.errors import ForecastError
+from forecast.parsing import one_line
 from forecast.trust import check_config_text, refused_import, safe_load, unsafe_reason
 
 
@@ -59,15 +60,15 @@ def check_config_files(args: list[str]) -> None:
 
 def parse_error(message: str, parser: LightningArgumentParser, args: list[str], prog: str | None) -> str:
     """jsonargparse's message in one line; an unknown key gets the closest valid one and its file."""
-    text = " ".join(message.split()) or "bad arguments"  # jsonargparse nests details on more lines
-    denied = refused_import(text)
+    raw = " ".join(message.split()) or "bad arguments"  # jsonargparse nests details on more lines
+    denied = refused_import(raw)
     if denied is not None:
         return f"{prog + ': ' if prog else ''}{denied}"
-    unsafe = unsafe_reason(text)  # the value may be a whole YAML document: name the key and the reason only
+    unsafe = unsafe_reason(raw)  # the value may be a whole YAML document: name the key and the reason only
     if unsafe is not None:
-        key = re.search(r'Parser key "([\w.]+)"', text)
+        key = re.search(r'Parser key "([\w.]+)"', raw)
         return f"{prog + ': ' if prog else ''}{key.group(1) + ': ' if key else ''}{unsafe}"
-    text = text if len(text) <= 300 else text[:297] + "..."
+    text = one_line(message)  # a value outside its type's domain: the option and the domain
     where, see = (f"{prog}: ", f" (see {prog} --help)") if prog else ("", "")
     key = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", text)
     if key is None:

@@ -20,6 +20,13 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from forecast.data.datamodule import SPLITS
+from forecast.domains import (
+    ClosedOpenUnitInterval,
+    ClosedUnitInterval,
+    CompileBackend,
+    NonNegativeFiniteFloat,
+    PositiveFiniteFloat,
+)
 from forecast.metrics import (
     COLLAPSE_STD,
     MONITOR,
@@ -68,15 +75,15 @@ class Forecaster(L.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        lr: float = 1e-3,
-        weight_decay: float = 0.05,
-        betas: tuple[float, float] = (0.9, 0.95),
+        lr: PositiveFiniteFloat = 1e-3,
+        weight_decay: NonNegativeFiniteFloat = 0.05,
+        betas: tuple[ClosedOpenUnitInterval, ClosedOpenUnitInterval] = (0.9, 0.95),
         optimizer: OptimizerCallable | None = None,
-        warmup_frac: float = 0.05,
-        min_lr_ratio: float = 0.0,
-        pos_weight: float | None = None,
+        warmup_frac: ClosedUnitInterval = 0.05,
+        min_lr_ratio: ClosedUnitInterval = 0.0,
+        pos_weight: PositiveFiniteFloat | None = None,
         train_metrics: bool | None = None,
-        compile: bool | str = False,
+        compile: bool | CompileBackend = False,
         fused: bool | None = None,
         weights_dtype: Literal["float32", "bfloat16"] = "float32",
     ) -> None:

@@ -36,7 +36,7 @@ def evaluation_path(run: Path, kind: str, dm: ForecastDataModule, split: str, su
 
 
 def write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:
-    if trainer.log_dir is None:  # fast_dev_run: a smoke test writes no files
+    if trainer.log_dir is None or trainer.fast_dev_run:  # a smoke test writes no files (also without a logger)
         return
     dm: ForecastDataModule = trainer.datamodule
     split = "val" if stage == "validate" else "test"
