@@ -88,7 +88,7 @@ def one_line(message: str, limit: int = 300) -> str:
 
 # The run's own option groups (LightningCLI's `forecast fit` parser): flags under these go to the run
 # a search trial or a report retrain starts, and that parser checks them.
-RUN_GROUPS = ("data.", "model.", "trainer.", "early_stopping.", "checkpoint.", "planner.")
+RUN_GROUPS = ("data.", "model.", "trainer.", "early_stopping.", "checkpoint.", "planner.", "throughput.")
 RUN_KEYS = ("seed_everything",)
 
 

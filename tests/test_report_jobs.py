@@ -140,8 +140,8 @@ def test_a_killed_report_is_resumed_and_its_retrain_redone_once(studies, tmp_pat
     assert (tmp_path / "out" / "report.md").is_file()
 
 
-@pytest.mark.parametrize("flag,message", [(["--jobs", "0"], "--jobs must be >= 1"),
-                                          (["--heartbeat", "-1"], "--heartbeat >= 0"),
+@pytest.mark.parametrize("flag,message", [(["--jobs", "0"], "jobs: '0' is not an integer >= 1"),
+                                          (["--heartbeat", "-1"], "heartbeat: '-1' is not an integer >= 0"),
                                           (["--jobs", "2", "--devices", "7"], "--devices 7")])
 def test_bad_jobs_flags_are_one_line_before_anything_runs(studies, tmp_path, capsys, flag, message):
     from forecast.cli import main as forecast_main

@@ -240,8 +240,8 @@ def test_a_config_file_is_read_safely(name, text, expected, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["--model.lr=1e400"], "model.lr: inf is not a finite number"),
-    (["--model.weight_decay=-1e999"], "model.weight_decay: -inf is not a finite number"),
+    (["--model.lr=1e400"], "model.lr: '1e400' is not a finite number"),
+    (["--model.weight_decay=-1e999"], "model.weight_decay: '-1e999' is not a finite number"),
     (["--data", "{" + BOMB.strip().replace("\n", ", ") + "}"], "expands to more than"),
     (["--data", "{horizon: 1, horizon: 3}"], "duplicate key 'horizon'"),
 ])

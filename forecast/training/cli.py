@@ -22,7 +22,7 @@ from torch import nn
 
 from forecast import configs
 from forecast.data.datamodule import ForecastDataModule
-from forecast.domains import MemoryGB, Seed, Size
+from forecast.domains import MemoryGB, PositiveFiniteFloat, Seed, Size
 from forecast.errors import ForecastError
 from forecast.io import write_json_atomic
 from forecast.metrics import MONITOR, MONITOR_MODE
@@ -107,7 +107,7 @@ class ForecastCLI(LightningCLI):
         except Exception as err:  # jsonargparse: ArgumentError, or the refusal of a denied import path
             message = " ".join(str(err).split())
             raise ForecastError(f"{path}: its saved model settings are refused: "
-                                f"{refused_import(message) or message[:300]}") from None
+                                f"{refused_import(message) or one_line(str(err))}") from None
         bad = non_finite(merged[sub].model.as_dict(), "model.")
         if bad:
             raise ForecastError(f"{path}: its saved model settings are refused: {bad[0]} is not a finite number")
@@ -150,7 +150,7 @@ class ForecastCLI(LightningCLI):
                             help="samples per optimizer step when data.batch_size is 'auto'")
         parser.add_argument("--planner.memory_gb", type=MemoryGB | None, default=None,
                             help="memory to plan for (default: free CUDA memory, or 16 GB on CPU)")
-        parser.add_argument("--throughput.peak_tflops", type=float | None, default=None,
+        parser.add_argument("--throughput.peak_tflops", type=PositiveFiniteFloat | None, default=None,
                             help="peak TFLOP/s the MFU divides by (default: the CUDA device's dense peak "
                                  "for the run's precision; none on CPU, so no MFU there unless given)")
         # Never configured twice: the data decides the model's input shape.
