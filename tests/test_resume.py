@@ -153,7 +153,7 @@ def test_a_callback_setting_the_checkpoint_would_put_back_is_refused(case, capfd
 @pytest.mark.parametrize("change,expected", [
     (lambda hp: hp.update(optimizer={"class_path": "ckpt_planted.Net"}), "'ckpt_planted.Net' is outside the classes"),
     (lambda hp: hp.update(optimizer="ckpt_planted.Net"), "'ckpt_planted.Net' is outside the classes"),
-    (lambda hp: hp.update(lr="fast"), 'Parser key "model.lr"'),
+    (lambda hp: hp.update(lr="fast"), "model.lr: 'fast' is not a number"),
     (lambda hp: hp.update(lr=float("inf")), "model.lr: inf is not a finite number"),
     (lambda hp: hp.update(unknown_setting=1), "unknown_setting"),
 ], ids=["class-path", "import-path", "wrong-type", "non-finite", "unknown-key"])
