@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from forecast.domains import Date, DeviceIds, Name, NonEmptyStr, NonNegativeInt, PositiveInt
+from forecast.domains import Date, DeviceIds, Name, NonEmptyStr, NonNegativeInt, PositiveFiniteFloat, PositiveInt
 from forecast.errors import ForecastError
 from forecast.hpo.api import device_ids
 from forecast.parsing import command_parser, parse, split_run_args
@@ -59,11 +59,11 @@ def parser() -> ArgumentParser:
                         "(default: logs/report)")
     p.add_argument("--bootstrap", type=NonNegativeInt, default=1000, metavar="B",
                    help="joint block-bootstrap resamples of dates and seeds (default: 1000)")
-    p.add_argument("--equivalence-loss", type=float, default=DEFAULT_MARGINS["loss"], metavar="NATS",
+    p.add_argument("--equivalence-loss", type=PositiveFiniteFloat, default=DEFAULT_MARGINS["loss"], metavar="NATS",
                    help="equivalence margin of log-loss claims: a claim whose whole interval lies within "
                         "+-NATS (per 10x parameters for the slope) is called equivalent "
                         f"(default: {DEFAULT_MARGINS['loss']:g})")
-    p.add_argument("--equivalence-auroc", type=float, default=DEFAULT_MARGINS["auroc"], metavar="D",
+    p.add_argument("--equivalence-auroc", type=PositiveFiniteFloat, default=DEFAULT_MARGINS["auroc"], metavar="D",
                    help=f"equivalence margin of AUROC claims (default: {DEFAULT_MARGINS['auroc']:g})")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the retrains' checkpoints (default: deleted once tested)")
