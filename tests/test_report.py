@@ -287,7 +287,7 @@ def _no_complete_trial(tmp_path: Path, url: str) -> str:
     ("folds", "folds: '0' is not an integer >= 1"),
     ("flag", "--data.horizon: not an option"),
     ("devices", "report retrains run on one device"),
-    ("margin", "--equivalence-loss and --equivalence-auroc must be > 0"),
+    ("margin", "equivalence_auroc: '0' is not a finite number > 0"),
 ])
 def test_bad_input_is_one_line(studies, tmp_path, capsys, case, message):
     url, _ = studies

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from forecast.domains import Date, DeviceIds, Name, NonEmptyStr, NonNegativeInt, PositiveFiniteFloat, PositiveInt
+from forecast.domains import (
+    Date,
+    DeviceIds,
+    Name,
+    NonEmptyStr,
+    NonNegativeInt,
+    PositiveFiniteFloat,
+    PositiveInt,
+)
 from forecast.errors import ForecastError
 from forecast.hpo.api import device_ids
 from forecast.parsing import command_parser, parse, split_run_args
