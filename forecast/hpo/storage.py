@@ -192,14 +192,15 @@ def recover_dead_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
     Returns:
         Numbers of the trials failed here (by the heartbeat or the local process check).
     """
+    # This host's dead workers first, so their trials say why ("interrupted") however long ago they died;
+    # then the heartbeat for the rest (other machines), which fails a trial without a reason of ours.
+    failed = [trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+              if worker_is_dead(str(trial.user_attrs.get(WORKER_ATTR, ""))) and _fail(study, storage, trial)]
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # RDB with heartbeat; a no-op elsewhere
-    failed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before]
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if worker_is_dead(str(trial.user_attrs.get(WORKER_ATTR, ""))) and _fail(study, storage, trial):
-            failed.append(trial.number)
+    failed += [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before]
     return sorted(failed)
 
 
