@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from hypothesis import settings
 
 from forecast.data.synthetic import synthetic_ohlcv as synthetic_raw
 from forecast.data.synthetic import synthetic_vix
@@ -15,6 +17,12 @@ from forecast.data.synthetic import synthetic_vix
 __all__ = ["synthetic_raw", "synthetic_vix"]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Property tests in `make test` draw the same examples on every run (a red CI is a real defect, not a draw), and
+# no example has a deadline (a loaded machine is slow, not wrong). HYPOTHESIS_PROFILE=explore draws afresh.
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
