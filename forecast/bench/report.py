@@ -62,7 +62,7 @@ def _report(db: Path, out: Path, jobs: int, folds: int, seeds: int) -> float:
 
 
 def bench_report(budgets: tuple[str, ...] = ("6K", "20K"), folds: int = 3, seeds: int = 2,
-                 epochs: int = 5) -> dict[str, Any]:
+                 epochs: int = 30) -> dict[str, Any]:
     """Wall time of `forecast report --jobs 1` and `--jobs 2` over the same retrains; same verdicts?"""
     import pandas as pd
 
