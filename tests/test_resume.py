@@ -19,6 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_reliability import TINY, fit_args, fitted, run, sample, tree  # noqa: F401  (fixtures)
+from test_trust import refused as refused_in_one_line
 
 from forecast.training.resume import finished
 
@@ -36,17 +37,11 @@ def case(sample, fitted, tmp_path, monkeypatch):  # noqa: F811
 
 
 def refused(capfd, case: Path, argv: list[str], expected: str) -> str:
-    """`forecast ARGV` exits 2 with one error line holding `expected`, and the folder is unchanged."""
+    """`forecast ARGV` keeps test_trust's one-line refusal contract, and the folder is unchanged."""
     before = tree(case)
-    capfd.readouterr()
-    status = run(argv)
-    out, err = capfd.readouterr()
-    errors = [line for line in err.splitlines() if line.startswith("forecast: error:")]
-    assert status == 2, out + err
-    assert "Traceback" not in out + err
-    assert len(errors) == 1 and expected in errors[0], err
+    line = refused_in_one_line(capfd, argv, expected)
     assert tree(case) == before
-    return errors[0]
+    return line
 
 
 def ckpt(case: Path, which: str = "last") -> Path:
