@@ -35,6 +35,12 @@ SYMBOL_MAX = 32
 # Study and run names: ASCII letters, digits and . _ + ^ - , not starting with . or - ; no separator
 # and never `.` or `..`, so a name is one folder inside its parent, never a path elsewhere.
 NAME_PATTERN = r"^[A-Za-z0-9^_][A-Za-z0-9._+^-]*$"
+# Best checkpoints are `checkpoints/best-*.ckpt` in a run's folder (forecast.training.checkpoints finds
+# them by this prefix). A checkpoint name is `best-` then ASCII letters, digits and . _ = - and
+# Lightning's {epoch} / {step} fields (an integer format such as {epoch:03d} allowed): one file in
+# that folder, never a path elsewhere, and no field Lightning would fill with a missing metric's 0.
+BEST_PREFIX = "best"
+CHECKPOINT_PATTERN = BEST_PREFIX + r"-(?:[A-Za-z0-9._=-]|\{(?:epoch|step)(?::0?[1-9]?d)?\})*"
 
 
 def _number(value: Any, base: type) -> int | float:
@@ -145,6 +151,9 @@ DeviceSpec = _domain("DeviceSpec", str, _matches(r"^(auto|-1|[1-9]\d{0,2}|\d{1,3
                      "auto, -1, a device count or ids such as 0,1")
 DeviceIds = _domain("DeviceIds", str, _matches(r"^\d{1,3}(,\d{1,3})*$", 400),
                     "CUDA device ids separated by commas, e.g. 0,1 or 0,0,1,1")
+CheckpointName = _domain("CheckpointName", str, _matches(CHECKPOINT_PATTERN),
+                         f"a checkpoint name: {BEST_PREFIX}- then up to {NAME_MAX} ASCII letters, digits, . _ = - "
+                         "and {epoch} or {step} fields")
 NonEmptyStr = _domain("NonEmptyStr", str, lambda v: v.strip() != "" and "\x00" not in v, "a non-empty text")
 
 

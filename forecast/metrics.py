@@ -21,6 +21,7 @@ from torchmetrics.regression import MeanSquaredError
 MONITOR = "val/loss"
 MONITOR_MODE = "min"
 COLLAPSE_STD = 1e-3  # predicted-probability std below this means the model outputs one number
+SPREAD = ("prob_std", "prob_min", "prob_max")  # ProbabilitySpread's values
 
 
 class ProbabilitySpread(Metric):
@@ -37,7 +38,7 @@ class ProbabilitySpread(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         p = self.probs.compute()
-        return {"prob_std": p.std(unbiased=False), "prob_min": p.min(), "prob_max": p.max()}
+        return dict(zip(SPREAD, (p.std(unbiased=False), p.min(), p.max()), strict=True))
 
     def reset(self) -> None:
         super().reset()
@@ -66,3 +67,9 @@ def classification_metrics(prefix: str, validate_args: bool = False) -> MetricCo
         },
         prefix=f"{prefix}/",
     )
+
+
+def logged(split: str) -> tuple[str, ...]:
+    """Every metric an epoch of `split` logs (`forecast.training.module`): its loss, the collection's
+    metrics and the probabilities' spread; what checkpointing and early stopping may monitor."""
+    return (f"{split}/loss", *classification_metrics(split).keys(), *(f"{split}/{k}" for k in SPREAD))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import warnings
 
 import lightning.pytorch as L
 import optuna
@@ -14,7 +15,7 @@ import yaml
 from search_fixtures import ROOT, _one_thread, data, options, space_file, wait_for  # noqa: F401  (fixtures; _one_thread is autouse)
 
 from forecast.errors import ForecastError
-from forecast.hpo.space import bind, load_space, parse_param
+from forecast.hpo.space import OutsideSpace, bind, load_space, parse_param
 from forecast.hpo.stop import AbortTrial, StopControl
 from forecast.hpo.study import (
     make_pruner,
@@ -179,3 +180,21 @@ def test_each_sampled_value_changes_what_the_trainer_and_model_receive(data, spa
 def test_resolve_reports_parser_errors_in_one_line():
     with pytest.raises(ForecastError, match="Option 'nope' is not accepted"):
         resolve(["--config", str(ROOT / "configs" / "demo.yaml"), "--model.net.init_args.nope=1"])
+
+
+@pytest.mark.parametrize("fixed", [{"lr": 5.0}, {"lr": float("nan")}, {"clip": 3.0}, {"dropout": -0.1},
+                                   {"d_model": 64}, {"d_model": 32, "ffn_ratio@d32": 8}])
+def test_a_stored_trial_that_fixes_values_outside_the_space_is_refused(space_file, fixed):
+    """Study storage is data: a trial enqueued there (by anyone who can write to a shared database)
+    is held to the search space's ranges; Optuna alone would only warn and train with lr=5."""
+    space = bind(load_space(space_file), 20_000, 25, 32, 8, 4, "mixing")
+    study = optuna.create_study()
+    study.enqueue_trial(fixed)
+    name = list(fixed)[-1]
+    with warnings.catch_warnings():  # Optuna's own "out of range" warning, where it gives one
+        warnings.simplefilter("ignore")
+        with pytest.raises(OutsideSpace, match=rf"trial 0 fixes {name}"):
+            space.suggest(study.ask())
+    study.enqueue_trial({"lr": 1e-3, "clip": 2.0, "d_model": 16})  # inside: drawn as fixed
+    sample = space.suggest(study.ask())
+    assert (sample.values["lr"], sample.values["clip"], sample.arch.d_model) == (1e-3, 2.0, 16)

@@ -169,3 +169,17 @@ def test_finished_counts_the_epoch_a_checkpoint_was_saved_at_the_end_of():
     assert finished(at_end, 3, -1) is None
     assert finished({"epoch": 4, "global_step": 50}, None, 50) == "its 50 steps are done (trainer.max_steps=50)"
     assert finished({"epoch": 4}, None, None) is None  # Lightning's default: 1000 epochs
+
+
+def test_a_checkpoint_from_outside_a_run_logs_into_a_new_run_not_the_folders_above_it(case):
+    """A copied or downloaded checkpoint has no run around it: its evaluation is a new version of the
+    config's logger, and nothing is written beside or above the file (it once went to its grandparent)."""
+    outside = case / "downloads" / "model"
+    outside.mkdir(parents=True)
+    copy = outside / "model.ckpt"
+    shutil.copy(ckpt(case, "best"), copy)
+    before, runs = tree(case / "downloads"), set((case / "logs" / RUN).parent.glob("version_*"))
+    assert run(["test", *fit_args(case / "logs"), "--ckpt_path", str(copy)]) == 0
+    assert tree(case / "downloads") == before
+    new = set((case / "logs" / RUN).parent.glob("version_*")) - runs
+    assert len(new) == 1 and list(new.pop().glob("test*.json"))

@@ -8,6 +8,7 @@ Failures are data. Every trial ends with a user attr `reason`:
   oom        FAIL: out of memory (CUDA or host); memory is released before the next trial
   error      FAIL: any other exception (its first line in `message`, the traceback in error.txt)
   aborted    FAIL: a second Ctrl-C ended it
+  refused    FAIL: an enqueued trial fixes a value outside the search space; it never runs
   interrupted  (set at the start) FAIL when its process died and the trial was found stale
 
 and its speed and memory (columns of trials.csv too): samples_per_sec, tokens_per_sec and mfu over
@@ -33,7 +34,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 
 from forecast.errors import ForecastError
 from forecast.hpo.display import Display
-from forecast.hpo.space import Sample, SearchSpace
+from forecast.hpo.space import OutsideSpace, Sample, SearchSpace
 from forecast.hpo.stop import AbortTrial, StopControl
 from forecast.hpo.storage import WORKER_ATTR, worker_id
 from forecast.metrics import MONITOR, MONITOR_MODE
@@ -225,7 +226,12 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.time()
-        sample = self.setup.space.suggest(trial)
+        try:
+            sample = self.setup.space.suggest(trial)
+        except OutsideSpace as err:  # stored parameters are data: checked against the space, never run
+            trial.set_user_attr("reason", "refused")
+            trial.set_user_attr("message", str(err))
+            raise TrialFailed(f"refused: {err}") from None
         folder = self.setup.trial_dir(trial.number)
         self._record_start(trial, sample, folder)
         label = f"#{trial.number} {sample.arch.id}"

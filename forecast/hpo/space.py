@@ -93,6 +93,15 @@ class Param:
                                      step=int(self.step or 1))
         return trial.suggest_categorical(self.name, list(self.choices))
 
+    def holds(self, value: Any) -> bool:
+        """Whether `value` lies in this parameter's range (or among its choices): what a trial
+        enqueued in the storage fixes is checked by it, since Optuna only warns and uses it."""
+        if self.type == "categorical":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        return self.low <= value <= self.high and (self.type == "float" or value == int(value))
+
     def ends(self) -> tuple[Any, Any]:
         """The first and last value (bounds or choices), to dry-run the overrides before any trial."""
         if self.type == "categorical":
@@ -224,7 +233,7 @@ class ArchTree:
         path: list[str] = []
         for level, letter in LEVELS:
             choices = sorted({getattr(a, level) for a in left})
-            value = choices[0] if len(choices) == 1 else trial.suggest_categorical(_name(level, path), choices)
+            value = choices[0] if len(choices) == 1 else _categorical(trial, _name(level, path), choices)
             left = [a for a in left if getattr(a, level) == value]
             path.append(f"{letter}{value:g}")
         return left[0]
@@ -250,6 +259,17 @@ class ArchTree:
             min(by, key=lambda a: (a.n_layers, -a.d_model, a.params)),  # shallowest
         ]
         return list(dict.fromkeys(picks))
+
+
+def _categorical(trial: optuna.Trial, name: str, choices: list[Any]) -> Any:
+    try:
+        return trial.suggest_categorical(name, choices)
+    except ValueError:  # an enqueued trial fixed a value that is not among them
+        raise OutsideSpace(f"trial {trial.number} fixes {name} outside its choices {choices}") from None
+
+
+class OutsideSpace(ForecastError):
+    """A trial enqueued in the storage fixes a value the search space does not hold."""
 
 
 def _name(level: str, path: list[str]) -> str:
@@ -278,7 +298,15 @@ class SearchSpace:
     def suggest(self, trial: optuna.Trial) -> Sample:
         """Draw an architecture and every parameter, and the overrides that apply them."""
         arch = self.tree.suggest(trial)
-        values = {p.name: p.suggest(trial) for p in self.spec.params}
+        values = {}
+        for p in self.spec.params:
+            try:
+                values[p.name] = p.suggest(trial)
+            except ValueError:  # a categorical fixed outside its choices
+                values[p.name] = None
+            if not p.holds(values[p.name]):
+                raise OutsideSpace(f"trial {trial.number} fixes {p.name} outside the search space "
+                                   f"({_range(p)}); enqueued trials must lie in {self.spec.path}")
         return Sample(arch, values, self.overrides(arch, values))
 
     def overrides(self, arch: Arch, values: Mapping[str, Any]) -> list[str]:
@@ -297,6 +325,10 @@ class SearchSpace:
     def enqueued(self) -> list[dict[str, Any]]:
         """Parameters of the grid's extremes, to run before the sampler takes over."""
         return [self.tree.params_of(a) for a in self.tree.extremes()]
+
+
+def _range(p: Param) -> str:
+    return f"choices {list(p.choices)}" if p.type == "categorical" else f"{p.type} in [{p.low:g}, {p.high:g}]"
 
 
 def format_value(value: Any) -> str:

@@ -472,7 +472,7 @@ def _trial_line(t: FrozenTrial) -> str:
     a = t.user_attrs
     value = f" {MONITOR}={t.value:.5g}" if t.value is not None and t.state == TrialState.COMPLETE else ""
     why = a.get("reason", t.state.name.lower())
-    if why == "surplus":
+    if why in ("surplus", "refused"):
         return f"trial {t.number} not run: {a.get('message')}"
     message = f": {a['message']}" if a.get("message") and why not in ("complete",) else ""
     return (f"trial {t.number} {why}{value} {a.get('arch_id')} ({a.get('epochs_run')} epochs, "

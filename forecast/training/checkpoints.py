@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
+from forecast.domains import BEST_PREFIX  # best checkpoints: checkpoints/best-<epoch>.ckpt
 from forecast.errors import ForecastError
 
-BEST_PREFIX = "best"  # checkpoints/best-<epoch>.ckpt: the monitored metric's best epoch
+__all__ = ["BEST_PREFIX", "check_checkpoint", "checkpoint_in"]
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:

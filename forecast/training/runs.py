@@ -63,9 +63,12 @@ def point_at_run(config) -> None:
     elif not Path(ckpt).is_file():
         raise ForecastError(f"checkpoint not found: {ckpt}")
     else:
-        run = Path(ckpt).resolve().parent.parent
+        folder = Path(ckpt).resolve().parent
+        # A run's own checkpoint logs into that run; one from anywhere else (a copy, a download) into
+        # a new version of this config's logger, never into the folders above the file.
+        run = folder.parent if folder.name == "checkpoints" and is_run(folder.parent) else None
     config.ckpt_path = ckpt
-    if isinstance(logger, dict) or hasattr(logger, "init_args"):
+    if run is not None and (isinstance(logger, dict) or hasattr(logger, "init_args")):
         logger.init_args.version = run.name
         logger.init_args.save_dir = str(run.parent.parent)
         logger.init_args.name = run.parent.name

@@ -20,6 +20,7 @@ from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry
 from lightning.pytorch.strategies import Strategy, StrategyRegistry
 
 from forecast.domains import (
+    CheckpointName,
     ClosedUnitInterval,
     CountOrAll,
     DeviceSpec,
@@ -30,10 +31,14 @@ from forecast.domains import (
     PositiveInt,
     UnitFraction,
 )
+from forecast.metrics import logged
 
 # An int counts batches, a float is a fraction of them (Lightning's convention).
 Batches = NonNegativeInt | UnitFraction | None
 
+
+# What a validation epoch logs: a name outside it fails only after the first epoch, inside Lightning.
+Monitored = Literal[logged("val")]  # type: ignore[valid-type]
 
 # Names Lightning resolves through its registries (or "auto"): anything else fails inside Trainer().
 StrategyName = Literal[("auto", *sorted(StrategyRegistry.available_strategies()))]  # type: ignore[valid-type]
@@ -135,7 +140,7 @@ class EarlyStopping(callbacks.EarlyStopping):
 
     def __init__(
         self,
-        monitor: str,
+        monitor: Monitored,
         min_delta: NonNegativeFiniteFloat = 0.0,
         patience: NonNegativeInt = 3,
         mode: Literal["min", "max"] = "min",
@@ -153,6 +158,7 @@ class ModelCheckpoint(callbacks.ModelCheckpoint):
 
     Args:
         monitor: The metric the best checkpoints are chosen by.
+        filename: The best checkpoints' file name, without `.ckpt` (`forecast test` finds `best-*`).
         mode: "min" or "max".
         save_top_k: Best checkpoints kept (-1: all, 0: none).
         every_n_train_steps: Save every this many training steps (None or 0: off).
@@ -161,12 +167,13 @@ class ModelCheckpoint(callbacks.ModelCheckpoint):
 
     def __init__(
         self,
-        monitor: str | None = None,
+        monitor: Monitored | None = None,
+        filename: CheckpointName | None = None,
         mode: Literal["min", "max"] = "min",
         save_top_k: CountOrAll = 1,
         every_n_train_steps: NonNegativeInt | None = None,
         every_n_epochs: NonNegativeInt | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(monitor=monitor, mode=mode, save_top_k=save_top_k,
+        super().__init__(monitor=monitor, filename=filename, mode=mode, save_top_k=save_top_k,
                          every_n_train_steps=every_n_train_steps, every_n_epochs=every_n_epochs, **kwargs)
