@@ -20,7 +20,7 @@ The only other stand-in is the network (`data download`).
 
     make test                               # FUZZ_EXAMPLES (default 100) examples, derandomized
     make fuzz                               # 2,000 random examples across all subcommands
-    FORECAST_FUZZ_SURVEY=out.json ...       # collect every violation instead of stopping at the first
+    FORECAST_FUZZ_SURVEY=out.jsonl ...      # one line per example (its violation or null); never stops
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
 SYMBOL = "SYN"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))  # in all, shared out by COST
-SURVEY = os.environ.get("FORECAST_FUZZ_SURVEY")  # a JSON file: collect violations, do not stop
+SURVEY = os.environ.get("FORECAST_FUZZ_SURVEY")  # a JSON-lines file: every example and its violation; do not stop
 TINY = ["--model.net.init_args.d_model=16", "--model.net.init_args.n_heads=2", "--model.net.init_args.n_layers=1",
         "--model.net.init_args.d_ff=32", "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4",
         "--data.context_length=32", "--data.min_windows=20", "--data.batch_size=32",
@@ -426,11 +426,31 @@ def test_fuzzed_command_lines_keep_the_contract(command, world, capfd, monkeypat
             violation = run_one(argv, case, world, capfd, monkeypatch)
         finally:
             shutil.rmtree(case, ignore_errors=True)
-        if SURVEY and violation:
+        if SURVEY:  # every example is a line (violation null when it kept the contract): the run's own count
             with open(SURVEY, "a") as f:
-                f.write(json.dumps({"argv": [a.replace(str(world.root), "<root>") for a in argv],
+                f.write(json.dumps({"command": command, "argv": [a.replace(str(world.root), "<root>") for a in argv],
                                     "violation": violation}) + "\n")
             return
         assert violation is None, f"{violation}\nargv: {argv}"
 
     example()
+
+
+def summary(log: str) -> int:
+    """`make fuzz`'s last line: examples and violations per command from the log; 1 if any broke the contract."""
+    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+    by: dict[str, list[int]] = {}
+    for row in rows:
+        by.setdefault(row["command"], [0, 0])[0] += 1
+        by[row["command"]][1] += row["violation"] is not None
+    for command, (n, bad) in sorted(by.items()):
+        print(f"  {command:10s} {n:5d} examples  {bad:3d} violations")
+    bad = [row for row in rows if row["violation"] is not None]
+    print(f"fuzz: {len(rows)} examples, {len(bad)} violations ({log})")
+    for row in bad[:20]:
+        print(f"  {row['violation']}\n    argv: {row['argv']}")
+    return 1 if bad or not rows else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(summary(sys.argv[2]) if sys.argv[1:2] == ["--summary"] else 2)
