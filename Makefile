@@ -87,7 +87,7 @@ test-slow: install ## the slow tests too (real data end to end)
 FUZZ_N ?= 2000
 FUZZ_LOG ?= fuzz.jsonl
 
-fuzz: install ## the command-line fuzzer: FUZZ_N (2000) random examples across every subcommand (~30 min), log in FUZZ_LOG
+fuzz: install ## the command-line fuzzer: FUZZ_N (2000) random examples, an equal share per command (~5 min), log in FUZZ_LOG
 	rm -f $(FUZZ_LOG)
 	OMP_NUM_THREADS=1 FUZZ_EXAMPLES=$(FUZZ_N) FUZZ_RANDOM=1 FORECAST_FUZZ_SURVEY=$(abspath $(FUZZ_LOG)) \
 	  $(BIN)/python -m pytest -q -n $(TEST_JOBS) tests/test_fuzz_cli.py -k fuzzed
