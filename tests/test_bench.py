@@ -70,3 +70,14 @@ def test_every_entry_runs_at_its_smallest_size(tmp_path, pg_server):
     results = json.loads(out.read_text())
     assert set(sections()) <= set(results)
     assert not [k for k, v in results.items() if isinstance(v, dict) and "failed" in v]
+
+
+def test_the_thread_table_interleaves_its_choices_in_a_rotating_order():
+    """A neighbour's burst in one round must not fall on one choice only: each round starts one later."""
+    from forecast.bench.cpu import _interleaved
+
+    order: list[int | None] = []
+    runs = _interleaved({"default": None, "1 thread": 1, "2 threads": 2}, 3,
+                        lambda t: order.append(t) or {"threads": t})
+    assert order == [None, 1, 2, 1, 2, None, 2, None, 1]
+    assert {k: len(v) for k, v in runs.items()} == {"default": 3, "1 thread": 3, "2 threads": 3}

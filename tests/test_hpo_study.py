@@ -80,6 +80,10 @@ def test_a_three_trial_study_completes_with_its_records(three, data):
     assert {f"user_attrs_{k}" for k in ("samples_per_sec", "mfu", "peak_memory_gb", "planner_peak_gb")} <= set(csv.columns)
     summary = (outcome.folder / "summary.md").read_text()
     assert "3/3 finished" in summary and "Best 3 complete trials" in summary
+    best = study.best_trial  # its row counts epochs as the progress does: best epoch N of `epochs`, 1-based
+    row = next(ln for ln in summary.splitlines() if ln.startswith(f"| {best.number} | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-3:-1] == [str(best.user_attrs["epochs_run"]), str(best.user_attrs["best_epoch"] + 1)]
     # the bar every trial must clear: the class prior's val loss on the same split and labels
     dm = ForecastDataModule(**resolve(["--config", str(ROOT / "configs" / "demo.yaml"), *flags(data, 3)])["data"])
     prior = prior_scores(dm, "val")["loss"]

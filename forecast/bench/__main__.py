@@ -173,7 +173,7 @@ def sections() -> dict[str, tuple[Callable[..., dict], dict]]:
         "hpo": (bench_hpo, {"trials": 2, "epochs": 1}),
         "storage": (bench_storage, {"workers": 2, "trials": 4}),
         "throughput": (bench_throughput, {"trials": 1, "epochs": 1}),
-        "threads": (bench_threads, {"models": ("100K",), "seconds": 0.2, "search_trials": 0}),
+        "threads": (bench_threads, {"models": ("100K",), "seconds": 0.2, "search_trials": 0, "repeats": 1}),
         "efficiency": (bench_efficiency, {"models": ("100K",), "seconds": 0.2, "probe_runs": 2,
                                           "compile_net": False}),
         "report": (bench_report, {"budgets": ("20K",), "folds": 2, "seeds": 1, "epochs": 1}),

@@ -159,17 +159,22 @@ def _prior_line(best: FrozenTrial | None, prior: dict[str, float] | None) -> lis
     return [line, ""]
 
 
+def _epoch(index: Any) -> str:
+    """An epoch as the progress lines count it (1-based); the trial records Lightning's 0-based index."""
+    return str(index + 1) if isinstance(index, int) else "-"
+
+
 def _best_table(trials: Sequence[FrozenTrial]) -> list[str]:
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value,
                   reverse=MONITOR_MODE == "max")
     if not done:
         return ["No complete trial yet.", ""]
     names = sorted({k for t in done for k in t.params if "@" not in k and k != "d_model"})
-    head = ["trial", MONITOR, "arch", "params", *names, "epochs", "best epoch", "wall s"]
+    head = ["trial", MONITOR, "arch", "params", *names, "epochs", "best epoch (of epochs)", "wall s"]
     rows = [
         [str(t.number), f"{t.value:.6g}", str(t.user_attrs.get("arch_id")), f"{t.user_attrs.get('params', 0):,}",
          *[_fmt(t.params.get(n)) for n in names], str(t.user_attrs.get("epochs_run")),
-         str(t.user_attrs.get("best_epoch")), f"{t.user_attrs.get('wall_s', 0):.0f}"]
+         _epoch(t.user_attrs.get("best_epoch")), f"{t.user_attrs.get('wall_s', 0):.0f}"]
         for t in done[:BEST_SHOWN]
     ]
     return [f"## Best {len(rows)} complete trials", "", _md_row(head), _md_row(["---"] * len(head)),
