@@ -3,6 +3,7 @@ by the baselines and, with `data.inputs: stationary`, by the network; a real tin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,12 +15,14 @@ from conftest import synthetic_raw, synthetic_vix
 from hypothesis import given
 from hypothesis import strategies as st
 
+from forecast.cli import main as forecast_main
 from forecast.data.datamodule import ForecastDataModule
 from forecast.data.raw import write_raw
 from forecast.data.stationary import stationary_frame, stationary_names
 from forecast.data.tiers import TIERS, build_and_write
 from forecast.errors import ForecastError
 from forecast.hpo.config import fingerprint, study_name
+from forecast.model import PatchTST
 from forecast.sizing.budget import tier_features
 from forecast.training.baselines import LOGISTIC_C, fit_baselines, stationary_features
 from forecast.training.cli import cli_main
@@ -86,7 +89,7 @@ def test_the_network_and_the_baselines_see_the_same_stationary_inputs(data_dir):
         dm(data_dir, inputs="returns")
 
 
-def test_fit_on_stationary_inputs_links_the_feature_count(data_dir, tmp_path):
+def test_fit_on_stationary_inputs_links_the_feature_count(data_dir, tmp_path, capsys):
     args = ["fit", "--config", "configs/demo.yaml", f"--data.data_dir={data_dir}", f"--data.symbol={SYMBOL}",
             "--data.tier=c", "--data.inputs=stationary", "--data.context_length=32",
             f"--data.val_start={VAL_START}", f"--data.test_start={TEST_START}", "--data.min_windows=20",
@@ -98,6 +101,14 @@ def test_fit_on_stationary_inputs_links_the_feature_count(data_dir, tmp_path):
     cli = cli_main(args)
     assert cli.model.net.n_features == len(stationary_names(TIERS["c"].columns))
     assert np.isfinite(cli.trainer.callback_metrics["val/loss"].item())
+    # `forecast arch --inputs stationary` counts the parameters of the network this fit builds
+    capsys.readouterr()
+    assert forecast_main(["arch", "--budget", "200K", "--tier", "c", "--inputs", "stationary", "--context-length",
+                          "32", "--patch-len", "8", "--stride", "4", "--patch-mode", "mixing", "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    net = PatchTST(n_features=cli.model.net.n_features, context_length=32, patch_len=8, stride=4, patch_mode="mixing",
+                   d_model=row["d_model"], n_layers=row["n_layers"], n_heads=row["n_heads"], d_ff=row["d_ff"])
+    assert sum(p.numel() for p in net.parameters()) == row["params"]
     config = {"data": {"symbol": "SPY", "tier": "c", "task": "threshold", "threshold": 0.01, "horizon": 1}}
     assert study_name(config, "2M") == "SPY-c-threshold0.01-h1-2M"  # unchanged for the tier's columns
     config["data"]["inputs"] = "stationary"

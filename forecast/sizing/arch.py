@@ -169,7 +169,11 @@ def build_parser() -> ArgumentParser:
                    help=f"a named budget ({', '.join(BUDGETS)}) or a parameter count such as 50K or 1.5M")
     p.add_argument("--tier", type=Literal[tuple(TIERS)], default="a25",  # type: ignore[valid-type]
                    help="feature tier whose columns set n_features")
-    p.add_argument("--n-features", type=PositiveInt | None, default=None, help="override the tier's feature count")
+    p.add_argument("--inputs", type=Literal["tier", "stationary"], default="tier",
+                   help="the network's inputs, as data.inputs: the tier's columns, or the stationary inputs "
+                        "built from them (returns and ratios; another feature count)")
+    p.add_argument("--n-features", type=PositiveInt | None, default=None,
+                   help="override the feature count of --tier and --inputs")
     p.add_argument("--context-length", type=PositiveInt, default=80, help="window length (days)")
     p.add_argument("--patch-len", type=PositiveInt, default=16, help="time steps per patch")
     p.add_argument("--stride", type=PositiveInt, default=8, help="steps between patch starts")
@@ -196,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`forecast arch`: print a budget's architectures as a table or a JSON list."""
     args = parse(build_parser(), list(argv or []))
     budget = parse_budget(args.budget)
-    n_features = args.n_features if args.n_features is not None else tier_features(args.tier)
+    n_features = args.n_features if args.n_features is not None else tier_features(args.tier, args.inputs)
     archs = architectures(budget.label, n_features, args.context_length, args.patch_len,
                           args.stride, args.patch_mode, grid=load_grid(args.grid))
     device = args.device or default_device()
@@ -211,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
-        title = (f"{budget.label} budget: {len(rows)} architectures · {n_features} features, "
+        title = (f"{budget.label} budget: {len(rows)} architectures · {n_features} {args.inputs} features, "
                  f"context {args.context_length}, patch {args.patch_len}/{args.stride} "
                  f"{args.patch_mode} · {device} {args.precision}, {memory_bytes / GB:.1f} GB, "
                  f"effective batch {args.effective_batch}")
