@@ -114,15 +114,20 @@ def _iso_date(v: str) -> bool:
     return re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) is not None
 
 
-PositiveInt = _domain("PositiveInt", int, lambda v: v >= 1, "an integer >= 1")
+# counts and intervals reach numpy, torch and Lightning as int64: one beyond it overflows inside them
+INT64_MAX = 2**63 - 1
+PositiveInt = _domain("PositiveInt", int, lambda v: 1 <= v <= INT64_MAX, "an integer >= 1 (at most 2**63-1)")
 # sizes that become tensor dimensions: torch indexes with int64, but kernels and allocators fail
 # far below it; 2**31-1 keeps a size a plain int32 (a model this large is refused by the memory check)
 SIZE_MAX = 2**31 - 1
 Size = _domain("Size", int, lambda v: 1 <= v <= SIZE_MAX, f"an integer in 1..{SIZE_MAX}")
-NonNegativeInt = _domain("NonNegativeInt", int, lambda v: v >= 0, "an integer >= 0")
+NonNegativeInt = _domain("NonNegativeInt", int, lambda v: 0 <= v <= INT64_MAX, "an integer >= 0 (at most 2**63-1)")
+# a count of rows or days added to a row index (data.gap): as a size, never past int32
+NonNegativeSize = _domain("NonNegativeSize", int, lambda v: 0 <= v <= SIZE_MAX, f"an integer in 0..{SIZE_MAX}")
 Seed = _domain("Seed", int, lambda v: 0 <= v <= SEED_MAX, f"an integer in 0..{SEED_MAX}")
 # max_epochs, max_steps, save_top_k, num_sanity_val_steps: -1 means "no limit" / "all" in Lightning
-CountOrAll = _domain("CountOrAll", int, lambda v: v >= -1, "an integer >= -1 (-1: no limit / all)")
+CountOrAll = _domain("CountOrAll", int, lambda v: -1 <= v <= INT64_MAX,
+                     "an integer >= -1 (-1: no limit / all; at most 2**63-1)")
 PositiveFiniteFloat = _domain("PositiveFiniteFloat", float, _finite(0, math.inf, True, True), "a finite number > 0")
 NonNegativeFiniteFloat = _domain("NonNegativeFiniteFloat", float, _finite(0, math.inf, False, True),
                                  "a finite number >= 0")

@@ -115,6 +115,13 @@ def test_ddp_fit_on_two_cpu_processes(data_dir, tmp_path):
         (["--data.tier=zz"], "data.tier: 'zz' is not one of 'a20', 'a25', 'c'"),
         (["--data.symbol=NOPE"], "missing processed file"),
         (["--data.batch_size=auto", "--planner.memory_gb=0.00001"], "does not fit this machine"),
+        # found by the fuzzer (make fuzz, 6,600 examples): Lightning refusing two settings together,
+        # a day count past any array, an int64 overflow, and a strategy that pickles the module
+        (["--checkpoint.every_n_train_steps=3", "--checkpoint.every_n_epochs=2"],
+         "settings refused by Lightning: Combination of parameters every_n_train_steps=3, every_n_epochs=2"),
+        (["--data.gap=1000000000000000000000000000000"], "data.gap: '1000000000000000000000000000000' is not an integer in 0.."),
+        (["--trainer.max_steps=9223372036854775808"], "at most 2**63-1"),
+        (["--trainer.strategy=ddp_spawn"], "trainer.strategy: 'ddp_spawn' is not one of 'auto', 'ddp', "),
     ],
 )
 def test_bad_config_is_one_clear_line(data_dir, tmp_path, capsys, override, message):

@@ -33,7 +33,15 @@ from forecast.data.raw import forward_adjust, read_raw
 from forecast.data.stationary import INPUTS, Inputs, stationary_features, stationary_names
 from forecast.data.targets import Task, make_targets
 from forecast.data.tiers import TIERS
-from forecast.domains import Date, NonNegativeInt, PositiveInt, Size, Symbol, Threshold
+from forecast.domains import (
+    Date,
+    NonNegativeInt,
+    NonNegativeSize,
+    PositiveInt,
+    Size,
+    Symbol,
+    Threshold,
+)
 from forecast.errors import ForecastError
 
 TierName = Literal[tuple(TIERS)]  # type: ignore[valid-type]  # the registered tiers (forecast.data.tiers)
@@ -166,7 +174,7 @@ class ForecastDataModule(L.LightningDataModule):
         test_end: Date | None = None,
         folds: PositiveInt = 1,
         fold: NonNegativeInt = 0,
-        gap: NonNegativeInt = 0,
+        gap: NonNegativeSize = 0,
         scaler: Literal["standard", "none"] = "standard",
         inputs: Inputs = "tier",
         batch_size: Size | Literal["auto"] = 64,

@@ -204,6 +204,15 @@ class ForecastCLI(LightningCLI):
         if self.subcommand == "fit" and device == "cpu" and arch is not None:
             rank_zero_info(epoch_estimate(arch, self.datamodule.splits["train"].size))
 
+    def instantiate_classes(self) -> None:
+        """As LightningCLI's; settings that Lightning's classes refuse together (a checkpoint every n
+        steps AND every n epochs) are one line, as its own reason: MisconfigurationException is
+        Lightning's "your configuration is wrong", never a bug of the run."""
+        try:
+            super().instantiate_classes()
+        except MisconfigurationException as err:
+            raise ForecastError(f"settings refused by Lightning: {one_line(str(err))}") from None
+
     def instantiate_trainer(self, **kwargs: Any):
         """As LightningCLI's, plus our ModelCheckpoint (`--checkpoint.*`) unless
         `--trainer.enable_checkpointing=false` (Lightning refuses a checkpoint callback then) or

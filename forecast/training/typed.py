@@ -41,7 +41,12 @@ Batches = NonNegativeInt | UnitFraction | None
 Monitored = Literal[logged("val")]  # type: ignore[valid-type]
 
 # Names Lightning resolves through its registries (or "auto"): anything else fails inside Trainer().
-StrategyName = Literal[("auto", *sorted(StrategyRegistry.available_strategies()))]  # type: ignore[valid-type]
+# Strategies that start their processes by spawn or fork are left out: they send the module to and from
+# the children by pickling, which a network built on `meta` and the run's history in the module do not
+# survive (predict failed; fit left the parent's network unloaded). `ddp` runs the command once per device.
+StrategyName = Literal[("auto", *sorted(  # type: ignore[valid-type]
+    name for name in StrategyRegistry.available_strategies()
+    if StrategyRegistry[name]["init_params"].get("start_method") not in ("spawn", "fork", "forkserver")))]
 AcceleratorName = Literal[("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))]  # type: ignore[valid-type]
 
 
