@@ -36,11 +36,12 @@ def parse_one(hint, text: str):
 # -- the domains: accepted exactly when inside, as plain values -------------------------------------
 NUMBERS = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True))
 CASES = [
-    (domains.PositiveInt, lambda v: isinstance(v, int) and v >= 1),
-    (domains.NonNegativeInt, lambda v: isinstance(v, int) and v >= 0),
+    (domains.PositiveInt, lambda v: isinstance(v, int) and 1 <= v <= 2**63 - 1),
+    (domains.NonNegativeInt, lambda v: isinstance(v, int) and 0 <= v <= 2**63 - 1),
+    (domains.NonNegativeSize, lambda v: isinstance(v, int) and 0 <= v <= 2**31 - 1),
     (domains.Size, lambda v: isinstance(v, int) and 1 <= v <= 2**31 - 1),
     (domains.Seed, lambda v: isinstance(v, int) and 0 <= v <= 2**32 - 1),
-    (domains.CountOrAll, lambda v: isinstance(v, int) and v >= -1),
+    (domains.CountOrAll, lambda v: isinstance(v, int) and -1 <= v <= 2**63 - 1),
     (domains.PositiveFiniteFloat, lambda v: math.isfinite(v) and v > 0),
     (domains.NonNegativeFiniteFloat, lambda v: math.isfinite(v) and v >= 0),
     (domains.ClosedUnitInterval, lambda v: 0 <= v <= 1),
