@@ -9,6 +9,8 @@ import torch
 from synthetic_run import base_args, data_dir, fitted  # noqa: F401  (fixtures)
 
 from forecast.cli import main as forecast_main
+from forecast.errors import ForecastError
+from forecast.sizing.devices import check_nodes
 from forecast.training.cli import cli_main
 
 
@@ -47,3 +49,14 @@ def test_evaluation_on_several_devices_is_refused(fitted, capsys, devices, messa
     assert forecast_main(["test", "--config", config, f"--trainer.devices={devices}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_several_nodes_need_a_launch_that_says_so(monkeypatch):
+    """Without a cluster or the variables of a manual multi-node launch, rank 0 would wait 30 minutes
+    for nodes that never come; with them (or one node) nothing is refused."""
+    for name in ("SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ForecastError, match="num_nodes=2, but no cluster launched"):
+        check_nodes(2, env={})
+    check_nodes(1, env={})
+    check_nodes(2, env={"MASTER_ADDR": "10.0.0.1", "NODE_RANK": "1"})

@@ -3,6 +3,7 @@ through the LightningCLI on a small synthetic tier."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -122,6 +123,12 @@ def test_ddp_fit_on_two_cpu_processes(data_dir, tmp_path):
         (["--data.gap=1000000000000000000000000000000"], "data.gap: '1000000000000000000000000000000' is not an integer in 0.."),
         (["--trainer.max_steps=9223372036854775808"], "at most 2**63-1"),
         (["--trainer.strategy=ddp_spawn"], "trainer.strategy: 'ddp_spawn' is not one of 'auto', 'ddp', "),
+        (["--trainer.num_nodes=2"], "trainer.num_nodes=2, but no cluster launched this process"),  # hung 30 min
+        pytest.param(["--trainer.accelerator=cuda"], "asks for CUDA, but no CUDA device is visible here",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")),
+        pytest.param(["--trainer.strategy=xla_debug"], "Requirement 'torch_xla",
+                     marks=pytest.mark.skipif(importlib.util.find_spec("torch_xla") is not None,
+                                              reason="torch_xla is installed")),
     ],
 )
 def test_bad_config_is_one_clear_line(data_dir, tmp_path, capsys, override, message):

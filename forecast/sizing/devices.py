@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any
 
 import torch
@@ -51,6 +52,54 @@ def accelerator_kind(accelerator: Any, cuda_available: bool | None = None) -> st
     if text in ("auto", "gpu"):
         return "cuda" if cuda else "cpu"
     return text
+
+
+# What says that this process is one node of several: a cluster Lightning detects, or the variables
+# a manual multi-node launch sets on every node (Lightning's own environment reads these).
+NODE_VARIABLES = ("NODE_RANK", "MASTER_ADDR", "GROUP_RANK")
+
+
+def check_nodes(num_nodes: int, env: dict[str, str] | None = None) -> None:
+    """Refuse, in one line, `num_nodes` > 1 where nothing launched this process as one of several nodes:
+    rank 0 would otherwise wait in torch.distributed's store for nodes that never come (30 minutes,
+    in C++, where no Ctrl-C or alarm reaches it)."""
+    if num_nodes <= 1:
+        return
+    env = dict(os.environ) if env is None else env
+    if any(env.get(name) for name in NODE_VARIABLES) or _cluster_detected():
+        return
+    raise ForecastError(f"trainer.num_nodes={num_nodes}, but no cluster launched this process as one of "
+                        f"{num_nodes} nodes; on each node set MASTER_ADDR, MASTER_PORT and NODE_RANK (or "
+                        "launch with SLURM or torchrun), or drop --trainer.num_nodes")
+
+
+def _cluster_detected() -> bool:
+    from lightning.fabric.plugins.environments import (
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    for environment in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment, MPIEnvironment):
+        try:
+            if environment.detect():
+                return True
+        except Exception:  # noqa: BLE001 - an environment whose detection needs a package (mpi4py)
+            continue
+    return False
+
+
+def check_visible(kind: str, cuda_available: bool | None = None) -> None:
+    """Refuse, in one line, a run asked for CUDA where no CUDA device is visible (a GPU config on a
+    laptop): torch's own answer is an AssertionError from deep inside the first CUDA query."""
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if kind == "cuda" and not cuda:
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ForecastError(f"trainer.accelerator asks for CUDA, but no CUDA device is visible here (torch "
+                            f"{torch.__version__}, {build}); use --trainer.accelerator auto or cpu")
 
 
 def default_precision(kind: str, bf16_supported: bool = True) -> str:

@@ -30,6 +30,8 @@ from forecast.parsing import one_line
 from forecast.sizing.devices import (
     accelerator_kind,
     bf16_capable,
+    check_nodes,
+    check_visible,
     cuda_index,
     default_precision,
     one_device,
@@ -165,6 +167,8 @@ class ForecastCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: the search
         _follow_root_dir(config)
         kind = accelerator_kind(config.trainer.accelerator)
+        check_visible(kind)
+        check_nodes(config.trainer.get("num_nodes") or 1)
         if config.trainer.precision is None:  # no config or flag chose one: decide from the device used
             bf16 = kind == "cuda" and bf16_capable(cuda_index(config.trainer.devices))  # this rank's GPU
             config.trainer.precision = default_precision(kind, bf16)
@@ -228,9 +232,10 @@ class ForecastCLI(LightningCLI):
             callbacks += checkpoint_callbacks(config.checkpoint)
         try:
             trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
-        except (MisconfigurationException, ValueError, TypeError) as err:
+        except (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError) as err:
             # settings each valid alone that Lightning refuses together (devices=[0] on a CPU,
-            # a strategy the accelerator cannot run): its own reason, in one line
+            # a strategy the accelerator cannot run), or a strategy whose package is not installed
+            # (xla, deepspeed: Lightning names the requirement): its own reason, in one line
             raise ForecastError(f"trainer settings refused by Lightning: {one_line(str(err))}") from None
         if trainer.logger is None:  # --trainer.logger=false: nothing to log learning rates to (Lightning refuses)
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
