@@ -76,3 +76,17 @@ def test_short_fit_lowers_training_loss(fitted):
     losses = cli.train_losses
     assert cli.trainer.current_epoch == 5 and len(losses) == 5
     assert losses[-1] < losses[0] - 0.01, losses
+
+
+def test_inductor_on_the_cpu_runs_on_one_thread(capsys):
+    """torch 2.13's CPU inductor backward of a 2M PatchTST aborted the process on 2 threads (exit 134,
+    "free(): invalid next size"); a compiled run on the CPU gets one thread, and says so."""
+    from forecast.training.module import one_thread_for_cpu_inductor
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        one_thread_for_cpu_inductor()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

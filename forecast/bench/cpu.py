@@ -79,7 +79,7 @@ def train_rate(model: str, batch: int, seconds: float, compile_net: bool = False
     from forecast.model import PatchTST
     from forecast.sizing.budget import training_flops_per_sample
     from forecast.threads import POLICY
-    from forecast.training.module import decay_groups
+    from forecast.training.module import decay_groups, one_thread_for_cpu_inductor
 
     arch = {**MODELS[model], **PATCH}
     torch.manual_seed(0)
@@ -89,6 +89,9 @@ def train_rate(model: str, batch: int, seconds: float, compile_net: bool = False
     opt = torch.optim.AdamW(decay_groups(net, 0.05), lr=1e-4)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     step_net = torch.compile(net) if compile_net else net
+    if compile_net:  # as `forecast fit --model.compile true` on the CPU (forecast.training.module)
+        one_thread_for_cpu_inductor()
+        threads = torch.get_num_threads()
     x, y = torch.randn(batch, CONTEXT, N_FEATURES), (torch.rand(batch) < 0.3).float()
 
     def step() -> None:
@@ -238,13 +241,22 @@ def bench_efficiency(models: tuple[str, ...] = ("100K", "2M", "20M"), seconds: f
         if compile_net and model != "100K":  # compiling takes longer than the demo's whole fit
             variants[f"compiled b{planned}"] = {"batch": planned, "compile_net": True}
         for name, extra in variants.items():
-            got = run_child({"model": model, "seconds": seconds, **extra}, None)  # the thread policy's choice
+            try:
+                got = run_child({"model": model, "seconds": seconds, **extra}, None)  # the thread policy's choice
+            except RuntimeError as err:  # one variant's crash is its row; the others still run
+                rows.append({"model": model, "variant": name, "failed": str(err)})
+                print(f"   {model:5s} {name:24s} failed: {err}", flush=True)
+                continue
             row = {"model": model, "variant": name, "threads": got["threads"], "samples_per_s": got["samples_per_s"],
                    "gflops": got["gflops"],
                    "probe_gflops": got["probe_gflops"], "efficiency": round(got["gflops"] / got["probe_gflops"], 3)}
             print(f"   {model:5s} {name:24s} {got['gflops']:7.1f} GFLOP/s of {got['probe_gflops']:.0f}: "
                   f"{row['efficiency']:.0%}", flush=True)
             rows.append(row)
+    failed = [f"{r['model']} {r['variant']}" for r in rows if "failed" in r]
+    if failed:  # the bench exits non-zero naming them, after every other row was measured
+        raise RuntimeError(f"efficiency rows failed: {', '.join(failed)}; measured: "
+                           + json.dumps([r for r in rows if "failed" not in r]))
     return {"probe": spread, "rows": rows, "cores": cores, "goal": ">= 0.40 at 2M and 20M",
             "what": "training matmul FLOP/s (forecast.sizing.budget.training_flops_per_sample) over the probe's rate, "
                     "both in the same process with the same threads (the thread policy's choice, in each row); "

@@ -129,6 +129,8 @@ class Forecaster(L.LightningModule):
             # in place: forward is compiled, state_dict keys are unchanged
             self.net.compile(**({} if backend is True else {"backend": backend}))
             self._compiled = True
+            if backend in (True, "inductor") and self.device.type == "cpu":
+                one_thread_for_cpu_inductor()
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch  # [B, L, F], [B]
@@ -303,3 +305,14 @@ def warmup_cosine(total_steps: int, warmup_frac: float, min_ratio: float = 0.0):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def one_thread_for_cpu_inductor() -> None:
+    """Run inductor's CPU kernels on one thread. With torch 2.13's CPU build, a 2M PatchTST's compiled
+    backward corrupts the heap ("free(): invalid next size", exit 134) on 2 OpenMP threads, every
+    time, and trains on one (make bench, `efficiency`; forecast fit --model.compile true). A crash
+    loses the run; one thread loses speed, which compile on the CPU rarely had (slower at 20M)."""
+    if torch.get_num_threads() > 1:
+        rank_zero_info(f"compile on the CPU: 1 thread instead of {torch.get_num_threads()} (inductor's CPU "
+                       "backward crashes on more here); leave --model.compile off to use every core")
+        torch.set_num_threads(1)
