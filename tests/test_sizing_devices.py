@@ -60,3 +60,13 @@ def test_several_nodes_need_a_launch_that_says_so(monkeypatch):
         check_nodes(2, env={})
     check_nodes(1, env={})
     check_nodes(2, env={"MASTER_ADDR": "10.0.0.1", "NODE_RANK": "1"})
+
+
+def test_cuda_asked_where_none_is_visible_is_one_line():
+    """Either answer of torch.cuda.is_available(), forced: refused without CUDA, passed with it."""
+    from forecast.sizing.devices import check_visible
+
+    with pytest.raises(ForecastError, match="asks for CUDA, but no CUDA device is visible"):
+        check_visible("cuda", cuda_available=False)
+    check_visible("cuda", cuda_available=True)
+    check_visible("cpu", cuda_available=False)

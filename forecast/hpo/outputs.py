@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from forecast.io import atomic_path, write_text_atomic
 from forecast.metrics import MONITOR, MONITOR_MODE
+from forecast.training.runs import epoch_number
 
 # Failures that are results (the configuration does not fit, or breaks): they count toward N.
 # A trial whose process died ("interrupted") or that a user aborted counts as not run.
@@ -159,11 +160,6 @@ def _prior_line(best: FrozenTrial | None, prior: dict[str, float] | None) -> lis
     return [line, ""]
 
 
-def _epoch(index: Any) -> str:
-    """An epoch as the progress lines count it (1-based); the trial records Lightning's 0-based index."""
-    return str(index + 1) if isinstance(index, int) else "-"
-
-
 def _best_table(trials: Sequence[FrozenTrial]) -> list[str]:
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value,
                   reverse=MONITOR_MODE == "max")
@@ -174,7 +170,7 @@ def _best_table(trials: Sequence[FrozenTrial]) -> list[str]:
     rows = [
         [str(t.number), f"{t.value:.6g}", str(t.user_attrs.get("arch_id")), f"{t.user_attrs.get('params', 0):,}",
          *[_fmt(t.params.get(n)) for n in names], str(t.user_attrs.get("epochs_run")),
-         _epoch(t.user_attrs.get("best_epoch")), f"{t.user_attrs.get('wall_s', 0):.0f}"]
+         epoch_number(t.user_attrs.get("best_epoch")), f"{t.user_attrs.get('wall_s', 0):.0f}"]
         for t in done[:BEST_SHOWN]
     ]
     return [f"## Best {len(rows)} complete trials", "", _md_row(head), _md_row(["---"] * len(head)),

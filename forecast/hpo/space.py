@@ -85,13 +85,16 @@ class Param:
         return CategoricalDistribution(self.choices)
 
     def suggest(self, trial: optuna.Trial) -> Any:
-        """Draw this parameter for `trial`."""
-        if self.type == "float":
-            return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
-        if self.type == "int":
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
-                                     step=int(self.step or 1))
-        return trial.suggest_categorical(self.name, list(self.choices))
+        """Draw this parameter for `trial` (OutsideSpace: an enqueued trial fixed a value Optuna refuses)."""
+        try:
+            if self.type == "float":
+                return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
+            if self.type == "int":
+                return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log,
+                                         step=int(self.step or 1))
+            return trial.suggest_categorical(self.name, list(self.choices))
+        except ValueError as err:  # NaN, or a choice that is not one
+            raise OutsideSpace(f"trial {trial.number} fixes {self.name} outside the search space ({err})") from None
 
     def holds(self, value: Any) -> bool:
         """Whether `value` lies in this parameter's range (or among its choices): what a trial
@@ -298,12 +301,8 @@ class SearchSpace:
     def suggest(self, trial: optuna.Trial) -> Sample:
         """Draw an architecture and every parameter, and the overrides that apply them."""
         arch = self.tree.suggest(trial)
-        values = {}
+        values = {p.name: p.suggest(trial) for p in self.spec.params}
         for p in self.spec.params:
-            try:
-                values[p.name] = p.suggest(trial)
-            except ValueError:  # a categorical fixed outside its choices
-                values[p.name] = None
             if not p.holds(values[p.name]):
                 raise OutsideSpace(f"trial {trial.number} fixes {p.name} outside the search space "
                                    f"({_range(p)}); enqueued trials must lie in {self.spec.path}")

@@ -14,6 +14,7 @@ from forecast.report.stats import LEVEL, MIN_BUDGETS_FOR_FIT, MIN_SEEDS, Compari
 from forecast.report.sufficiency import MIN_TRIALS
 from forecast.report.tables import series_folds
 from forecast.training.baselines import BASELINES
+from forecast.training.runs import epoch_number
 
 BASELINE_NAMES = {"prior": "class prior", "logistic": "logistic regression", "hist_gb": "HistGradientBoosting"}
 
@@ -174,15 +175,10 @@ def _claims_table(r: SeriesResult) -> list[str]:
             f"Method: {r.comparisons[0].method}.", ""]
 
 
-def _epoch(index: int | None) -> str:
-    """An epoch as the progress lines count it (1-based); recorded indices are Lightning's 0-based ones."""
-    return "-" if index is None else str(index + 1)
-
-
 def _best_table(r: SeriesResult) -> list[str]:
     head = ["budget", "params", "architecture", "study", "trial", "val/loss in search", "best epoch"]
     rows = [[s.entry.budget, f"{s.entry.best.params:,}", s.entry.best.arch, f"`{s.entry.name}`",
-             str(s.entry.best.number), f"{s.entry.best.value:.4f}", _epoch(s.entry.best.best_epoch)] for s in r.studies]
+             str(s.entry.best.number), f"{s.entry.best.value:.4f}", epoch_number(s.entry.best.best_epoch)] for s in r.studies]
     return ["### Best trial of each budget (chosen on the search's validation period)", "", *_table(head, rows), ""]
 
 

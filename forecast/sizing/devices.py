@@ -93,8 +93,6 @@ def _cluster_detected() -> bool:
 def check_visible(kind: str, cuda_available: bool | None = None) -> None:
     """Refuse, in one line, a run asked for CUDA where no CUDA device is visible (a GPU config on a
     laptop): torch's own answer is an AssertionError from deep inside the first CUDA query."""
-    import torch
-
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     if kind == "cuda" and not cuda:
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"

@@ -12,6 +12,7 @@ the BEST checkpoint of that run and log into the same folder.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -49,6 +50,12 @@ def write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:
     shown = "  ".join(f"{k.split('/')[1]} {metrics[k]:.4f}" for k in (f"{split}/auroc", f"{split}/loss") if k in metrics)
     rank_zero_info(f"{stage} ({split} {dates[0].date()}..{dates[-1].date()}, {ckpt_path}): {shown}")
     rank_zero_info(f"{stage} metrics: {path}")
+
+
+def epoch_number(index: Any) -> str:
+    """An epoch as the progress lines and tables count it (1-based), from Lightning's recorded 0-based
+    index (fit_summary.json, a trial's `best_epoch`); "-" when none was recorded."""
+    return str(index + 1) if isinstance(index, int) else "-"
 
 
 def point_at_run(config) -> None:
