@@ -111,6 +111,29 @@ def choose(cores: int, neighbours: float, workers: int = 1, params: int | None =
     return Choice(share, where)
 
 
+def jobs_limit(devices: int = 0) -> int:
+    """The most `--jobs` workers one machine runs at once: one per usable core, or per listed device
+    where there are more devices (a GPU worker mostly waits on its device)."""
+    return max(len(usable_cores()), devices)
+
+
+def check_jobs(jobs: int, devices: int = 0) -> None:
+    """Refuse more `--jobs` workers than `jobs_limit`: each one loads torch and Lightning (about
+    0.5 GB), so `--jobs 10000` would exhaust memory before any work, and past one per core they only
+    contend.
+
+    Raises:
+        ForecastError: too many.
+    """
+    from forecast.errors import ForecastError
+
+    limit = jobs_limit(devices)
+    if jobs > limit:
+        where = f"{len(usable_cores())} usable cores" + (f" and {devices} listed devices" if devices else "")
+        raise ForecastError(f"--jobs {jobs}: at most {limit} here ({where}); more workers than can run at once "
+                            "only contend (another machine joins through the same --storage)")
+
+
 def user_choice(env: dict[str, str] | None = None) -> Choice | None:
     """The user's own setting (`FORECAST_THREADS`, else `OMP_NUM_THREADS`), or None.
 

@@ -152,6 +152,8 @@ def test_jobs_and_devices_are_checked_before_anything_runs(data, space_file, tmp
     sqlite = f"sqlite:///{tmp_path / 'optuna.db'}"
     assert forecast_main(cli_args(data, space_file, tmp_path, 2, "--jobs", "2", "--storage", sqlite)) == 2
     assert "--jobs on SQLite" in capsys.readouterr().err
+    assert forecast_main(cli_args(data, space_file, tmp_path, 2, "--jobs", "100000")) == 2  # 100000 processes
+    assert "--jobs 100000: at most" in capsys.readouterr().err
     if not __import__("torch").cuda.is_available():
         assert forecast_main(cli_args(data, space_file, tmp_path, 2, "--jobs", "2", "--devices", "0")) == 2
         assert "--devices 0: no CUDA device is visible here" in capsys.readouterr().err

@@ -5,6 +5,7 @@ redone once, and the outputs equal a serial run's (same thread count: identical)
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from forecast.hpo.claims import KEY, QUEUE_STUDY
 from forecast.hpo.storage import WORKER_ATTR, open_storage
 from forecast.report.build import ReportOptions
 from forecast.report.outputs import make_report
+from forecast.report.workers import parent_works
 
 __all__ = ["pg_server", "pg_url", "studies"]  # fixtures shared with test_report / test_hpo_scale
 
@@ -83,19 +85,52 @@ def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300
 
 
 def test_jobs_2_shares_the_retrains_and_equals_a_serial_run(studies, tmp_path):
+    """`--jobs 2` on a machine without CUDA: this process is worker 0 and starts one more; with a
+    device list whose first id is not this process's own device it starts 2 and only coordinates.
+    Both equal a serial run. (Which process runs how many of these 1-epoch retrains depends on
+    timing: a worker still loading may find none left; the PostgreSQL test below holds a process to
+    show two of them splitting the work.)"""
     url, _ = studies
-    serial, parallel = _copy(url, tmp_path / "serial.db"), _copy(url, tmp_path / "parallel.db")
+    serial, parallel, pinned = (_copy(url, tmp_path / f"{name}.db") for name in ("serial", "parallel", "pinned"))
     make_report(ReportOptions(storage=serial, seeds=1, folds=2, out=tmp_path / "serial", bootstrap=100),
                 say=lambda _: None)
     run = _report(parallel, tmp_path / "parallel", "--jobs", "2")
     printed = run.communicate(timeout=600)[0]
     assert run.returncode == 0, printed[-3000:]
-    assert "[w0] " in printed and "[w1] " in printed
-    assert len(_ran_once(parallel, 4)) == 2, "both workers ran retrains"
-    for name in SAME:
-        a, b = (pd.read_csv(tmp_path / d / name) for d in ("serial", "parallel"))
-        pd.testing.assert_frame_equal(a, b, obj=name)
-    assert (tmp_path / "parallel" / "report.md").is_file()
+    assert "[w1] this worker ran " in printed and "[w0] " not in printed and "[w2] " not in printed, printed
+    assert len(re.findall(r"^(\[w1\] )?\[\d/4\] ", printed, re.M)) == 4, printed  # each retrain's line, whoever ran it
+    ran = _ran_once(parallel, 4)
+    assert str(run.pid) in ran and len(ran) <= 2, "this process retrains too, beside one worker"
+    argv = ["--storage", pinned, "--seeds", "1", "--folds", "2", "--bootstrap", "100", "--out",
+            str(tmp_path / "pinned"), "--jobs", "2"]  # CUDA_VISIBLE_DEVICES=0 is harmless without CUDA
+    lines: list[str] = []
+    make_report(ReportOptions(storage=pinned, seeds=1, folds=2, out=tmp_path / "pinned", bootstrap=100, jobs=2,
+                              devices=["0"], argv=argv), say=lines.append)
+    ran = _ran_once(pinned, 4)
+    assert ran and str(os.getpid()) not in ran and len(ran) <= 2, "workers ran the retrains, this process none"
+    assert {x[:4] for x in lines if "this worker ran" in x} == {"[w0]", "[w1]"}, lines
+    for out in ("parallel", "pinned"):
+        for name in SAME:
+            a, b = (pd.read_csv(tmp_path / d / name) for d in ("serial", out))
+            pd.testing.assert_frame_equal(a, b, obj=f"{out}/{name}")
+        assert (tmp_path / out / "report.md").is_file()
+
+
+def test_the_report_command_starts_its_workers_before_loading_lightning_optuna_or_pandas():
+    """`forecast report` parses and starts its --jobs workers with the light modules only, so the
+    workers' start-up runs beside this process's own (5 s of imports on 2 cores)."""
+    check = ("import sys, forecast.report.cli; heavy = [m for m in ('lightning', 'optuna', 'pandas', 'scipy') "
+             "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, env=ENV, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_jobs_parent_retrains_where_worker_0_would_run():
+    assert parent_works([], None)  # no CUDA: every process on the CPU
+    assert parent_works(["0", "1"], "0")  # worker 0 on the first visible device, this process's own
+    assert parent_works(["GPU-a", "GPU-b"], "GPU-a")  # names as CUDA_VISIBLE_DEVICES gives them
+    assert not parent_works(["1", "0"], "0")  # worker 0 pinned elsewhere: this process only coordinates
+    assert not parent_works(["0"], None)
 
 
 def test_two_report_processes_on_postgresql_split_the_retrains(studies, tmp_path, pg_url):
@@ -142,12 +177,16 @@ def test_a_killed_report_is_resumed_and_its_retrain_redone_once(studies, tmp_pat
 
 @pytest.mark.parametrize("flag,message", [(["--jobs", "0"], "jobs: '0' is not an integer >= 1"),
                                           (["--heartbeat", "-1"], "heartbeat: '-1' is not an integer >= 0"),
-                                          (["--jobs", "2", "--devices", "7"], "--devices 7")])
+                                          (["--jobs", "2", "--devices", "7"], "--devices 7"),
+                                          (["--jobs", "100000"], "--jobs 100000: at most"),
+                                          (["--jobs", "2", "--study", "nope"], "no study named 'nope'")])
 def test_bad_jobs_flags_are_one_line_before_anything_runs(studies, tmp_path, capsys, flag, message):
     from forecast.cli import main as forecast_main
 
     url, _ = studies
     assert forecast_main(["report", "--storage", url, "--out", str(tmp_path / "out"), *flag]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    printed = capsys.readouterr()
+    err = printed.err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+    assert "[w1]" not in printed.out  # a worker started before the study names were checked: stopped, unheard
     assert not (tmp_path / "out").exists()

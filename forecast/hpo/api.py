@@ -11,12 +11,11 @@ from optuna.trial import FrozenTrial, TrialState
 from forecast.hpo.claims import QUEUE_STUDY, Claim, TaskQueue, TaskState
 from forecast.hpo.outputs import counts
 from forecast.hpo.storage import describe, journal_path, open_storage
-from forecast.hpo.workers import device_ids
 
 Study = optuna.Study
 
 __all__ = ["QUEUE_STUDY", "Claim", "FrozenTrial", "Study", "TaskQueue", "TaskState", "TrialState", "counts",
-           "describe", "device_ids", "journal_path", "load_study", "open_storage", "study_names"]
+           "describe", "journal_path", "load_study", "open_storage", "study_names"]
 
 
 def study_names(storage: Any) -> list[str]:

@@ -105,7 +105,12 @@ class TaskQueue:
 
     def __init__(self, url: str, heartbeat: int = 60, name: str = QUEUE_STUDY) -> None:
         self.storage = open_storage(url, heartbeat)
-        self.study = optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True)
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created": the queue is ours, not the user's
+        try:
+            self.study = optuna.create_study(study_name=name, storage=self.storage, load_if_exists=True)
+        finally:
+            optuna.logging.set_verbosity(level)
         self.study_id = self.storage.get_study_id_from_name(name)
 
     def trials(self, keys: Sequence[str] | None = None) -> dict[str, list[FrozenTrial]]:

@@ -41,6 +41,7 @@ from forecast.hpo.study import (
     open_study,
     plan_study,
 )
+from forecast.sizing.devices import device_ids
 from forecast.threads import WORKERS_ENV
 
 WORKER_ENV = "FORECAST_HPO_WORKER"
@@ -51,30 +52,6 @@ def worker_number() -> int | None:
     """k when this process is worker k of a `--jobs` parent, else None."""
     value = os.environ.get(WORKER_ENV)
     return int(value) if value and value.isdigit() else None
-
-
-def device_ids(devices: str | None) -> list[str]:
-    """CUDA_VISIBLE_DEVICES values for the workers, in turn ([] on a machine without CUDA).
-
-    Args:
-        devices: `--devices`, e.g. "0,1" or "0,0,1"; ids count among the visible devices.
-
-    Raises:
-        ForecastError: an id that is not a visible device.
-    """
-    import torch
-
-    count = torch.cuda.device_count()
-    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    names = visible[:count] if visible else [str(i) for i in range(count)]
-    if devices is None:
-        return names
-    ids = [d.strip() for d in devices.split(",") if d.strip()]
-    bad = [d for d in ids if not d.isdigit() or int(d) >= count]
-    if not ids or bad:
-        raise ForecastError(f"--devices {devices}: {count} CUDA device(s) visible here, so ids are 0..{count - 1}"
-                            if count else f"--devices {devices}: no CUDA device is visible here")
-    return [names[int(d)] for d in ids]
 
 
 def run_workers(command: str, argv: list[str], all_options: list[HpoOptions], jobs: int,

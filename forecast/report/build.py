@@ -30,7 +30,7 @@ from forecast.errors import ForecastError
 from forecast.hpo.api import TaskQueue, describe
 from forecast.report.collect import Series, StudyEntry, collect
 from forecast.report.equivalence import DEFAULT_MARGINS, Margins
-from forecast.report.jobs import Task, Workers, line, seed_run, verdict_key, work, worker_number
+from forecast.report.jobs import Task, line, seed_run, verdict_key, work
 from forecast.report.regimes import Regime, regimes, vix_at_test_windows
 from forecast.report.retrain import FOLD_KEYS, SeedRun, check_overrides, fold_args, resolve_best
 from forecast.report.stats import (
@@ -45,6 +45,8 @@ from forecast.report.stats import (
     scaling_verdict,
 )
 from forecast.report.sufficiency import Sufficiency, sufficiency, unconverged_budgets
+from forecast.report.workers import Workers, worker_number
+from forecast.sizing.devices import default_device
 from forecast.training.baselines import BASELINES, fit_baselines, labels
 
 
@@ -85,9 +87,10 @@ class Fold:
     train: tuple[str, str]
     val: tuple[str, str]
     bounds: dict[str, Any]  # the fold keys its data module was built with (folds, fold, test_start, test_end)
-    baselines: dict[str, np.ndarray]  # baseline -> test probabilities
-    chosen: dict[str, str]  # baseline -> setting chosen on the fold's validation period
     vix: np.ndarray | None
+    module: Any = field(default=None, repr=False, compare=False)  # its ForecastDataModule (for the baselines)
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)  # baseline -> test probabilities
+    chosen: dict[str, str] = field(default_factory=dict)  # baseline -> setting chosen on the fold's validation period
 
     @property
     def test(self) -> tuple[str, str]:
@@ -96,6 +99,12 @@ class Fold:
     def args(self) -> list[str]:
         """The retrain's data flags, from the very bounds this fold's data module was built with."""
         return fold_args(**self.bounds)
+
+    def fit_baselines(self) -> None:
+        """The baselines on this fold (fitted on its train split, tuned on its val period); once."""
+        if not self.baselines:
+            fitted = fit_baselines(self.module, splits=("test",))
+            self.baselines, self.chosen = {b: fitted.probs[b]["test"] for b in BASELINES}, fitted.chosen
 
 
 @dataclass
@@ -170,9 +179,10 @@ class Report:
 Say = Callable[[str], None]
 
 
-def build_report(options: ReportOptions, say: Say = print) -> Report:
+def build_report(options: ReportOptions, say: Say = print, workers: Workers | None = None) -> Report:
     """Collect, retrain per fold x seed (claimed through the storage), compare by date and judge
-    (`outputs.make_report` also writes).
+    (`outputs.make_report` also writes). `workers`: the `--jobs` workers the command started
+    already (else they are started here); stopped if the command turns out to be a mistake.
 
     Raises:
         ForecastError: a mistake in the command (storage, study names, flags, seeds, folds, jobs).
@@ -190,7 +200,10 @@ def build_report(options: ReportOptions, say: Say = print) -> Report:
     entries = collect(options.storage, options.studies)
     seeds = list(range(options.seeds))
     worker = worker_number() is not None
-    workers = Workers(options.argv, options.jobs, options.devices) if options.jobs > 1 and not worker else None
+    if workers is None and options.jobs > 1 and not worker:
+        workers = Workers(options.argv, options.jobs, options.devices, say, default_device())
+    if workers is not None:
+        say = workers.say
     try:
         plans, tasks, work_queue, reused = _retrain_all(entries, seeds, options, say, worker, workers)
     except BaseException:
@@ -231,8 +244,10 @@ def _retrain_all(entries: Sequence[StudyEntry], seeds: list[int], options: Repor
     if not worker:
         say(f"report: {len(entries)} studies x {options.folds} folds x {len(seeds)} seeds from "
             f"{describe(options.storage)} -> {options.out}")
-    plans = [_plan(s, [e for e in entries if e.series == s], options, say, baselines=not worker)
+    plans = [_plan(s, [e for e in entries if e.series == s], options, say, announce=not worker)
              for s in dict.fromkeys(e.series for e in entries)]
+    if workers is not None:
+        workers.release()  # the command checked out (storage, studies, flags, folds): their lines from now on
     tasks = [Task(r, f, seed, [*f.args(), *options.overrides])
              for _, results, folds, configs in plans for r in results if r.entry.name in configs
              for f in folds for seed in seeds]
@@ -240,15 +255,24 @@ def _retrain_all(entries: Sequence[StudyEntry], seeds: list[int], options: Repor
     keys = [t.key for t in tasks]
     reused = {k for k, st in work_queue.states(keys).items() if st.status == "done"}
     work_queue.post({t.key: t.attrs() for t in tasks})
+    if workers is None or workers.parent_works:
+        ran = work(tasks, work_queue, options.out, options.keep_checkpoints, say)
+        if worker:
+            say(f"this worker ran {ran} of the {len(tasks)} retrains")
+    if not worker:  # while the other workers run their last retrains
+        for _, _, folds, _ in plans:
+            for fold in folds:
+                fold.fit_baselines()
     if workers is not None:
-        workers.wait(say)
-    work(tasks, work_queue, options.out, options.keep_checkpoints, say)
+        workers.wait()
+        work(tasks, work_queue, options.out, options.keep_checkpoints, say)  # what a worker left unclaimed
     return plans, tasks, work_queue, reused
 
 
 def _plan(series: Series, entries: Sequence[StudyEntry], options: ReportOptions, say: Say,
-          baselines: bool) -> tuple[Series, list[StudyResult], list[Fold], dict[str, dict[str, Any]]]:
-    """A series' studies, their best configs and its folds (each fold's data module built once)."""
+          announce: bool) -> tuple[Series, list[StudyResult], list[Fold], dict[str, dict[str, Any]]]:
+    """A series' studies, their best configs and its folds (each fold's data module built once; the
+    baselines come later, `Fold.fit_baselines`, in the process that writes the report)."""
     results = [StudyResult(e) for e in entries]
     configs: dict[str, dict[str, Any]] = {}
     for r in results:
@@ -262,8 +286,8 @@ def _plan(series: Series, entries: Sequence[StudyEntry], options: ReportOptions,
     if not configs:
         return series, results, [], configs
     first = next(iter(configs.values()))["data"]  # every study of a series has the same data (collect)
-    folds = make_folds(first, options, baselines)
-    if baselines:
+    folds = make_folds(first, options)
+    if announce:
         say(f"{series.label}: {len(folds)} folds, test {folds[0].test[0]}..{folds[-1].test[1]}, "
             f"{sum(len(f.dates) for f in folds)} test samples")
     return series, results, folds, configs
@@ -312,9 +336,8 @@ def _period(data: dict[str, Any], options: ReportOptions) -> tuple[str, str | No
     return str(options.test_start or data["test_start"]), options.test_end or data.get("test_end")
 
 
-def make_folds(data: dict[str, Any], options: ReportOptions, baselines: bool = True) -> list[Fold]:
-    """The series' K folds: each fold's data module (built once), its labels and its baselines
-    (left out with `baselines=False`: a `--jobs` worker only retrains).
+def make_folds(data: dict[str, Any], options: ReportOptions) -> list[Fold]:
+    """The series' K folds: each fold's data module (built once) and its labels.
 
     Raises:
         ForecastError: the folds would test inside the period the search validated on, or the
@@ -333,14 +356,10 @@ def make_folds(data: dict[str, Any], options: ReportOptions, baselines: bool = T
     for k in range(options.folds):
         bounds = {"folds": options.folds, "fold": k, "test_start": test_start, "test_end": test_end}
         dm = ForecastDataModule(**{**base, **bounds})
-        probs, chosen = ({}, {})
-        if baselines:
-            fitted = fit_baselines(dm, splits=("test",))
-            probs, chosen = {b: fitted.probs[b]["test"] for b in BASELINES}, fitted.chosen
         span = {name: (str(dm.splits[name].dates[0].date()), str(dm.splits[name].dates[-1].date()))
                 for name in ("train", "val")}
         folds.append(Fold(k, dm.splits["test"].dates, labels(dm, "test"), dm.fingerprint(), span["train"],
-                          span["val"], bounds, probs, chosen, vix_at_test_windows(dm)))
+                          span["val"], bounds, vix_at_test_windows(dm), module=dm))
     return folds
 
 

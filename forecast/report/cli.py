@@ -18,12 +18,14 @@ from forecast.domains import (
     PositiveInt,
 )
 from forecast.errors import ForecastError
-from forecast.hpo.api import device_ids
 from forecast.parsing import command_parser, parse, split_run_args
-from forecast.report.build import ReportOptions
 from forecast.report.equivalence import DEFAULT_MARGINS
-from forecast.report.jobs import worker_number
-from forecast.report.outputs import make_report
+from forecast.report.workers import Workers, worker_number
+from forecast.sizing.devices import default_device, device_ids
+from forecast.threads import check_jobs
+
+# Light at import (no Lightning, Optuna or pandas): with --jobs N the workers start before this process
+# loads them (about 5 s on 2 cores), so that their start-up runs beside its own.
 
 PARTIAL_EXIT = 1  # the report was written, but some study could not be reported
 
@@ -76,8 +78,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep the retrains' checkpoints (default: deleted once tested)")
     p.add_argument("--jobs", type=PositiveInt, default=1, metavar="N",
-                   help="worker processes that claim and run the retrains (default: 1); any other `forecast "
-                        "report` on the same --storage, on any machine, shares them too")
+                   help="processes that claim and run the retrains, this one included (default: 1); any other "
+                        "`forecast report` on the same --storage, on any machine, shares them too")
     p.add_argument("--devices", type=DeviceIds | None, default=None, metavar="IDS",
                    help="CUDA device ids for the workers in turn, e.g. 0,1 or 0,0,1 (default: every visible one)")
     p.add_argument("--heartbeat", type=NonNegativeInt, default=60, metavar="S",
@@ -94,13 +96,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ForecastError("forecast report: --config is not an option of report (a study's best config is "
                             "what each retrain runs)")
     args = parse(parser(), own)
-    options = ReportOptions(storage=args.storage, studies=args.study, seeds=args.seeds, folds=args.folds,
-                            test_start=args.test_start, test_end=args.test_end, out=args.out,
-                            overrides=run.flags, keep_checkpoints=args.keep_checkpoints, bootstrap=args.bootstrap,
-                            jobs=args.jobs, devices=device_ids(args.devices) if args.jobs > 1 else [],
-                            heartbeat=args.heartbeat, argv=argv, equivalence_loss=args.equivalence_loss,
-                            equivalence_auroc=args.equivalence_auroc)
-    report = make_report(options)
+    devices = device_ids(args.devices) if args.jobs > 1 else []
+    if worker_number() is None:
+        check_jobs(args.jobs, len(devices))
+    workers = Workers(argv, args.jobs, devices, print, default_device()) \
+        if args.jobs > 1 and worker_number() is None else None
+    try:
+        from forecast.report.build import ReportOptions
+        from forecast.report.outputs import make_report
+
+        options = ReportOptions(storage=args.storage, studies=args.study, seeds=args.seeds, folds=args.folds,
+                                test_start=args.test_start, test_end=args.test_end, out=args.out,
+                                overrides=run.flags, keep_checkpoints=args.keep_checkpoints,
+                                bootstrap=args.bootstrap, jobs=args.jobs, devices=devices, heartbeat=args.heartbeat,
+                                argv=argv, equivalence_loss=args.equivalence_loss,
+                                equivalence_auroc=args.equivalence_auroc)
+        report = make_report(options, workers=workers)
+    except BaseException:  # a mistake in the command (one line, ours), an error or Ctrl-C: theirs end too
+        if workers is not None:
+            workers.stop()
+        raise
     if report.pending is not None:
         if worker_number() is None:
             print(f"report: not written by this process: {report.pending}")

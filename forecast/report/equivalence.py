@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-from scipy import stats as sps
+from statistics import NormalDist
 
 POWER = 0.80
 EQUIVALENT = "equivalent"
@@ -64,8 +63,8 @@ def mde(lo: float, hi: float, level: float = 0.95, power: float = POWER) -> floa
     docstring): (z_{(1+level)/2} + z_{power}) * (hi - lo) / (2 z_{(1+level)/2}); NaN without an interval."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return math.nan
-    z = float(sps.norm.ppf((1 + level) / 2))
-    return (z + float(sps.norm.ppf(power))) * (hi - lo) / (2 * z)
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    return (z + NormalDist().inv_cdf(power)) * (hi - lo) / (2 * z)
 
 
 def not_excluded(lo: float, hi: float) -> float:

@@ -2,9 +2,9 @@
 
 Every (study, fold, seed) retrain is one task of the storage's task queue (`forecast.hpo.api.TaskQueue`),
 keyed by `retrain.run_key` (config, flags, fold, seed, data fingerprint). A report process posts
-its tasks, then claims and runs them one at a time until none is left to claim; `--jobs N` runs N
-worker processes of the same command that do the same, and any other `forecast report` on the same
-storage URL (another machine) joins in. A finished retrain's result lives in the storage, so the
+its tasks, then claims and runs them one at a time until none is left to claim; with `--jobs N` it
+does so beside N-1 worker processes of the same command (`forecast.report.workers`), and any other `forecast report`
+on the same storage URL (another machine) joins in. A finished retrain's result lives in the storage, so the
 process that writes the report reads every retrain's predictions from there, whoever ran it.
 
 The verdicts are computed once: by the process that sees the last retrain finished and claims the
@@ -15,11 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import queue
-import subprocess
-import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,9 +23,7 @@ from forecast.errors import ForecastError
 from forecast.hpo.api import TaskQueue, TaskState
 from forecast.report.retrain import SeedRun, retrain, run_key
 from forecast.sizing.devices import release_memory
-from forecast.threads import WORKERS_ENV
 
-WORKER_ENV = "FORECAST_REPORT_WORKER"
 Say = Callable[[str], None]
 
 
@@ -55,12 +48,6 @@ class Task:
         """What the storage records with the task (for people and `optuna` readers)."""
         return {"label": self.label, "study": self.study.entry.name, "fold": self.fold.index, "seed": self.seed,
                 "fingerprint": self.fold.fingerprint, "args": " ".join(self.args)}
-
-
-def worker_number() -> int | None:
-    """k when this process is worker k of a `forecast report --jobs` parent, else None."""
-    value = os.environ.get(WORKER_ENV, "")
-    return int(value) if value.isdigit() else None
 
 
 def verdict_key(tasks: Sequence[Task]) -> str:
@@ -99,7 +86,7 @@ def work(tasks: Sequence[Task], work_queue: TaskQueue, out: Any, keep_checkpoint
                 continue
         work_queue.finish(claim, float(run.test.get("test/loss", math.nan)), asdict(run))
         ran += 1
-        done = sum(st.status == "done" for st in states.values()) + 1
+        done = sum(st.status == "done" for st in work_queue.states(list(by_key)).values())  # by any process
         say(f"[{done}/{len(by_key)}] {task.label}: {line(run)}")
 
 
@@ -114,64 +101,3 @@ def seed_run(state: TaskState, reused: bool) -> SeedRun:
     """A finished task's result as the report reads it."""
     assert state.result is not None
     return SeedRun(**{**state.result, "cached": reused})
-
-
-# ----------------------------------------------------------------------------- --jobs N workers
-
-
-class Workers:
-    """`forecast report ARGV` in `jobs` worker processes (worker k on the k-th device id), started at
-    once so that they plan their folds while this process plans its own and fits the baselines;
-    `wait` relays their lines prefixed `[wK]` until they end."""
-
-    def __init__(self, argv: Sequence[str], jobs: int, devices: Sequence[str]) -> None:
-        self.procs = []
-        for k in range(jobs):
-            env = {**os.environ, WORKER_ENV: str(k), WORKERS_ENV: str(jobs), "PYTHONUNBUFFERED": "1"}
-            if devices:
-                env["CUDA_VISIBLE_DEVICES"] = devices[k % len(devices)]
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "forecast", "report", *argv], env=env,
-                                               text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT))
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.readers = [threading.Thread(target=_relay, args=(p, k, self.lines), daemon=True)
-                        for k, p in enumerate(self.procs)]
-        for reader in self.readers:
-            reader.start()
-
-    def stop(self) -> None:
-        """End the workers (this process met an error or an interrupt before waiting on them)."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            p.wait()
-
-    def wait(self, say: Say) -> None:
-        """Relay lines until every worker has ended.
-
-        Raises:
-            ForecastError: a worker exited with an error (its lines are above).
-        """
-        try:
-            while any(p.poll() is None for p in self.procs) or not self.lines.empty():
-                try:
-                    say(self.lines.get(timeout=0.2))
-                except queue.Empty:
-                    pass
-        except BaseException:  # Ctrl-C here: the workers stop too
-            self.stop()
-            raise
-        for reader in self.readers:
-            reader.join(timeout=5)
-        codes = [p.wait() for p in self.procs]
-        bad = [(k, c) for k, c in enumerate(codes) if c != 0]
-        if bad:
-            raise ForecastError(f"report worker {bad[0][0]} exited with code {bad[0][1]} (its lines are above, "
-                                f"prefixed [w{bad[0][0]}]); rerun the same command to continue")
-
-
-def _relay(proc: subprocess.Popen, k: int, lines: queue.Queue[str]) -> None:
-    assert proc.stdout is not None
-    for text in proc.stdout:
-        lines.put(f"[w{k}] {text.rstrip()}")

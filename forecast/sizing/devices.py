@@ -154,3 +154,30 @@ def bf16_capable(index: int) -> bool:
     import torch
 
     return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def device_ids(devices: str | None) -> list[str]:
+    """CUDA_VISIBLE_DEVICES values for the workers, in turn ([] on a machine without CUDA).
+
+    Args:
+        devices: `--devices`, e.g. "0,1" or "0,0,1"; ids count among the visible devices.
+
+    Raises:
+        ForecastError: an id that is not a visible device.
+    """
+    count = torch.cuda.device_count()
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    names = visible[:count] if visible else [str(i) for i in range(count)]
+    if devices is None:
+        return names
+    ids = [d.strip() for d in devices.split(",") if d.strip()]
+    bad = [d for d in ids if not d.isdigit() or int(d) >= count]
+    if not ids or bad:
+        raise ForecastError(f"--devices {devices}: {count} CUDA device(s) visible here, so ids are 0..{count - 1}"
+                            if count else f"--devices {devices}: no CUDA device is visible here")
+    return [names[int(d)] for d in ids]
+
+
+def default_device() -> str | None:
+    """The CUDA device a process uses by default (the first visible one's name), or None without CUDA."""
+    return next(iter(device_ids(None)), None)
