@@ -172,6 +172,7 @@ def _new(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600, env=ENV)
 
 
+@pytest.mark.slow  # old package + new package in subprocesses: ~15 s each; `make test-slow`
 def test_a_checkpoint_written_before_the_move_tests_the_same(old_tree, data_dir, tmp_path):
     args = [a.replace("configs/demo.yaml", str(old_tree / "configs" / "demo.yaml")) for a in base_args(data_dir, tmp_path, 2)]
     fit = _old(old_tree, "fit", *args, cwd=old_tree)
@@ -189,6 +190,7 @@ def test_a_checkpoint_written_before_the_move_tests_the_same(old_tree, data_dir,
     assert new["test/auroc"] == pytest.approx(old["test/auroc"], rel=1e-6)
 
 
+@pytest.mark.slow  # old package + new package in subprocesses: ~15 s each; `make test-slow`
 def test_a_study_written_before_the_move_resumes_without_a_new_trial(old_tree, data_dir, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(TINY_SPACE)

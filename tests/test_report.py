@@ -44,6 +44,9 @@ FOLDS = 2
 VAL_START, TEST_START = "2016-07-01", "2017-03-01"
 PNG = b"\x89PNG\r\n\x1a\n"
 
+# One xdist worker for the module: its module-scoped studies and report (10 s) are built once, not on both.
+pytestmark = pytest.mark.xdist_group("report-studies")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(one_thread):

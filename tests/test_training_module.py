@@ -46,13 +46,21 @@ def test_train_metrics_off_keeps_the_training_loss_and_every_val_metric(data_dir
 
 
 @pytest.mark.parametrize("backend", ["eager", pytest.param("true", marks=pytest.mark.slow)])  # inductor: ~2 min
-def test_compile_is_opt_in_and_keeps_checkpoint_names(data_dir, tmp_path, backend):
-    """--model.compile compiles the network where it runs (here a tiny one on the CPU)."""
+def test_compile_is_opt_in_and_keeps_checkpoint_names(data_dir, tmp_path, backend, monkeypatch):
+    """--model.compile compiles the network where it runs (here a tiny one on the CPU). Asked for 2
+    threads (make test runs on one), compile on the CPU still trains on one: inductor's CPU backward
+    crashed the process on 2 with torch 2.13 (`one_thread_for_cpu_inductor`)."""
     from torch._dynamo.utils import counters
 
     counters.clear()
-    cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.limit_train_batches=2",
-                    "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu", f"--model.compile={backend}"])
+    before = torch.get_num_threads()
+    monkeypatch.setenv("FORECAST_THREADS", "2")
+    try:
+        cli = cli_main(["fit", *base_args(data_dir, tmp_path, epochs=1), "--trainer.limit_train_batches=2",
+                        "--trainer.limit_val_batches=1", "--trainer.accelerator=cpu", f"--model.compile={backend}"])
+        assert torch.get_num_threads() == (1 if backend == "true" else 2)
+    finally:
+        torch.set_num_threads(before)  # this xdist worker's next tests
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo really captured the forward
     best = torch.load(cli.trainer.checkpoint_callback.best_model_path, weights_only=False)
     saved = {k.removeprefix("net.") for k in best["state_dict"] if k.startswith("net.")}
