@@ -112,7 +112,7 @@ def choose(cores: int, neighbours: float, workers: int = 1, params: int | None =
 
 
 def jobs_limit(devices: int = 0) -> int:
-    """The most `--jobs` workers one machine runs at once: one per usable core, or per listed device
+    """The most `--jobs` workers one machine runs at once: one per usable core, or per distinct device
     where there are more devices (a GPU worker mostly waits on its device)."""
     return max(len(usable_cores()), devices)
 
@@ -129,7 +129,7 @@ def check_jobs(jobs: int, devices: int = 0) -> None:
 
     limit = jobs_limit(devices)
     if jobs > limit:
-        where = f"{len(usable_cores())} usable cores" + (f" and {devices} listed devices" if devices else "")
+        where = f"{len(usable_cores())} usable cores" + (f" and {devices} distinct devices" if devices else "")
         raise ForecastError(f"--jobs {jobs}: at most {limit} here ({where}); more workers than can run at once "
                             "only contend (another machine joins through the same --storage)")
 

@@ -204,7 +204,7 @@ class _AbortSurfacesAsAnotherError(L.Callback):
         self.stop = stop
 
     def on_train_start(self, trainer, pl_module):
-        self.stop.aborted = True
+        self.stop.aborted, self.stop.abort_signal = True, "SIGINT"
         raise NotImplementedError("Cannot copy out of meta tensor; no data!")
 
 
@@ -215,7 +215,7 @@ def test_an_abort_that_surfaces_as_another_error_is_recorded_as_aborted(data, sp
     assert outcome.ending == "aborted"  # the search ends, as on any second Ctrl-C
     (trial,) = load(tmp_path).get_trials(states=(TrialState.FAIL, TrialState.COMPLETE))  # one ran
     assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "aborted"
-    assert "NotImplementedError" in trial.user_attrs["message"]
+    assert trial.user_attrs["message"] == "aborted by a second SIGINT (NotImplementedError after it)"
 
 
 @pytest.mark.parametrize("change,message", [

@@ -136,7 +136,7 @@ def _run(command: str, argv: list[str], args: Namespace, all_options: list[HpoOp
         if args.devices is not None and worker is None:
             raise ForecastError("--devices needs --jobs N (one process uses the device its config names)")
         return run_queue(all_options, stop, summary=worker is None)
-    check_jobs(args.jobs, len(args.devices.split(",")) if args.devices else 0)
+    check_jobs(args.jobs, len({d.strip() for d in args.devices.split(",") if d.strip()}) if args.devices else 0)
     return run_workers(command, argv, all_options, args.jobs, args.devices, stop)
 
 

@@ -255,7 +255,7 @@ class Objective:
             if self.stop is not None and self.stop.aborted:
                 # the abort surfaced as another error: e.g. Lightning's teardown moving a network
                 # that was still on `meta` (a second Ctrl-C before the model was built)
-                reason, message = "aborted", f"aborted by a second stop signal ({type(err).__name__} after it)"
+                reason, message = "aborted", f"aborted by a second {self.stop.abort_signal} ({type(err).__name__} after it)"
             else:
                 reason, message = "error", f"{type(err).__name__}: {_first_line(err)}"
                 _write_traceback(folder)

@@ -48,6 +48,7 @@ class StopControl:
         self.reason: str | None = None
         self.in_trial = False  # set by the objective around `trainer.fit`
         self.aborted = False
+        self.abort_signal = "stop signal"  # the name of the signal that aborted the trial, once one has
         self.signals = 0  # SIGINT/SIGTERM received: the first stops gracefully, the second aborts
         self._messages: list[str] = []  # said by the watcher thread, never inside a signal handler
         self._old: dict[int, object] = {}
@@ -94,7 +95,7 @@ class StopControl:
         if self.signals == 1:
             self.request(name)
         elif self.in_trial and not self.aborted:
-            self.aborted = True
+            self.aborted, self.abort_signal = True, name
             raise AbortTrial(f"aborted by a second {name}")
         else:
             self._messages.append(f"{name}: already stopping")

@@ -182,7 +182,8 @@ Say = Callable[[str], None]
 def build_report(options: ReportOptions, say: Say = print, workers: Workers | None = None) -> Report:
     """Collect, retrain per fold x seed (claimed through the storage), compare by date and judge
     (`outputs.make_report` also writes). `workers`: the `--jobs` workers the command started
-    already (else they are started here); stopped if the command turns out to be a mistake.
+    already (else they are started here, with `say`); stopped if the command turns out to be a
+    mistake. With workers, every line goes through `Workers.say`.
 
     Raises:
         ForecastError: a mistake in the command (storage, study names, flags, seeds, folds, jobs).

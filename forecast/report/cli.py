@@ -20,7 +20,7 @@ from forecast.domains import (
 from forecast.errors import ForecastError
 from forecast.parsing import command_parser, parse, split_run_args
 from forecast.report.equivalence import DEFAULT_MARGINS
-from forecast.report.workers import Workers, worker_number
+from forecast.report.workers import Workers, die_with_parent, worker_number
 from forecast.sizing.devices import default_device, device_ids
 from forecast.threads import check_jobs
 
@@ -95,12 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run.configs:
         raise ForecastError("forecast report: --config is not an option of report (a study's best config is "
                             "what each retrain runs)")
+    if worker_number() is not None:
+        die_with_parent()
     args = parse(parser(), own)
-    devices = device_ids(args.devices) if args.jobs > 1 else []
-    if worker_number() is None:
-        check_jobs(args.jobs, len(devices))
-    workers = Workers(argv, args.jobs, devices, print, default_device()) \
-        if args.jobs > 1 and worker_number() is None else None
+    parent = args.jobs > 1 and worker_number() is None
+    # the parent's choice: a worker pinned by CUDA_VISIBLE_DEVICES sees one device, where `--devices 1` is no id
+    devices = device_ids(args.devices) if parent else []
+    if parent:
+        check_jobs(args.jobs, len(set(devices)))
+    workers = Workers(argv, args.jobs, devices, print, default_device()) if parent else None
     try:
         from forecast.report.build import ReportOptions
         from forecast.report.outputs import make_report

@@ -7,12 +7,16 @@ writes nothing. Its lines are relayed prefixed `[wK]` as they come, but only onc
 checked the command (storage, studies, flags, folds: `release`): a mistake is one line, from this
 process, and the workers that met it too are stopped with their lines dropped.
 
-Light on purpose (no torch, Lightning or Optuna here): `forecast report` starts the workers first.
+A worker ends with its parent: killed outside Python (SIGKILL, an unhandled SIGTERM), the parent
+leaves no worker retraining on (`die_with_parent`, Linux).
+
+Light on purpose (no Lightning, Optuna or pandas here): `forecast report` starts the workers first.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +26,8 @@ from forecast.errors import ForecastError
 from forecast.threads import WORKERS_ENV
 
 WORKER_ENV = "FORECAST_REPORT_WORKER"
+PARENT_ENV = "FORECAST_REPORT_PARENT"  # the parent's pid, for `die_with_parent`
+STOP_WAIT_S = 30  # after SIGTERM, how long a worker may take to end before SIGKILL
 Say = Callable[[str], None]
 
 
@@ -29,6 +35,23 @@ def worker_number() -> int | None:
     """k when this process is worker k of a `forecast report --jobs` parent, else None."""
     value = os.environ.get(WORKER_ENV, "")
     return int(value) if value.isdigit() else None
+
+
+def die_with_parent() -> None:
+    """In a `--jobs` worker: be sent SIGTERM when the parent process ends (Linux `PR_SET_PDEATHSIG`;
+    elsewhere nothing), and end now if it already has."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit():
+        return
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM) != 0:  # 1: PR_SET_PDEATHSIG
+            return
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != int(parent):  # it ended before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def parent_works(devices: Sequence[str], default_device: str | None) -> bool:
@@ -49,22 +72,31 @@ class Workers:
 
     def __init__(self, argv: Sequence[str], jobs: int, devices: Sequence[str], say: Say,
                  default_device: str | None) -> None:
+        """`say` gets their lines from a reader thread, also while this process retrains, when
+        `quiet_lightning` has swapped `sys.stdout`: `print` is bound to the stream of now; any
+        other `say` must not write to `sys.stdout` as it is when called."""
         self.parent_works = parent_works(devices, default_device)
         self._lock = threading.Lock()
-        stream = sys.stdout  # now: a retrain here swaps sys.stdout (`quiet_lightning`), which must not swallow theirs
+        stream = sys.stdout
         self._say = (lambda text: print(text, file=stream, flush=True)) if say is print else say
         self._held: list[str] | None = []  # their lines until `release`
         self._workers_env = os.environ.get(WORKERS_ENV)
         if self.parent_works:  # this process's thread policy counts the workers too (`forecast.threads`)
             os.environ[WORKERS_ENV] = str(jobs)
-        self.procs = []
-        for k in range(1 if self.parent_works else 0, jobs):
-            env = {**os.environ, WORKER_ENV: str(k), WORKERS_ENV: str(jobs), "PYTHONUNBUFFERED": "1"}
-            if devices:
-                env["CUDA_VISIBLE_DEVICES"] = devices[k % len(devices)]
-            self.procs.append((k, subprocess.Popen([sys.executable, "-m", "forecast", "report", *argv], env=env,
-                                                   text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                                   stderr=subprocess.STDOUT)))
+        self.procs: list[tuple[int, subprocess.Popen]] = []
+        self.readers: list[threading.Thread] = []
+        try:
+            for k in range(1 if self.parent_works else 0, jobs):
+                env = {**os.environ, WORKER_ENV: str(k), WORKERS_ENV: str(jobs), PARENT_ENV: str(os.getpid()),
+                       "PYTHONUNBUFFERED": "1"}
+                if devices:
+                    env["CUDA_VISIBLE_DEVICES"] = devices[k % len(devices)]
+                self.procs.append((k, subprocess.Popen(
+                    [sys.executable, "-m", "forecast", "report", *argv], env=env, text=True, errors="replace",
+                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+        except BaseException:  # a process that could not start (or Ctrl-C): none of them stays
+            self.stop()
+            raise
         self.readers = [threading.Thread(target=self._relay, args=(p, k), daemon=True) for k, p in self.procs]
         for reader in self.readers:
             reader.start()
@@ -82,14 +114,19 @@ class Workers:
                 self._say(text)
 
     def _relay(self, proc: subprocess.Popen, k: int) -> None:
+        """Read a worker's lines to its end: a line that cannot be shown (a closed terminal pipe, a
+        failing `say`) is dropped, never the reading, or the worker would block on a full pipe."""
         assert proc.stdout is not None
         for text in proc.stdout:
             line = f"[w{k}] {text.rstrip()}"
             with self._lock:
-                if self._held is None:
-                    self._say(line)
-                else:
+                if self._held is not None:
                     self._held.append(line)
+                    continue
+                try:
+                    self._say(line)
+                except Exception:  # noqa: BLE001 - see the docstring
+                    pass
 
     def stop(self) -> None:
         """End the workers, their held lines dropped (this process met a mistake in the command, an
@@ -100,7 +137,11 @@ class Workers:
             if p.poll() is None:
                 p.terminate()
         for _, p in self.procs:
-            p.wait()
+            try:
+                p.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         self._restore()
 
     def wait(self) -> None:
