@@ -70,3 +70,24 @@ def test_cuda_asked_where_none_is_visible_is_one_line():
         check_visible("cuda", cuda_available=False)
     check_visible("cuda", cuda_available=True)
     check_visible("cpu", cuda_available=False)
+
+
+def test_device_ids_and_the_default_device_where_cuda_is_visible(monkeypatch):
+    """The CUDA answers of `device_ids`/`default_device`, forced on the CPU: ids count among the visible
+    devices and come back as CUDA_VISIBLE_DEVICES names (numbers or UUIDs); a report parent retrains
+    beside its workers exactly when worker 0's device is its own default one."""
+    from forecast.report.workers import parent_works
+    from forecast.sizing.devices import default_device, device_ids
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert device_ids(None) == ["0", "1"] and default_device() == "0"
+    assert device_ids("1,0,1") == ["1", "0", "1"]
+    for visible in ("3,5", "GPU-a,GPU-b"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        names = visible.split(",")
+        assert device_ids(None) == names and default_device() == names[0]
+        assert parent_works(device_ids(None), default_device())  # the default: every visible device
+        assert not parent_works(device_ids("1,0"), default_device())  # worker 0 pinned to the second one
+    with pytest.raises(ForecastError, match="--devices 2: 2 CUDA device"):
+        device_ids("2")

@@ -36,7 +36,6 @@ from forecast.hpo.study import (
 from forecast.hpo.workers import run_workers, worker_number
 from forecast.parsing import RunArgs, command_parser, parse, split_run_args
 from forecast.sizing.budget import parse_budget
-from forecast.threads import check_jobs
 from forecast.training.config import flag_keys
 
 ABORTED_EXIT = 130  # a second Ctrl-C ended a trial: like any interrupted command
@@ -136,7 +135,6 @@ def _run(command: str, argv: list[str], args: Namespace, all_options: list[HpoOp
         if args.devices is not None and worker is None:
             raise ForecastError("--devices needs --jobs N (one process uses the device its config names)")
         return run_queue(all_options, stop, summary=worker is None)
-    check_jobs(args.jobs, len({d.strip() for d in args.devices.split(",") if d.strip()}) if args.devices else 0)
     return run_workers(command, argv, all_options, args.jobs, args.devices, stop)
 
 

@@ -42,7 +42,7 @@ from forecast.hpo.study import (
     plan_study,
 )
 from forecast.sizing.devices import device_ids
-from forecast.threads import WORKERS_ENV
+from forecast.threads import WORKERS_ENV, check_jobs
 
 WORKER_ENV = "FORECAST_HPO_WORKER"
 POLL_S = 1.0  # how often the parent reads the storage for the panel
@@ -67,6 +67,7 @@ def run_workers(command: str, argv: list[str], all_options: list[HpoOptions], jo
         stop: the caller's stop control (a sweep's), else one of its own.
     """
     ids = device_ids(devices)
+    check_jobs(jobs, len(set(ids)))  # as `forecast report --jobs` does
     plans = [plan_study(o) for o in all_options]
     with _quiet_search():
         studies = [open_study(p) for p in plans]

@@ -265,8 +265,7 @@ def _retrain_all(entries: Sequence[StudyEntry], seeds: list[int], options: Repor
             for fold in folds:
                 fold.fit_baselines()
     if workers is not None:
-        workers.wait()
-        work(tasks, work_queue, options.out, options.keep_checkpoints, say)  # what a worker left unclaimed
+        workers.wait()  # a worker that ended with an error raises; a retrain left unfinished is said below
     return plans, tasks, work_queue, reused
 
 
