@@ -133,8 +133,8 @@ def test_hpo_on_postgresql_and_the_optuna_cli_reads_every_storage(data, space_fi
 
 def test_the_sweep_timeout_bounds_the_whole_matrix(data, space_file, tmp_path, capsys):
     """--timeout 1 with trials of several seconds (8 epochs: a 2-epoch trial can end within the
-    second on an idle machine): one trial starts, then the sweep ends; a timeout per study would
-    have started one in each study."""
+    second on an idle machine): at most one trial runs, then the sweep ends; a timeout per study would
+    have run one in each study. (On a loaded machine the second can pass before the first trial starts.)"""
     args = cli_args(data, space_file, tmp_path, 2, "--timeout", "1", epochs=8)[1:]
     args = ["sweep", "--budgets", "20K", "--horizons", "1", "2", *[a for a in args if a not in ("--budget", "20K")]]
     assert forecast_main(args) == 0
@@ -142,7 +142,7 @@ def test_the_sweep_timeout_bounds_the_whole_matrix(data, space_file, tmp_path, c
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     ran = {n: len(_study(storage, n).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
            for n in optuna.get_all_study_names(open_storage(storage, 0))}
-    assert sorted(ran.values()) == [0, 1], ran
+    assert len(ran) == 2 and sum(ran.values()) <= 1, ran
     assert "timed out" in out and "sweep timeout: 0/2 studies done; rerun the same command" in out
 
 
