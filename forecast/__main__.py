@@ -2,7 +2,7 @@
 
 import sys
 
-from forecast.trust import drop_working_folder
+from forecast.core.allowlist import drop_working_folder
 
 drop_working_folder()  # the working folder is data, never code: nothing in it may be imported
 sys.argv[0] = "forecast"  # messages name the command the user knows, not __main__.py

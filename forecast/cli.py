@@ -1,8 +1,8 @@
 """The `forecast` command: one entry point that dispatches to each subcommand's own parser.
 
-Every subcommand parses with jsonargparse (`forecast.parsing`); `fit|validate|test|predict` are
+Every subcommand parses with jsonargparse (`forecast.core.parsers`); `fit|validate|test|predict` are
 LightningCLI (see `forecast.training.cli`). A `ForecastError` anywhere becomes one line on stderr
-and exit 2, a file-system failure one line and exit 1 (`forecast.errors.run_guarded`).
+and exit 2, a file-system failure one line and exit 1 (`forecast.core.errors.run_guarded`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from forecast.errors import ForecastError, run_guarded
-from forecast.trust import add_trusted
+from forecast.core.allowlist import add_trusted
+from forecast.core.errors import ForecastError, run_guarded
 
 USAGE = """usage: forecast [--trust PACKAGE ...] <command> [options]
 
@@ -102,8 +102,8 @@ def _report(argv: list[str]) -> int:
 
 
 def _threads() -> None:
-    """torch's threads from the thread policy (`forecast.threads`); said once a model is built."""
-    from forecast.threads import POLICY
+    """torch's threads from the thread policy (`forecast.core.threads`); said once a model is built."""
+    from forecast.core.threads import POLICY
 
     try:
         POLICY.apply(say=False)

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torch.nn.functional import gelu, scaled_dot_product_attention
 from torch.utils.checkpoint import checkpoint
 
-from forecast.domains import ClosedOpenUnitInterval, Size
-from forecast.errors import ForecastError
+from forecast.core.domains import ClosedOpenUnitInterval, Size
+from forecast.core.errors import ForecastError
 
 PatchMode = Literal["mixing", "independent"]
 PATCH_MODES: tuple[str, ...] = ("mixing", "independent")

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.model import PatchTST
 from forecast.sizing.budget import (
     BUDGETS,

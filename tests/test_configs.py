@@ -8,8 +8,8 @@ import yaml
 
 from forecast import configs
 from forecast.cli import main as forecast_main
+from forecast.core.metric_names import MONITOR
 from forecast.hpo.space import load_space
-from forecast.metrics import MONITOR
 from forecast.sizing.budget import BUDGETS, architectures, load_grid
 from forecast.training.cli import cli_main
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from forecast.core.errors import ForecastError
 from forecast.data.cli import main as data_main
 from forecast.data.manifest import verify
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
-from forecast.errors import ForecastError
 
 
 @pytest.fixture

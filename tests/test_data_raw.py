@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from forecast.core.errors import ForecastError
 from forecast.data.cli import main as data_main
 from forecast.data.paths import raw_path, resolve_data_dir, storage_symbol, tier_path
 from forecast.data.raw import (
@@ -18,7 +19,6 @@ from forecast.data.raw import (
     validate_raw,
     write_raw,
 )
-from forecast.errors import ForecastError
 
 
 def test_paths_follow_the_layout(tmp_path, monkeypatch):

@@ -10,10 +10,10 @@ import pytest
 import yfinance
 from fake_yfinance import FakeDownload, yahoo_frame
 
+from forecast.core.errors import ForecastError
 from forecast.data.cli import main as data_main
 from forecast.data.raw import read_raw, validate_raw
 from forecast.data.sources import fetch_yahoo, flatten_yahoo, read_price_csv
-from forecast.errors import ForecastError
 
 
 @pytest.fixture

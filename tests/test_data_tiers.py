@@ -10,10 +10,10 @@ import pytest
 import talib
 
 import forecast.data.tiers as tiers
+from forecast.core.errors import ForecastError
+from forecast.core.files import md5_file
 from forecast.data.raw import forward_adjust, write_raw
 from forecast.data.tiers import TIERS, build_and_write, build_tier, build_tier_report, vix_features
-from forecast.errors import ForecastError
-from forecast.io import md5_file
 
 A20 = [
     "dema_9",

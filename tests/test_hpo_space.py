@@ -14,7 +14,7 @@ import pytest
 import yaml
 from search_fixtures import ROOT, _one_thread, data, options, space_file, wait_for  # noqa: F401  (fixtures; _one_thread is autouse)
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.hpo.space import OutsideSpace, bind, load_space, parse_param
 from forecast.hpo.stop import AbortTrial, StopControl
 from forecast.hpo.study import (

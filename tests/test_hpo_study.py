@@ -28,10 +28,10 @@ from search_fixtures import (  # noqa: F401  (fixtures; _one_thread is autouse)
 )
 
 from forecast.cli import main as forecast_main
+from forecast.core.errors import ForecastError
 from forecast.data.datamodule import ForecastDataModule
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
-from forecast.errors import ForecastError
 from forecast.hpo.stop import StopControl
 from forecast.hpo.study import (
     open_study,

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.model import PatchTST, RevIN
 
 SMALL = dict(d_model=32, n_layers=2, n_heads=4, d_ff=64)

@@ -290,8 +290,8 @@ def test_a_best_yaml_replay_runs_with_fast_dev_run(sample, fitted, tmp_path, mon
 
 def test_threshold_defect_trained_before_and_is_refused_now(sample):
     """Defect 3 in the DataModule itself: <= 0 refused; a split of one class named."""
+    from forecast.core.errors import ForecastError
     from forecast.data.datamodule import ForecastDataModule
-    from forecast.errors import ForecastError
 
     kwargs = dict(symbol="SP500", tier="a25", data_dir=str(sample), val_start="2015-01-01",
                   test_start="2017-01-01")
@@ -344,7 +344,7 @@ def test_a_killed_retry_is_not_said_to_be_queued_again(tmp_path):
 
 def test_a_missing_postgres_driver_names_psycopg(monkeypatch):
     """Defect 15, with the driver made unimportable (whether or not it is installed here)."""
-    from forecast.errors import ForecastError
+    from forecast.core.errors import ForecastError
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # `import psycopg` raises ModuleNotFoundError
     monkeypatch.setitem(sys.modules, "psycopg2", None)

@@ -21,10 +21,10 @@ from optuna.trial import TrialState, create_trial
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from forecast.cli import main as forecast_main
+from forecast.core.metric_names import MONITOR
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
 from forecast.hpo.study import HpoOptions, run_study
-from forecast.metrics import MONITOR
 from forecast.report.build import ReportOptions
 from forecast.report.equivalence import verdict_text
 from forecast.report.outputs import make_report

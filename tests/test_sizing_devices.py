@@ -9,7 +9,7 @@ import torch
 from synthetic_run import base_args, data_dir, fitted  # noqa: F401  (fixtures)
 
 from forecast.cli import main as forecast_main
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.sizing.devices import check_nodes
 from forecast.training.cli import cli_main
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from synthetic_run import SYMBOL, data_dir, dm_kwargs  # the same synthetic tier and settings
 
+from forecast.core.errors import ForecastError
+from forecast.core.files import md5_file
 from forecast.data.datamodule import ForecastDataModule, split_bounds, split_samples
 from forecast.data.manifest import load_manifest, write_manifest
-from forecast.errors import ForecastError
-from forecast.io import md5_file
 from forecast.model import PatchTST
 
 __all__ = ["data_dir"]  # a module-scoped fixture shared with test_train

@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from forecast.cli import main as forecast_main
+from forecast.core.errors import ForecastError
 from forecast.data.datamodule import ForecastDataModule
 from forecast.data.raw import write_raw
 from forecast.data.stationary import stationary_frame, stationary_names
 from forecast.data.tiers import TIERS, build_and_write
-from forecast.errors import ForecastError
 from forecast.hpo.config import fingerprint, study_name
 from forecast.model import PatchTST
 from forecast.sizing.budget import tier_features

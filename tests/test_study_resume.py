@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from search_fixtures import data, load, options, space_file  # noqa: F401  (fixtures)
 
 from forecast.cli import main as forecast_main
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.hpo.config import MEASURED
 from forecast.hpo.storage import open_storage
 from forecast.hpo.study import open_study, plan_study, run_study

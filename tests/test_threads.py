@@ -1,4 +1,4 @@
-"""The thread policy (`forecast.threads`): the rule over generated machines, the user's setting wins,
+"""The thread policy (`forecast.core.threads`): the rule over generated machines, the user's setting wins,
 a bad setting is one line, the choice is printed once, and a real `forecast fit` applies it."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from forecast.threads import (
+from forecast.core.threads import (
     TINY_PARAMS,
     ThreadPolicy,
     choose,

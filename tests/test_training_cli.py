@@ -20,8 +20,8 @@ import yaml
 from synthetic_run import ROOT, base_args, data_dir, fitted  # noqa: F401  (fixtures)
 
 from forecast.cli import main as forecast_main
-from forecast.errors import ForecastError
-from forecast.metrics import MONITOR
+from forecast.core.errors import ForecastError
+from forecast.core.metric_names import MONITOR
 from forecast.training.cli import cli_main
 
 

@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forecast.cli import main as forecast_main
-from forecast.trust import ALLOWLIST, MAX_NODES, TRUST_ENV, UnsafeYAML, expanded_size, safe_load
+from forecast.core.allowlist import ALLOWLIST, TRUST_ENV
+from forecast.core.bounded_yaml import MAX_NODES, UnsafeYAML, expanded_size, safe_load
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = str(ROOT / "configs" / "demo.yaml")
@@ -260,13 +261,13 @@ def test_every_shipped_yaml_reads_the_same_as_before():
     """The safe loader changes no value of a config we ship (jsonargparse's scalar rules kept)."""
     from jsonargparse import get_loader
 
-    from forecast.trust import install
+    from forecast.core.allowlist import install
 
     install()
     for path in sorted((ROOT / "configs").rglob("*.yaml")):
         text = path.read_text()
         assert safe_load(text) == yaml.load(text, Loader=_jsonargparse_default_loader()), path
-    assert get_loader("yaml").__module__ == "forecast.trust"
+    assert get_loader("yaml").__module__ == "forecast.core.bounded_yaml"
 
 
 def _jsonargparse_default_loader():

@@ -1,4 +1,4 @@
-"""Typed options (forecast.domains), one parser family, names and files (issue #19, items 2 and 5).
+"""Typed options (forecast.core.domains), one parser family, names and files (issue #19, items 2 and 5).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/test_typed_options.py
 """
@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonargparse import ArgumentParser
 
-from forecast import domains
 from forecast.cli import main as forecast_main
+from forecast.core import domains
+from forecast.core.errors import ForecastError
+from forecast.core.parsers import split_run_args
 from forecast.data.synthetic import synthetic_ohlcv
-from forecast.errors import ForecastError
-from forecast.parsing import split_run_args
 
 ROOT = Path(__file__).resolve().parents[1]
 

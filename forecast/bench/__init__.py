@@ -16,7 +16,7 @@ from typing import Any
 
 def publish(results: dict[str, Any], out: Path) -> None:
     """Print a benchmark's results as JSON and write them atomically to `out`."""
-    from forecast.io import write_json_atomic
+    from forecast.core.files import write_json_atomic
 
     print(json.dumps(results, indent=2, default=str))
     write_json_atomic(out, results)

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = {"failed": f"{type(err).__name__}: {str(err).strip()[:500]}"}
         results[name]["section_s"] = round(time.perf_counter() - started, 1)
         print(json.dumps(results[name], indent=2, default=str), flush=True)
-    from forecast.io import write_json_atomic
+    from forecast.core.files import write_json_atomic
 
     write_json_atomic(args.out, results)
     print(f"written: {args.out}")

@@ -1,7 +1,7 @@
 """`make bench` entries for the CPU: the thread policy against fixed choices, and training efficiency.
 
   threads      samples/s of short fits (100K demo, 2M, 20M) and trials/hour of a small search with
-               the tool's default threads (`forecast.threads`) against 1 thread and all cores, on
+               the tool's default threads (`forecast.core.threads`) against 1 thread and all cores, on
                the machine as it is and beside one busy process (a CPU-bound loop); each choice 3
                times, interleaved in a rotating order; per row the default's median over the better
                fixed choice's median (goal: >= 0.90 in every row), and the runs' spread.
@@ -76,9 +76,9 @@ def train_rate(model: str, batch: int, seconds: float, compile_net: bool = False
     the thread policy sets them: `FORECAST_THREADS` for a fixed choice)."""
     import torch
 
+    from forecast.core.threads import POLICY
     from forecast.model import PatchTST
     from forecast.sizing.budget import training_flops_per_sample
-    from forecast.threads import POLICY
     from forecast.training.module import decay_groups, one_thread_for_cpu_inductor
 
     arch = {**MODELS[model], **PATCH}

@@ -234,7 +234,7 @@ def run(out: Path, budget_s: float, sections: set[str], sizes: Sizes) -> dict[st
     import torch
 
     from forecast.bench.build import synthetic_tier
-    from forecast.io import write_json_atomic
+    from forecast.core.files import write_json_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

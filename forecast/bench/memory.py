@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row(cfg, args.fixed_mmap) for cfg in configs]
     print_rows(rows, args.fixed_mmap)
     if args.json:
-        from forecast.io import write_json_atomic
+        from forecast.core.files import write_json_atomic
 
         write_json_atomic(args.json, rows)
     return 0

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from forecast.errors import ForecastError
-from forecast.parsing import command_parser, parse
+from forecast.core.errors import ForecastError
+from forecast.core.parsers import command_parser, parse
 
 __all__ = ["main", "path", "shipped"]
 

@@ -23,11 +23,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from forecast.core.domains import Date, Symbol
+from forecast.core.parsers import command_parser, parse, sub_parser
 from forecast.data.manifest import load_manifest, verify
 from forecast.data.paths import DATA_DIR_ENV, resolve_data_dir, storage_symbol
 from forecast.data.raw import check_raw, write_raw
-from forecast.domains import Date, Symbol
-from forecast.parsing import command_parser, parse, sub_parser
 
 
 def _console() -> Console:
@@ -156,7 +156,7 @@ def cmd_info(args: Namespace) -> int:
 
 
 def build_parser() -> ArgumentParser:
-    """The `forecast data` argument parser (jsonargparse: every option typed, see forecast.domains)."""
+    """The `forecast data` argument parser (jsonargparse: every option typed, see forecast.core.domains)."""
     from forecast.data.tiers import DEFAULT_TIER, TIERS
 
     parser = command_parser("forecast data", "Prices, feature tiers and their manifests.")

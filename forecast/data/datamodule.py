@@ -27,13 +27,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from forecast.data.manifest import read_verified
-from forecast.data.paths import raw_path, resolve_data_dir, tier_path
-from forecast.data.raw import forward_adjust, read_raw
-from forecast.data.stationary import INPUTS, Inputs, stationary_features, stationary_names
-from forecast.data.targets import Task, make_targets
-from forecast.data.tiers import TIERS
-from forecast.domains import (
+from forecast.core.domains import (
     Date,
     NonNegativeInt,
     NonNegativeSize,
@@ -42,7 +36,13 @@ from forecast.domains import (
     Symbol,
     Threshold,
 )
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
+from forecast.data.manifest import read_verified
+from forecast.data.paths import raw_path, resolve_data_dir, tier_path
+from forecast.data.raw import forward_adjust, read_raw
+from forecast.data.stationary import INPUTS, Inputs, stationary_features, stationary_names
+from forecast.data.targets import Task, make_targets
+from forecast.data.tiers import TIERS
 
 TierName = Literal[tuple(TIERS)]  # type: ignore[valid-type]  # the registered tiers (forecast.data.tiers)
 

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import pandas as pd
 import pyarrow.parquet as pq
 
+from forecast.core.errors import ForecastError
+from forecast.core.files import atomic_path, md5_file, write_json_atomic
 from forecast.data.paths import PROCESSED_MANIFEST, RAW_MANIFEST, raw_path, relative
-from forecast.errors import ForecastError
-from forecast.io import atomic_path, md5_file, write_json_atomic
 
 Kind = Literal["raw", "processed"]
 FORMAT = 1

@@ -10,8 +10,8 @@ import os
 import re
 from pathlib import Path
 
-from forecast.domains import SYMBOL_MAX, SYMBOL_PATTERN
-from forecast.errors import ForecastError
+from forecast.core.domains import SYMBOL_MAX, SYMBOL_PATTERN
+from forecast.core.errors import ForecastError
 
 DATA_DIR_ENV = "FORECAST_DATA_DIR"
 DEFAULT_DATA_DIR = "data"

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from forecast.core.errors import ForecastError
 from forecast.data.manifest import read_verified, write_tracked
 from forecast.data.paths import raw_path, storage_symbol
-from forecast.errors import ForecastError
 
 RAW_COLUMNS = ["Date", "Open", "High", "Low", "Close", "Adj Close", "Volume"]
 PRICE_COLUMNS = ["Open", "High", "Low", "Close", "Adj Close"]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from forecast.core.errors import ForecastError
 from forecast.data.paths import storage_symbol
-from forecast.errors import ForecastError
 
 ATTEMPTS = 4
 BASE_DELAY_S = 1.0  # backoff 1, 2, 4 s (+ up to 1 s jitter): long enough for Yahoo's rate limit

@@ -37,11 +37,11 @@ import pandas as pd
 import talib
 from numpy.lib.stride_tricks import sliding_window_view
 
+from forecast.core.errors import ForecastError
+from forecast.core.files import md5_file
 from forecast.data.manifest import load_manifest, write_tracked
 from forecast.data.paths import raw_path, relative, storage_symbol, tier_path
 from forecast.data.raw import forward_adjust, read_raw, validate_raw
-from forecast.errors import ForecastError
-from forecast.io import md5_file
 
 MAX_VIX_FILL = 3  # trading days a VIX close may be carried forward (holidays, missing prints)
 

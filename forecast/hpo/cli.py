@@ -1,6 +1,6 @@
 """`forecast hpo` and `forecast sweep`: jsonargparse front ends of `forecast.hpo.study.run_study`.
 
-Options of the search are parsed here, typed (forecast.domains); `--config FILE` and every
+Options of the search are parsed here, typed (forecast.core.domains); `--config FILE` and every
 `--data.* --model.* --trainer.* --early_stopping.* --checkpoint.* --planner.* --seed_everything`
 flag is handed to each trial's LightningCLI exactly as `forecast fit` would take it (and checked
 by that parser before the first trial).
@@ -15,7 +15,7 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
-from forecast.domains import (
+from forecast.core.domains import (
     DeviceIds,
     Name,
     NonEmptyStr,
@@ -24,7 +24,8 @@ from forecast.domains import (
     PositiveInt,
     Seed,
 )
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
+from forecast.core.parsers import RunArgs, command_parser, parse, split_run_args
 from forecast.hpo.stop import STOP_FILE, StopControl
 from forecast.hpo.study import (
     DEFAULT_SPACE,
@@ -34,7 +35,6 @@ from forecast.hpo.study import (
     run_queue,
 )
 from forecast.hpo.workers import run_workers, worker_number
-from forecast.parsing import RunArgs, command_parser, parse, split_run_args
 from forecast.sizing.budget import parse_budget
 from forecast.training.config import flag_keys
 
@@ -84,7 +84,7 @@ def _common(p: ArgumentParser) -> None:
 
 
 def hpo_parser() -> ArgumentParser:
-    """The `forecast hpo` parser (jsonargparse: every option typed, see forecast.domains)."""
+    """The `forecast hpo` parser (jsonargparse: every option typed, see forecast.core.domains)."""
     p = command_parser("forecast hpo", "Optuna search over one parameter budget's architectures and "
                        "training settings.", EPILOG)
     p.add_argument("--budget", type=NonEmptyStr, required=True,

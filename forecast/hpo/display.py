@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from forecast.metrics import MONITOR
+from forecast.core.metric_names import MONITOR
 
 
 @dataclass

@@ -32,12 +32,12 @@ import torch
 from lightning.pytorch.callbacks import DeviceStatsMonitor
 from optuna_integration import PyTorchLightningPruningCallback
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
+from forecast.core.metric_names import MONITOR, MONITOR_MODE
 from forecast.hpo.display import Display
 from forecast.hpo.space import OutsideSpace, Sample, SearchSpace
 from forecast.hpo.stop import AbortTrial, StopControl
 from forecast.hpo.storage import WORKER_ATTR, worker_id
-from forecast.metrics import MONITOR, MONITOR_MODE
 from forecast.sizing.budget import GB
 from forecast.sizing.devices import release_memory
 from forecast.sizing.planner import estimate

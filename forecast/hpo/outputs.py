@@ -19,8 +19,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from forecast.io import atomic_path, write_text_atomic
-from forecast.metrics import MONITOR, MONITOR_MODE
+from forecast.core.files import atomic_path, write_text_atomic
+from forecast.core.metric_names import MONITOR, MONITOR_MODE
 from forecast.training.runs import epoch_number
 
 # Failures that are results (the configuration does not fit, or breaks): they count toward N.

@@ -30,9 +30,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from forecast.errors import ForecastError
+from forecast.core.bounded_yaml import read_yaml
+from forecast.core.errors import ForecastError
 from forecast.sizing.budget import Arch, architectures, load_grid
-from forecast.trust import read_yaml
 
 NET_PREFIX = "model.net.init_args."
 # PatchTST arguments an architecture fixes; the search space may not name them itself.

@@ -32,7 +32,7 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 
 DEFAULT_DB = "optuna.db"
 WORKER_ATTR = "worker"  # user attr "host:pid:start" of the process running a trial

@@ -29,8 +29,9 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from forecast import configs
-from forecast.domains import check_name
-from forecast.errors import ForecastError
+from forecast.core.domains import check_name
+from forecast.core.errors import ForecastError
+from forecast.core.metric_names import MONITOR, MONITOR_MODE
 from forecast.hpo import config as cfg
 from forecast.hpo.display import Display
 from forecast.hpo.objective import ExtraCallbacks, Objective, TrialFailed, TrialSetup
@@ -45,7 +46,6 @@ from forecast.hpo.storage import (
     retry_queued,
     worker_id,
 )
-from forecast.metrics import MONITOR, MONITOR_MODE
 from forecast.sizing.budget import parse_budget
 from forecast.sizing.devices import one_device
 from forecast.sizing.machine import check_search

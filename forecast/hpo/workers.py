@@ -24,7 +24,8 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
+from forecast.core.threads import WORKERS_ENV, check_jobs
 from forecast.hpo.display import Display
 from forecast.hpo.outputs import counts, n_finished
 from forecast.hpo.stop import STOP_FILE, StopControl
@@ -42,7 +43,6 @@ from forecast.hpo.study import (
     plan_study,
 )
 from forecast.sizing.devices import device_ids
-from forecast.threads import WORKERS_ENV, check_jobs
 
 WORKER_ENV = "FORECAST_HPO_WORKER"
 POLL_S = 1.0  # how often the parent reads the storage for the panel

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.hpo.api import TaskQueue, describe
 from forecast.report.collect import Series, StudyEntry, collect
 from forecast.report.equivalence import DEFAULT_MARGINS, Margins

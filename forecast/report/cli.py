@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from forecast.domains import (
+from forecast.core.domains import (
     Date,
     DeviceIds,
     Name,
@@ -17,12 +17,12 @@ from forecast.domains import (
     PositiveFiniteFloat,
     PositiveInt,
 )
-from forecast.errors import ForecastError
-from forecast.parsing import command_parser, parse, split_run_args
+from forecast.core.errors import ForecastError
+from forecast.core.parsers import command_parser, parse, split_run_args
+from forecast.core.threads import check_jobs
 from forecast.report.equivalence import DEFAULT_MARGINS
 from forecast.report.workers import Workers, die_with_parent, worker_number
 from forecast.sizing.devices import default_device, device_ids
-from forecast.threads import check_jobs
 
 # Light at import (no Lightning, Optuna or pandas): with --jobs N the workers start before this process
 # loads them (about 5 s on 2 cores), so that their start-up runs beside its own.
@@ -43,7 +43,7 @@ not be (its best config no longer loads, a retrain failed: listed in report.md a
 
 
 def parser() -> ArgumentParser:
-    """The `forecast report` parser (jsonargparse: every option typed, see forecast.domains)."""
+    """The `forecast report` parser (jsonargparse: every option typed, see forecast.core.domains)."""
     p = command_parser(
         "forecast report",
         "Scaling report from finished `forecast hpo` studies: the studies' test period cut "

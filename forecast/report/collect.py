@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.hpo.api import (
     FrozenTrial,
     Study,

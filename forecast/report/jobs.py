@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.hpo.api import TaskQueue, TaskState
 from forecast.report.retrain import SeedRun, retrain, run_key
 from forecast.sizing.devices import release_memory

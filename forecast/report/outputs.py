@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forecast.io import atomic_path, write_text_atomic
+from forecast.core.files import atomic_path, write_text_atomic
 from forecast.report.build import Report, ReportOptions, Say, build_report
 from forecast.report.markdown import render
 from forecast.report.plots import folds_figure, save_png, scaling_figure, search_figure

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from forecast.io import atomic_path
+from forecast.core.files import atomic_path
 from forecast.report.build import Report
 from forecast.report.tables import folds_frame
 from forecast.training.baselines import BASELINES

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from forecast.errors import ForecastError
-from forecast.io import write_json_atomic
+from forecast.core.errors import ForecastError
+from forecast.core.files import write_json_atomic
 from forecast.report.collect import StudyEntry
 from forecast.sizing.devices import one_device
 from forecast.training.config import differences, recorded_data, resolve

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forecast.metrics import MONITOR
+from forecast.core.metric_names import MONITOR
 from forecast.report.build import Report, SeriesResult
 from forecast.report.collect import Series
 from forecast.report.equivalence import not_excluded

@@ -22,8 +22,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from forecast.errors import ForecastError
-from forecast.threads import WORKERS_ENV
+from forecast.core.errors import ForecastError
+from forecast.core.threads import WORKERS_ENV
 
 WORKER_ENV = "FORECAST_REPORT_WORKER"
 PARENT_ENV = "FORECAST_REPORT_PARENT"  # the parent's pid, for `die_with_parent`
@@ -81,7 +81,7 @@ class Workers:
         self._say = (lambda text: print(text, file=stream, flush=True)) if say is print else say
         self._held: list[str] | None = []  # their lines until `release`
         self._workers_env = os.environ.get(WORKERS_ENV)
-        if self.parent_works:  # this process's thread policy counts the workers too (`forecast.threads`)
+        if self.parent_works:  # this process's thread policy counts the workers too (`forecast.core.threads`)
             os.environ[WORKERS_ENV] = str(jobs)
         self.procs: list[tuple[int, subprocess.Popen]] = []
         self.readers: list[threading.Thread] = []

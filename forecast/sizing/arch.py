@@ -23,9 +23,9 @@ from typing import Any, Literal
 from jsonargparse import ArgumentParser
 
 from forecast import configs
-from forecast.domains import MemoryGB, NonEmptyStr, PositiveInt, Size
+from forecast.core.domains import MemoryGB, NonEmptyStr, PositiveInt, Size
+from forecast.core.parsers import command_parser, parse
 from forecast.model import PatchMode
-from forecast.parsing import command_parser, parse
 from forecast.sizing.budget import (
     BUDGETS,
     GB,
@@ -158,7 +158,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    """The `forecast arch` parser (jsonargparse: every option typed, see forecast.domains)."""
+    """The `forecast arch` parser (jsonargparse: every option typed, see forecast.core.domains)."""
     from forecast.data.tiers import TIERS
 
     p = command_parser(

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from forecast import configs
-from forecast.errors import ForecastError
+from forecast.core.bounded_yaml import read_yaml
+from forecast.core.errors import ForecastError
 from forecast.model import check_arguments, num_patches
-from forecast.trust import read_yaml
 
 BUDGETS: dict[str, int] = {
     "2M": 2_000_000,

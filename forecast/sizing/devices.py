@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 
 
 def device_count(devices: Any) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.sizing.budget import GB, training_flops_per_sample
 from forecast.sizing.planner import (
     ADAM_MOMENTS,

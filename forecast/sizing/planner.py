@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.model import check_arguments, num_patches
 from forecast.sizing.budget import GB, count_parameters, matmul_parameters
 

@@ -30,10 +30,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from forecast.core.files import atomic_path
+from forecast.core.parsers import command_parser, parse, split_run_args
 from forecast.data.datamodule import SPLITS, ForecastDataModule
 from forecast.data.stationary import stationary_features as stationary_inputs
-from forecast.io import atomic_path
-from forecast.parsing import command_parser, parse, split_run_args
 
 BASELINES = ("prior", "logistic", "hist_gb")
 EPS = 1e-7
@@ -189,6 +189,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from forecast.errors import run_guarded
+    from forecast.core.errors import run_guarded
 
     raise SystemExit(run_guarded(main, sys.argv[1:]))

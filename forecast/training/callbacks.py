@@ -10,9 +10,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from forecast.core.files import atomic_path
+from forecast.core.metric_names import MONITOR
 from forecast.data.datamodule import ForecastDataModule
-from forecast.io import atomic_path
-from forecast.metrics import MONITOR
 from forecast.training.runs import evaluation_path
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from forecast.domains import BEST_PREFIX  # best checkpoints: checkpoints/best-<epoch>.ckpt
-from forecast.errors import ForecastError
+from forecast.core.domains import BEST_PREFIX  # best checkpoints: checkpoints/best-<epoch>.ckpt
+from forecast.core.errors import ForecastError
 
 __all__ = ["BEST_PREFIX", "check_checkpoint", "checkpoint_in"]
 

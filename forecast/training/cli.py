@@ -21,12 +21,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from forecast import configs
+from forecast.core.allowlist import install, refused_import
+from forecast.core.bounded_yaml import non_finite
+from forecast.core.domains import MemoryGB, PositiveFiniteFloat, Seed, Size
+from forecast.core.errors import ForecastError
+from forecast.core.files import write_json_atomic
+from forecast.core.metric_names import MONITOR, MONITOR_MODE
+from forecast.core.parsers import one_line
+from forecast.core.threads import POLICY
 from forecast.data.datamodule import ForecastDataModule
-from forecast.domains import MemoryGB, PositiveFiniteFloat, Seed, Size
-from forecast.errors import ForecastError
-from forecast.io import write_json_atomic
-from forecast.metrics import MONITOR, MONITOR_MODE
-from forecast.parsing import one_line
 from forecast.sizing.devices import (
     accelerator_kind,
     bf16_capable,
@@ -39,7 +42,6 @@ from forecast.sizing.devices import (
 )
 from forecast.sizing.machine import check_fit_disk, check_memory, epoch_estimate, memory_bytes
 from forecast.sizing.throughput import Throughput
-from forecast.threads import POLICY
 from forecast.training.callbacks import EpochLine, PredictionCSV
 from forecast.training.checkpoints import BEST_PREFIX, check_checkpoint
 from forecast.training.messages import (
@@ -61,7 +63,6 @@ from forecast.training.resume import (
 )
 from forecast.training.runs import point_at_run, write_metrics
 from forecast.training.typed import EarlyStopping, ModelCheckpoint, Trainer
-from forecast.trust import install, non_finite, refused_import
 
 DEFAULT_CONFIG = configs.path("trainer/default.yaml")
 DEFAULT_SAVE_DIR = "logs"  # the loggers' save_dir in configs/trainer/default.yaml

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 
 # Data settings that do not change what a trial learns from (where files live, loader workers).
 OPERATIONAL_DATA_KEYS = ("data_dir", "num_workers", "eval_batch_size", "batch_size", "predict_split")

@@ -16,9 +16,10 @@ from typing import Any
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
-from forecast.errors import ForecastError
-from forecast.parsing import one_line
-from forecast.trust import check_config_text, refused_import, safe_load, unsafe_reason
+from forecast.core.allowlist import refused_import
+from forecast.core.bounded_yaml import check_config_text, safe_load, unsafe_reason
+from forecast.core.errors import ForecastError
+from forecast.core.parsers import one_line
 
 
 class _NotOurs(logging.Filter):

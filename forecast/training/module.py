@@ -19,23 +19,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from forecast.data.datamodule import SPLITS
-from forecast.domains import (
+from forecast.core.domains import (
     ClosedOpenUnitInterval,
     ClosedUnitInterval,
     CompileBackend,
     NonNegativeFiniteFloat,
     PositiveFiniteFloat,
 )
-from forecast.metrics import (
-    COLLAPSE_STD,
-    MONITOR,
-    MONITOR_MODE,
-    ProbabilitySpread,
-    classification_metrics,
-)
+from forecast.core.metric_names import COLLAPSE_STD, MONITOR, MONITOR_MODE
+from forecast.data.datamodule import SPLITS
 from forecast.model import num_parameters
 from forecast.sizing.budget import training_flops_per_sample
+from forecast.training.metrics import ProbabilitySpread, classification_metrics
 
 BEST_KEY = "hp/best_" + MONITOR.replace("/", "_")  # TensorBoard HParams metric: best monitored value so far
 

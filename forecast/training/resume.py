@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 from forecast.training.checkpoints import check_checkpoint
 
 # What a model is trained FOR: testing or resuming with another value measures something else.

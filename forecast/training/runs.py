@@ -16,9 +16,9 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from forecast.core.errors import ForecastError
+from forecast.core.files import write_json_atomic
 from forecast.data.datamodule import ForecastDataModule
-from forecast.errors import ForecastError
-from forecast.io import write_json_atomic
 from forecast.training.checkpoints import checkpoint_in
 
 

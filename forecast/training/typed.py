@@ -2,7 +2,7 @@
 
 LightningCLI builds `--trainer.*`, `--early_stopping.*` and `--checkpoint.*` from the signatures of
 these classes, so `--trainer.accumulate_grad_batches 0` or `--early_stopping.patience -1` is refused
-at parse time in one line (forecast.domains), not by a traceback from deep inside Lightning.
+at parse time in one line (forecast.core.domains), not by a traceback from deep inside Lightning.
 Each class only re-declares the typed parameters and hands everything to Lightning's own; options
 not listed here keep Lightning's types (jsonargparse follows `**kwargs` into the parent's signature).
 
@@ -19,7 +19,7 @@ from lightning.pytorch import callbacks
 from lightning.pytorch.accelerators import Accelerator, AcceleratorRegistry
 from lightning.pytorch.strategies import Strategy, StrategyRegistry
 
-from forecast.domains import (
+from forecast.core.domains import (
     CheckpointName,
     ClosedUnitInterval,
     CountOrAll,
@@ -31,7 +31,7 @@ from forecast.domains import (
     PositiveInt,
     UnitFraction,
 )
-from forecast.metrics import logged
+from forecast.core.metric_names import logged
 
 # An int counts batches, a float is a fraction of them (Lightning's convention).
 Batches = NonNegativeInt | UnitFraction | None

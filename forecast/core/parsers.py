@@ -3,7 +3,7 @@
 `forecast data|arch|hpo|sweep|report` and `python -m forecast.training.baselines` build their parsers
 with `command_parser` and parse with `parse`; `forecast fit|validate|test|predict` is LightningCLI,
 whose parser is a jsonargparse parser too. So an option is declared one way (a typed
-`add_argument`, types from `forecast.domains`), abbreviations are refused everywhere, and every
+`add_argument`, types from `forecast.core.domains`), abbreviations are refused everywhere, and every
 parse error reaches the user through `one_line` as one line naming the option and its domain.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 
 
 def command_parser(prog: str, description: str, epilog: str | None = None, **kwargs: Any) -> ArgumentParser:

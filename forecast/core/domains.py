@@ -21,7 +21,7 @@ from typing import Any
 
 from jsonargparse.typing import register_type
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 
 # Seeds reach numpy's legacy seeding (Lightning's seed_everything), which takes 0 .. 2**32-1.
 SEED_MAX = 2**32 - 1

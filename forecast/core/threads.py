@@ -125,7 +125,7 @@ def check_jobs(jobs: int, devices: int = 0) -> None:
     Raises:
         ForecastError: too many.
     """
-    from forecast.errors import ForecastError
+    from forecast.core.errors import ForecastError
 
     limit = jobs_limit(devices)
     if jobs > limit:

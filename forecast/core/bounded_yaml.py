@@ -1,114 +1,26 @@
-"""The trust boundary: what read data (config files, flags, checkpoints' saved settings, study storage)
-may make this program import, and how YAML is read.
+"""Bounded YAML: how every config file, flag value, grid and search space is read.
 
-Inputs are data, never code. A `class_path` (or any other import path a value names) resolves only
-inside `ALLOWLIST` plus the packages the user names with `FORECAST_TRUST` (or `forecast --trust PKG`),
-and the check is on the *string*, before anything is imported: jsonargparse's public import-path
-policy (`set_parsing_settings(import_path_denylist=["*"], import_path_allowlist=...)`) runs it ahead of
-every import its parsers make for a value. The working folder is never importable (`drop_working_folder`).
-
-YAML is bounded: `safe_load` refuses duplicate keys (with their line), documents whose aliases would
-expand past `MAX_NODES` nodes (counted on the composed node graph, before anything is constructed),
-recursive aliases, and numbers that are not finite (`1.0e+400` reads as inf). It is registered as
-jsonargparse's YAML loader (`set_loader`), so every config file and flag value the parsers read goes
-through it.
+`safe_load` refuses duplicate keys (with their line), documents whose aliases would expand past
+`MAX_NODES` nodes (counted on the composed node graph, before anything is constructed), recursive
+aliases, and numbers that are not finite (`1.0e+400` reads as inf). `forecast.core.allowlist.install`
+registers it as jsonargparse's YAML loader (`set_loader`), so every parser reads through it.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import sys
-from collections.abc import Iterable
 from typing import Any
 
 import yaml
 
-from forecast.errors import ForecastError
+from forecast.core.errors import ForecastError
 
-# What a value may name: this package, optimizers and LR schedulers, Lightning's callbacks and loggers.
-ALLOWLIST = ("forecast", "torch.optim", "lightning.pytorch.callbacks", "lightning.pytorch.loggers")
-TRUST_ENV = "FORECAST_TRUST"  # comma-separated packages (or modules) the user adds to ALLOWLIST
 MAX_NODES = 10_000  # YAML nodes after alias expansion; our largest config has ~100
-_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 class UnsafeYAML(yaml.YAMLError):
     """A YAML document this program refuses to construct (duplicate key, alias bomb, non-finite number)."""
-
-
-# ---------------------------------------------------------------------------------------- imports
-
-
-def trusted_packages(env: str | None = None) -> tuple[str, ...]:
-    """ALLOWLIST plus the user's `FORECAST_TRUST` entries.
-
-    Args:
-        env: the variable's value (default: read from the environment).
-
-    Raises:
-        ForecastError: an entry that is not a dotted Python name, or names jsonargparse (a value that
-            could name the parser could change this policy itself).
-    """
-    text = os.environ.get(TRUST_ENV, "") if env is None else env
-    extra = [e.strip() for e in text.split(",") if e.strip()]
-    for entry in extra:
-        if not _DOTTED.fullmatch(entry) or entry.split(".")[0] == "jsonargparse":
-            raise ForecastError(f"{TRUST_ENV}: {entry!r} is not a package this program can trust (a dotted "
-                                "Python name such as mypackage or mypackage.nets; comma-separated)")
-    return tuple(dict.fromkeys([*ALLOWLIST, *extra]))
-
-
-def add_trusted(entries: Iterable[str]) -> None:
-    """Add packages to `FORECAST_TRUST` in this process's environment, so that worker processes
-    (`forecast hpo --jobs N`) inherit them; each is checked as `trusted_packages` does."""
-    current = os.environ.get(TRUST_ENV, "")
-    entries = list(entries)
-    joined = ",".join([e for e in current.split(",") if e.strip()] + entries)
-    trusted_packages(joined)
-    if entries:
-        os.environ[TRUST_ENV] = joined
-
-
-def install() -> None:
-    """Before any parse: only allowlisted import paths, checked on the string; the safe YAML loader.
-
-    Idempotent; reads `FORECAST_TRUST` each time, so a later call sees what the user added.
-    """
-    from jsonargparse import set_loader, set_parsing_settings
-
-    allowed = set(trusted_packages())
-    # '*' denies every path that no more specific entry allows; the allowlist is the exception. The
-    # settings only add entries, so what an earlier call allowed and the user no longer names is denied.
-    revoked = sorted(_ALLOWED - allowed)
-    set_parsing_settings(import_path_denylist=["*", *revoked], import_path_allowlist=sorted(allowed))
-    _ALLOWED.clear()
-    _ALLOWED.update(allowed)
-    set_loader("yaml", load_value, exceptions=(yaml.YAMLError,))
-
-
-_ALLOWED: set[str] = set()  # what `install` allowed last (one process may parse many runs: tests, a search)
-
-
-def drop_working_folder() -> None:
-    """`python -m forecast` puts the working folder first on sys.path (as `python -P` would not): a
-    module there named like one we import, or like a class path, would run. Drop that entry."""
-    if sys.flags.safe_path or not sys.path:
-        return
-    first = sys.path[0]
-    if first == "" or os.path.abspath(first) == os.getcwd():
-        del sys.path[0]
-
-
-def refused_import(message: str) -> str | None:
-    """A one-line reason when jsonargparse's message says an import path was denied, else None."""
-    found = re.search(r"Importing '([\w.]+)' is not allowed", message)
-    if found is None:
-        return None
-    return (f"{found.group(1)!r} is outside the classes a config may name ({', '.join(trusted_packages())}); "
-            f"to use your own package, name it: {TRUST_ENV}=yourpackage or `forecast --trust yourpackage ...`")
-
 
 _UNSAFE = re.compile(r"duplicate key .*? \(first at line \d+\)|the document expands to more than [\d,]+ nodes"
                      r"|recursive alias at line \d+|\S+ at line \d+ is not a finite number")
@@ -118,9 +30,6 @@ def unsafe_reason(message: str) -> str | None:
     """Our YAML refusal inside a longer parser message (which may quote the whole document), or None."""
     found = _UNSAFE.search(message)
     return None if found is None else found.group(0)
-
-
-# ------------------------------------------------------------------------------------------- YAML
 
 
 class _Loader(yaml.SafeLoader):
@@ -145,13 +54,14 @@ class _Loader(yaml.SafeLoader):
             raise UnsafeYAML(f"{node.value} at line {node.start_mark.line + 1} is not a finite number")
         return value
 
-
 _Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+
 for _first, _mappings in list(_Loader.yaml_implicit_resolvers.items()):
     _Loader.yaml_implicit_resolvers = {**_Loader.yaml_implicit_resolvers}
     _Loader.yaml_implicit_resolvers[_first] = [
         (tag, regexp) for tag, regexp in _mappings
         if tag not in ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:float")]
+
 # YAML 1.1 reads 1e-3 as a string; jsonargparse's own loader (and so every config we ship) reads it as
 # a float. The same pattern as jsonargparse's, so switching loaders changes no value.
 _Loader.add_implicit_resolver(

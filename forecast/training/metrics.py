@@ -1,8 +1,4 @@
-"""Metric names and the torchmetrics collection every split uses.
-
-`MONITOR` is the single name that checkpointing, early stopping, pruning and the search
-objective all import; `MONITOR_MODE` says which way is better.
-"""
+"""The torchmetrics collection every split computes, keyed by `forecast.core.metric_names`."""
 
 from __future__ import annotations
 
@@ -18,10 +14,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import MeanSquaredError
 
-MONITOR = "val/loss"
-MONITOR_MODE = "min"
-COLLAPSE_STD = 1e-3  # predicted-probability std below this means the model outputs one number
-SPREAD = ("prob_std", "prob_min", "prob_max")  # ProbabilitySpread's values
+from forecast.core.metric_names import SPREAD
 
 
 class ProbabilitySpread(Metric):
@@ -67,9 +60,3 @@ def classification_metrics(prefix: str, validate_args: bool = False) -> MetricCo
         },
         prefix=f"{prefix}/",
     )
-
-
-def logged(split: str) -> tuple[str, ...]:
-    """Every metric an epoch of `split` logs (`forecast.training.module`): its loss, the collection's
-    metrics and the probabilities' spread; what checkpointing and early stopping may monitor."""
-    return (f"{split}/loss", *classification_metrics(split).keys(), *(f"{split}/{k}" for k in SPREAD))
