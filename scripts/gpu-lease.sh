@@ -24,7 +24,8 @@
 # (SECTIONS="compile" bash scripts/gpu-lease.sh). docs/gpus.md says the same.
 #
 # Settings (environment): OUT (default lease-out), LEASE_S (480), SECTIONS ("tests models search compile
-# small"), MIN_S (20), PYTHON (python3), SITE (/tmp/site), WHEELS (.whl), REHEARSE=1 (the CPU rehearsal:
+# small"), MIN_S (20), LIMIT_SCALE (1; each section's limit times this, for a slow or loaded machine),
+# PYTHON (python3), SITE (/tmp/site), WHEELS (.whl), REHEARSE=1 (the CPU rehearsal:
 # gpu_check --rehearse, CUDA defaults forced at tiny sizes; the gpu tests skip without CUDA),
 # DRY_RUN=1 (print the plan and the wheel check, run nothing).
 set -uo pipefail
@@ -33,6 +34,7 @@ OUT=${OUT:-lease-out}
 LEASE_S=${LEASE_S:-480}
 SECTIONS=${SECTIONS:-tests models search compile small}
 MIN_S=${MIN_S:-20}
+LIMIT_SCALE=${LIMIT_SCALE:-1}
 PYTHON=${PYTHON:-python3}
 SITE=${SITE:-/tmp/site}
 WHEELS=${WHEELS:-.whl}
@@ -40,7 +42,7 @@ REHEARSE=${REHEARSE:-0}
 DRY_RUN=${DRY_RUN:-0}
 SUMMARY_S=15  # kept back from LEASE_S for the summary after the overall timeout
 TESTS_XML=${TMPDIR:-/tmp}/gpu-lease-tests.xml
-export OUT PYTHON REHEARSE SECTIONS MIN_S TESTS_XML
+export OUT PYTHON REHEARSE SECTIONS MIN_S LIMIT_SCALE TESTS_XML
 
 limit_of() {  # a section's own time limit, seconds
   case $1 in
@@ -63,6 +65,7 @@ run_sections() {  # inside the overall timeout: each section as its own process 
   local name limit left start rc minutes
   for name in $SECTIONS; do
     limit=$(limit_of "$name") || return 2
+    limit=$((limit * LIMIT_SCALE))
     left=$((DEADLINE - $(date +%s)))
     ((left < limit)) && limit=$left
     if ((limit < MIN_S)); then
