@@ -126,7 +126,7 @@ gpu-wheels: ## download the wheels the GPU image lacks into .whl/ (cp312, manyli
 # Where gpu-check and gpu-rehearsal write gpu_check.json (a remote GPU machine may return only one folder).
 OUT ?= .
 
-gpu-check: ## on one GPU: 200M/2B build, memory, MFU; a 2B search; 2M trials/hour -> $(OUT)/gpu_check.json (< 7 min)
+gpu-check: ## on one GPU: 200M/2B build, memory, MFU; a 2B search; 2M trials/hour; 200M compiled -> $(OUT)/gpu_check.json
 	$(GPU_PYTHON) -m forecast.bench.gpu_check --out $(OUT)/gpu_check.json
 
 gpu-rehearsal: install ## gpu-check's own script on this CPU at tiny sizes, CUDA defaults forced -> $(OUT)/gpu_check.json (~1 min)
