@@ -138,3 +138,15 @@ def test_a_missing_dependency_fails_the_resolution(gpu_wheels, stubs, tmp_path, 
     kept = [p for p in gpu_wheels if canonical(p.split("==")[0]) != dropped]
     done = resolve(kept, stubs, only, tmp_path)
     assert done.returncode != 0 and dropped in done.stderr.lower()
+
+
+def test_the_wheels_and_the_tree_fit_the_devices_carry(gpu_wheels):
+    """What travels to the device (tracked and untracked files, plus the carried .whl/) stays under 64 MiB."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    tree = sum((ROOT / f).stat().st_size for f in files if f and (ROOT / f).is_file())
+    wheels = sum(w.stat().st_size for w in WHEELS.glob("*.whl"))
+    # exactly GPU_WHEELS: a stale wheel would be installed over the image's package, and two versions of one
+    # stop the install (remove .whl/ and run `make gpu-wheels`)
+    assert len(list(WHEELS.glob("*.whl"))) == len(gpu_wheels), sorted(w.name for w in WHEELS.glob("*.whl"))
+    assert tree + wheels < 64 * 2**20, (tree, wheels)
