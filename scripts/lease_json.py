@@ -123,7 +123,8 @@ def main(argv: list[str]) -> int:
         write(out / "summary.json", data)
         print("\n".join(lines), flush=True)
         return 0
-    print(__doc__.strip().splitlines()[2:4], file=sys.stderr)
+    usage = [line.strip() for line in __doc__.splitlines() if line.strip().startswith("python3 ")]
+    print("usage: " + "\n       ".join(usage), file=sys.stderr)
     return 2
 
 
