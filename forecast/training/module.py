@@ -134,7 +134,7 @@ class Forecaster(L.LightningModule):
             # A new network starts from dynamo's empty caches: every instance shares PatchTST.forward's
             # code object, so the graphs of earlier networks in this process (a search's trials) would
             # count toward dynamo's recompile limit (8) and later networks would run eager, silently.
-            torch._dynamo.reset()
+            torch.compiler.reset()
             self._dynamo_start = _dynamo_counts()
             # in place: forward is compiled, state_dict keys are unchanged
             self.net.compile(**({} if backend is True else {"backend": backend}))
@@ -147,9 +147,10 @@ class Forecaster(L.LightningModule):
         """The device the Trainer runs this module on. Inside `configure_model` the module has not
         been moved yet (`self.device` is still the CPU on a GPU run): a Trainer's strategy knows
         its root device; without a Trainer, the device context the hook is called under decides."""
-        if self._trainer is not None:
-            return self._trainer.strategy.root_device
-        return torch.get_default_device()
+        try:
+            return self.trainer.strategy.root_device
+        except RuntimeError:  # "not attached to a `Trainer`"
+            return torch.get_default_device()
 
     def compile_record(self) -> dict[str, Any]:
         """Whether this network's forward ran compiled, as dynamo counted since it was compiled.
@@ -339,6 +340,7 @@ def _flops_per_sample(net: nn.Module) -> int | None:
 
 def _dynamo_counts() -> tuple[int, int, int]:
     """Dynamo's process-wide counts: graphs captured, frames it tried to convert, frames it converted."""
+    # private API: torch has no public count of the frames dynamo gave up on (its recompile limit logs a warning)
     from torch._dynamo.utils import counters
 
     return counters["stats"]["unique_graphs"], counters["frames"]["total"], counters["frames"]["ok"]
