@@ -103,30 +103,30 @@ lint: install ## ruff, and the import layers (import-linter contracts in pyproje
 bench: install ## benchmarks: figures and ratios measured in one run (bench.json)
 	$(BIN)/python -m forecast.bench --out bench.json
 
-# A GPU image that has python3.12 + torch (CUDA) + lightning but not the rest (DEVELOPERS.md):
-# `make gpu-wheels` here (with network), carry .whl/ there, then
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site
+# The device image (python3.12, torch 2.11 + CUDA 13.0, numpy 2.5, lightning 2.6.6; no make) lacks these:
+# forecast's dependencies less the image's packages (scripts/gpu-image-packages.txt, from the device tool's
+# KINDS.md), at the lock's versions. `python3 scripts/gpu_wheels.py` computes the list (--why: who needs
+# each); tests/test_gpu_lease.py fails when this copy differs. ~31 MiB, under the device's 64 MiB carry.
+# `make gpu-wheels` here (with network), then on the device, as one call: `bash scripts/gpu-lease.sh`
+# with carry [".whl"] (docs/gpus.md).
 GPU_PYTHON ?= python3
 WHEEL_DIR  ?= .whl
-GPU_WHEELS ?= optuna==5.0.0 optuna-integration==5.0.0 SQLAlchemy==2.1.9 alembic==1.20.1 Mako==1.4.3 \
-              colorlog==6.12.0 jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0 \
-              TA-Lib==0.8.2 arch==8.0.0 statsmodels==0.15.0 patsy==1.0.3 yfinance==1.7.0 \
-              formulaic==1.2.2 interface-meta==2.0.1 narwhals==2.29.0 wrapt==2.5.2 \
-              psycopg==3.3.9 psycopg-binary==3.3.9 \
-              beautifulsoup4==4.15.0 soupsieve==4.1.3 curl-cffi==0.17.0 certifi==2026.10.19.post1 cffi==2.1.1 \
-              pycparser==3.12 lxml==6.1.3 multitasking==0.0.13 peewee==4.5.3 platformdirs==4.14.9 \
-              requests==2.34.2 charset-normalizer==3.5.3 idna==3.20 urllib3==2.8.0 websockets==17.4
+GPU_WHEELS ?= Mako==1.4.3 SQLAlchemy==2.1.9 TA-Lib==0.8.2 alembic==1.20.1 arch==8.0.0 beautifulsoup4==4.15.0 \
+              cffi==2.1.1 colorlog==6.12.0 curl_cffi==0.17.0 docstring_parser==0.18.0 jsonargparse==4.53.0 \
+              multitasking==0.0.13 optuna-integration==5.0.0 optuna==5.0.0 peewee==4.5.3 platformdirs==4.14.9 \
+              psycopg-binary==3.3.9 psycopg==3.3.9 pycparser==3.12 pytz==2026.6 soupsieve==4.1.3 \
+              typeshed_client==2.15.0 tzdata==2026.6 websockets==17.4 yfinance==1.7.0
 
-gpu-wheels: ## download the wheels a GPU image may lack into .whl/ (cp312, manylinux x86_64; see DEVELOPERS.md)
+gpu-wheels: ## download the wheels the GPU image lacks into .whl/ (cp312, manylinux x86_64; docs/gpus.md)
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d $(WHEEL_DIR) $(GPU_WHEELS)
-	@ls $(WHEEL_DIR)
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d $(WHEEL_DIR) $(GPU_WHEELS)
+	@du -sh $(WHEEL_DIR)
 
 # Where gpu-check and gpu-rehearsal write gpu_check.json (a remote GPU machine may return only one folder).
 OUT ?= .
 
-gpu-check: ## on one GPU: 200M/2B build, memory, MFU; a 2B search; 2M trials/hour -> $(OUT)/gpu_check.json (< 7 min)
+gpu-check: ## on one GPU: 200M/2B build, memory, MFU; a 2B search; 2M trials/hour; 200M compiled -> $(OUT)/gpu_check.json
 	$(GPU_PYTHON) -m forecast.bench.gpu_check --out $(OUT)/gpu_check.json
 
 gpu-rehearsal: install ## gpu-check's own script on this CPU at tiny sizes, CUDA defaults forced -> $(OUT)/gpu_check.json (~1 min)

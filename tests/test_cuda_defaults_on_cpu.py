@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from forecast.bench.build import synthetic_tier
 from forecast.cli import main as forecast_main
+from forecast.core.errors import ForecastError
 from forecast.training.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def test_test_reloads_the_best_checkpoint(fitted, data):
 @pytest.mark.parametrize("fused", [False, True])
 def test_with_a_scaler_lightning_keeps_clipping_and_refuses_fused(data, tmp_path, fused):
     """16-mixed has a GradScaler: Lightning unscales before clipping (kept), and so refuses an
-    optimizer that unscales internally, whose clip would see scaled gradients. (The CPU's `16-mixed`
+    optimizer that unscales internally, whose clip would see scaled gradients (the module says so first). (The CPU's `16-mixed`
     flag becomes bf16-mixed in Lightning, so the fp16 plugin with its scaler is given directly.)"""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
@@ -123,8 +124,8 @@ def test_with_a_scaler_lightning_keeps_clipping_and_refuses_fused(data, tmp_path
     trainer = L.Trainer(accelerator="cpu", plugins=[plugin], gradient_clip_val=CLIP, max_steps=3, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, callbacks=[probe])
-    if fused:
-        with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+    if fused:  # asked for explicitly: one line before the first step, not Lightning's refusal at it
+        with pytest.raises(ForecastError, match="cannot clip gradients under 16-mixed"):
             trainer.fit(cli.model, cli.datamodule)
         return
     trainer.fit(cli.model, cli.datamodule)
@@ -194,3 +195,126 @@ def test_no_cuda_query_goes_to_the_current_device():
     for path in (ROOT / "forecast").rglob("*.py"):
         text = path.read_text()
         assert not [c for c in calls if c in text], path
+
+
+# -- issue #30: what reading found on the CUDA path -------------------------------------------------
+def tiny_meta_net(n_layers: int = 1):
+    from forecast.model import PatchTST
+
+    with torch.device("meta"):
+        return PatchTST(n_features=4, context_length=32, d_model=16, n_heads=2, d_ff=32, n_layers=n_layers)
+
+
+@pytest.mark.parametrize(("root", "threads"), [("cuda", 2), ("cpu", 1)])
+def test_compile_asks_the_trainers_device_not_the_unmoved_module(monkeypatch, root, threads):
+    """`configure_model` runs before Lightning moves the module, so `self.device` is the CPU on every
+    run: the inductor guard (one thread on the CPU) must ask where the run goes. The network stays
+    on `meta` (nothing is allocated) and the strategy answers cuda:0: a GPU run keeps its threads."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from forecast.training.module import Forecaster
+
+    monkeypatch.setattr(SingleDeviceStrategy, "root_device", property(lambda self: torch.device(root, 0)))
+    model = Forecaster(tiny_meta_net(), compile=True)
+    model.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.device("meta"):  # the Trainer calls it under its device's context
+            model.configure_model()
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert model.run_device().type == root and model.device.type == "cpu"  # not moved yet
+    assert all(p.is_meta for p in model.net.parameters()) and model.compile_record()["compile"] == "inductor"
+
+
+class Layers(torch.nn.Module):
+    """A network whose forward's graph depends on its depth (as PatchTST's on n_layers)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x.sum(-1)
+
+
+def test_each_new_network_compiles_past_dynamos_recompile_limit(monkeypatch):
+    """Every network shares its class's forward code object: a search's trials in one process add
+    graphs to one dynamo cache, and past `recompile_limit` (8) later trials ran eager, silently. Here
+    the limit is 1, so the second network would be the one: each new network starts from empty
+    caches and its record says it ran compiled."""
+    import torch._dynamo
+
+    from forecast.training.module import Forecaster
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    for depth in (1, 2):
+        model = Forecaster(Layers(depth), compile="eager")
+        model.configure_model()
+        model(torch.randn(8, 4))
+        assert model.compile_record() == {"compile": "eager", "compiled": True, "compiled_graphs": 1,
+                                           "eager_frames": 0}, depth
+    model(torch.randn(8, 4, 4))  # another rank: past the limit of 1, dynamo runs this frame eager ...
+    assert model.compile_record()["compiled"] is False  # ... and the record says so
+    assert Forecaster(Layers(1)).compile_record()["compile"] is False
+
+
+@pytest.mark.slow  # three trials traced by dynamo: ~1 min
+def test_every_search_trial_records_that_it_ran_compiled(data, tmp_path, monkeypatch):
+    """The search path: trials in one process, each compiled anew (a limit of 4 graphs is below what
+    three trials trace together, each at least train + validation); each trial's user attr `compiled`,
+    in trials.csv and summary.md."""
+    import csv
+
+    import optuna
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 4)
+    storage = str(tmp_path / "optuna.journal")
+    assert forecast_main(["hpo", "--budget", "100K", "--trials", "3", "--config", str(DEMO), "--storage", storage,
+                          "--study-name", "compiled", "--log-dir", str(tmp_path), "--no-live", *data,
+                          "--trainer.accelerator=cpu", "--model.compile=eager", "--trainer.max_epochs=1",
+                          "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
+                          "--data.batch_size=auto"]) == 0
+    from forecast.hpo.storage import open_storage
+
+    study = optuna.load_study(study_name="compiled", storage=open_storage(storage, 0))
+    assert [t.user_attrs.get("compiled") for t in study.trials] == [True] * 3
+    assert all(t.user_attrs["compiled_graphs"] >= 1 for t in study.trials)
+    rows = list(csv.DictReader((tmp_path / "compiled" / "trials.csv").open()))
+    assert [r["user_attrs_compiled"] for r in rows] == ["True"] * 3
+    assert "compile (eager): 3 of 3 trials ran compiled" in (tmp_path / "compiled" / "summary.md").read_text()
+
+
+def test_a_gpu_without_bf16_trains_16_mixed_with_clipping(data, tmp_path, monkeypatch):
+    """A T4 or V100 has no bf16: precision 16-mixed (a GradScaler), the config's clipping at 1.0,
+    and the default AdamW, which on CUDA was the fused one: Lightning refused that at step 1.
+    Forced here: the module's CUDA answer and the fp16 plugin with its scaler (on the CPU
+    Lightning turns the `16-mixed` flag into bf16-mixed)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from forecast.sizing.devices import default_precision
+    from forecast.training.module import Forecaster
+
+    assert default_precision("cuda", bf16_supported=False) == "16-mixed"
+    monkeypatch.setattr(Forecaster, "run_device", lambda self: torch.device("cuda", 0))
+    args = [a for a in run_args(data, tmp_path, epochs=1) if not a.startswith(("--model.fused", "--trainer.gradient"))]
+    cli = cli_main(args, run=False)
+    assert cli.model.hparams.fused is None and cli.trainer.gradient_clip_val == 1.0  # the defaults
+    probe = GradientProbe()
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    trainer = L.Trainer(accelerator="cpu", plugins=[plugin], gradient_clip_val=1.0, max_steps=3, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[probe])
+    trainer.fit(cli.model, cli.datamodule)
+    assert trainer.global_step == 3 and not trainer.optimizers[0].defaults.get("fused")
+    assert all(a <= 1.0 + 1e-3 for a in probe.after)  # clipped after unscaling
+    # with the scaler gone (bf16-mixed on the same GPU) the default is fused again
+    from forecast.training.module import adamw_options
+
+    assert adamw_options(torch.device("cuda", 0)) == {"fused": True}
+    assert adamw_options(torch.device("cuda", 0), scaler=True) == {}

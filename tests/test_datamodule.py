@@ -52,17 +52,25 @@ def test_batches_are_the_windows_they_claim(data_dir):
         assert y[i] == dm.targets[end]
 
 
-@pytest.mark.parametrize("device", ["cpu", "meta", pytest.param("cuda", marks=pytest.mark.gpu)])
+def on(tensor: torch.Tensor, device: str) -> bool:
+    """Whether `tensor` lives on `device`: its type, and its index where `device` names one."""
+    want = torch.device(device)
+    return tensor.device.type == want.type and want.index in (None, tensor.device.index)
+
+
+# cuda:0, as the Trainer's root device names it: torch.device("cuda") != torch.device("cuda:0")
+@pytest.mark.parametrize("device", ["cpu", "meta", pytest.param("cuda:0", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
 def test_batches_are_gathered_where_the_features_live(data_dir, device):
     """The device-resident path: features and targets copied to the device once, every batch a
     gather there (on `meta` any step through the host would fail), the host copy untouched."""
     dm = ForecastDataModule(**dm_kwargs(data_dir))
     features, targets = dm.resident(device)
-    assert features.device.type == device and dm.resident(device)[0] is features  # copied once
+    assert on(features, device) and on(targets, device) and dm.resident(device)[0] is features  # copied once
     assert dm.features.device.type == "cpu"  # fingerprint, predictions and baselines read the host copy
     on_device = dm.dataset("val", device)
     x, y = on_device.__getitems__([0, 5, 2])
-    assert x.device.type == device and y.device.type == device and x.shape == (3, 32, dm.n_features)
+    assert on(x, device) and on(y, device) and x.shape == (3, 32, dm.n_features)
     if device != "meta":
         hx, hy = dm.dataset("val").__getitems__([0, 5, 2])
         torch.testing.assert_close(x.cpu(), hx)

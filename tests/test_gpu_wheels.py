@@ -1,12 +1,13 @@
 """The wheels a GPU image lacks (`GPU_WHEELS` in the Makefile) are complete: pip's own resolver, offline,
-resolves them for CPython 3.12 on manylinux x86_64 against the image's packages (DEVELOPERS.md), so a
-dependency nobody listed (statsmodels 0.15's formulaic, PostgreSQL's psycopg) fails here, not on a
-lent GPU machine with no network.
+resolves them for CPython 3.12 on manylinux x86_64 against the image's packages (scripts/gpu-image-packages.txt,
+from the device tool's KINDS.md), so a dependency nobody listed fails here, not on a lent GPU machine with no
+network. (tests/test_gpu_lease.py checks that GPU_WHEELS is what scripts/gpu_wheels.py computes.)
 
 The wheels come from `make gpu-wheels` into the ignored `.whl/` (the same folder the GPU machine gets),
 downloaded once by this test where they are missing (CI reaches PyPI); on a machine that cannot download
 them the test skips and says why. The image's packages are given to the resolver as metadata-only wheels
-without dependencies: they are present there, whatever they need themselves is the image's business.
+without dependencies: they are present there, whatever they need themselves is the image's business. Their
+versions are KINDS.md's where it gives one (torch 2.11.0, numpy 2.5.2, ...), else this venv's (the lock's).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".whl"
 TARGET = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-          "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-          "--platform", "manylinux2014_x86_64"]
+          "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_27_x86_64",
+          "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+          "--platform", "manylinux1_x86_64"]
 
 
 def makefile_list(name: str) -> list[str]:
@@ -44,11 +46,20 @@ def project_dependencies() -> list[str]:
 
 
 def image_packages() -> list[str]:
-    """`name==version` of every package the GPU image has (DEVELOPERS.md's `image-packages` block)."""
-    text = (ROOT / "DEVELOPERS.md").read_text()
-    block = re.search(r"```text image-packages\n(.*?)```", text, re.DOTALL)
-    assert block, "DEVELOPERS.md lists no image-packages block"
-    return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.split("#")[0].strip()]
+    """`name==version` of every image package this venv also has (what forecast can need of the image)."""
+    from importlib import metadata
+
+    pins = []
+    for line in (ROOT / "scripts" / "gpu-image-packages.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        name, _, version = line.partition("==")
+        try:
+            pins.append(f"{name}=={version or metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue  # nothing of ours needs it
+    return pins
 
 
 def stub_wheel(folder: Path, pin: str) -> None:
@@ -116,9 +127,9 @@ def test_gpu_wheels_resolve_offline_against_the_image(gpu_wheels, stubs, tmp_pat
     assert set(chosen) <= image | listed
 
 
-@pytest.mark.parametrize("dropped", ["formulaic", "psycopg"])
+@pytest.mark.parametrize("dropped", ["mako", "psycopg"])
 def test_a_missing_dependency_fails_the_resolution(gpu_wheels, stubs, tmp_path, dropped):
-    """What the test above would say had a dependency been left out (the two the issue found)."""
+    """What the test above would say had a dependency been left out (optuna's alembic's, and PostgreSQL's)."""
     only = tmp_path / "wheels"
     only.mkdir()
     for whl in WHEELS.glob("*.whl"):
@@ -127,3 +138,15 @@ def test_a_missing_dependency_fails_the_resolution(gpu_wheels, stubs, tmp_path, 
     kept = [p for p in gpu_wheels if canonical(p.split("==")[0]) != dropped]
     done = resolve(kept, stubs, only, tmp_path)
     assert done.returncode != 0 and dropped in done.stderr.lower()
+
+
+def test_the_wheels_and_the_tree_fit_the_devices_carry(gpu_wheels):
+    """What travels to the device (tracked and untracked files, plus the carried .whl/) stays under 64 MiB."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    tree = sum((ROOT / f).stat().st_size for f in files if f and (ROOT / f).is_file())
+    wheels = sum(w.stat().st_size for w in WHEELS.glob("*.whl"))
+    # exactly GPU_WHEELS: a stale wheel would be installed over the image's package, and two versions of one
+    # stop the install (remove .whl/ and run `make gpu-wheels`)
+    assert len(list(WHEELS.glob("*.whl"))) == len(gpu_wheels), sorted(w.name for w in WHEELS.glob("*.whl"))
+    assert tree + wheels < 64 * 2**20, (tree, wheels)

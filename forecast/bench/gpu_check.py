@@ -16,11 +16,19 @@ Needs only the project tree: the data are a SPY-sized synthetic series (`forecas
           (zero OOM is the target), wall time, each trial's throughput, MFU and memory
   small   trials per hour of a 2M search run by `forecast hpo --jobs N` (N worker processes on
           the one GPU, sharing a journal storage)
+  compile the first model again with `--model.compile` (inductor; the rehearsal traces with
+          dynamo's "eager" backend): whether it ran compiled, its speed and MFU beside eager's
+
+Every section's JSON has a `summary`: one row per model or trial with the planner's peak against the
+measured one, MFU, samples/s, compile asked and compile done, OOM; the section's OOM count; and what
+was skipped for time (a model that would start with less than `min_model_s` of the section left, or
+the section itself). `scripts/gpu-lease.sh` runs each section as its own process under its own time
+limit (`--only SECTION --minutes M`), so a hang costs one section, not the lease.
 
 Each section (and each model) catches and records its own error, and the device's memory is
 released between them (gc + empty_cache), so an error in 200M never skips 2B. A section that would
-start after the time budget is recorded as skipped. The JSON is written after every section and
-printed at the end (a remote machine may return only stdout or one folder). Without CUDA the check
+start after the time budget is recorded as skipped. The JSON is written after every model and every
+section and printed at the end (a remote machine may return only stdout or one folder). Without CUDA the check
 prints one line on stderr and exits 1.
 
 `--rehearse` runs the same code on the CPU at tiny sizes with the CUDA defaults forced as far as
@@ -38,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +72,8 @@ class Sizes:
     small_trials: int = 8
     small_epochs: int = 3
     jobs: int = 4  # search workers sharing the GPU in the small section
+    compile_backend: str = "true"  # the compile section's --model.compile (inductor)
+    min_model_s: float = 45.0  # a model starts only with this much of the section's time left
     accelerator: str = "gpu"
     # Flags every run gets. On a GPU none: the CUDA defaults decide (bf16-mixed, fused AdamW,
     # training-batch metrics off). The rehearsal forces the same settings on the CPU.
@@ -78,6 +88,7 @@ CUDA_DEFAULTS = ("--trainer.precision=bf16-mixed", "--model.fused=true", "--mode
                  "--throughput.peak_tflops=1.0")
 REHEARSAL = Sizes(rows=1200, models=(("tiny", "patchtst_2m.yaml"),), steps=6, window=2, search_budget="100K",
                   search_trials=1, search_epochs=1, small_budget="100K", small_trials=2, small_epochs=1, jobs=2,
+                  compile_backend="eager", min_model_s=0.0,  # inductor's C++ build on a CPU takes minutes
                   accelerator="cpu", run_flags=CUDA_DEFAULTS,
                   model_flags=("--model.net.init_args.d_model=16", "--model.net.init_args.n_heads=2",
                                "--model.net.init_args.d_ff=32", "--model.net.init_args.n_layers=1"))
@@ -100,8 +111,10 @@ def error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def measure_model(name: str, config: Path, data_flags: list[str], logs: Path, sizes: Sizes) -> dict[str, Any]:
-    """Build one model on the device, train `steps` optimizer steps, report time, memory, speed."""
+def measure_model(name: str, config: Path, data_flags: list[str], logs: Path, sizes: Sizes,
+                  extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Build one model on the device, train `steps` optimizer steps, report time, memory, speed
+    (`extra`: more flags, e.g. the compile section's `--model.compile`)."""
     import torch
 
     from forecast.sizing.planner import estimate
@@ -113,7 +126,7 @@ def measure_model(name: str, config: Path, data_flags: list[str], logs: Path, si
             "--trainer.max_epochs=-1", "--trainer.limit_val_batches=0", "--trainer.num_sanity_val_steps=0",
             "--trainer.enable_checkpointing=false", "--early_stopping.strict=false", "--trainer.enable_model_summary=false",
             "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",  # every step timed
-            f"--trainer.logger.init_args.save_dir={logs}", f"--trainer.logger.init_args.name={name}"]
+            f"--trainer.logger.init_args.save_dir={logs}", f"--trainer.logger.init_args.name={name}", *extra]
     rss_before = _rss_mb()
     cli = cli_main(args, run=False)
     monitor = next(c for c in cli.trainer.callbacks if isinstance(c, Throughput))
@@ -143,7 +156,7 @@ def measure_model(name: str, config: Path, data_flags: list[str], logs: Path, si
     return {
         "name": name, "params": cli.model.num_parameters, "arch": {k: net[k] for k in ("d_model", "n_layers", "n_heads", "d_ff")},
         "precision": precision, "fused_adamw": bool(optimizer.defaults.get("fused")),
-        "train_metrics": cli.model.train_metrics_on,
+        "train_metrics": cli.model.train_metrics_on, **cli.model.compile_record(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "micro_batch": micro, "accumulate": accumulate, "build_s": round(build_s, 3),
         "host_rss_mb": {"before_build": round(rss_before), "after_build": round(rss_built), "after_fit": round(_rss_mb())},
@@ -157,23 +170,72 @@ def measure_model(name: str, config: Path, data_flags: list[str], logs: Path, si
     }
 
 
-def measure_models(data_flags: list[str], logs: Path, sizes: Sizes) -> list[dict[str, Any]]:
-    """Every model of `sizes`, each on its own: a failure is recorded and the next one still runs."""
-    results = []
+def measure_models(data_flags: list[str], logs: Path, sizes: Sizes, deadline: float,
+                   saved: Callable[[list[dict[str, Any]]], None] = lambda _: None,
+                   extra: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every model of `sizes`, each on its own: a failure is recorded and the next one still runs; a
+    model that would start with less than `sizes.min_model_s` before `deadline` (perf_counter) is
+    recorded as skipped. `saved` gets the list after every model (the JSON survives a kill)."""
+    results: list[dict[str, Any]] = []
     for name, file in sizes.models:
+        left = deadline - time.perf_counter()
+        if left < sizes.min_model_s:
+            results.append({"name": name, "skipped": f"time: {max(left, 0):.0f} s of the section left"})
+            continue
         print(f"-- model {name}", flush=True)
         try:
-            results.append(measure_model(name, configs.path(f"model/{file}"), data_flags, logs, sizes))
+            results.append(measure_model(name, configs.path(f"model/{file}"), data_flags, logs, sizes, extra))
         except Exception as err:  # an OOM in 200M is a result; 2B still runs
-            results.append({"name": name, "error": error_text(err)})
+            results.append({"name": name, "error": error_text(err), "oom": is_oom(err)})
         release_memory()  # what a finished or failed model held, before the next one
+        saved(results)
     return results
+
+
+def is_oom(err: BaseException) -> bool:
+    """Whether an error is the device (or the host) running out of memory."""
+    import torch
+
+    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
+
+
+def model_row(m: dict[str, Any]) -> dict[str, Any]:
+    """One model's line of a section summary."""
+    steady = m.get("steady") or {}
+    return {"what": m.get("name"), "planner_peak_gb": m.get("planner_peak_gb"),
+            "measured_peak_gb": m.get("measured_peak_gb"), "mfu": steady.get("mfu"),
+            "samples_per_sec": steady.get("samples_per_sec"), "compile": m.get("compile"),
+            "compiled": m.get("compiled"), "oom": bool(m.get("oom")),
+            "error": m.get("error"), "skipped": m.get("skipped")}
+
+
+def trial_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One search trial's line of a section summary."""
+    return {"what": f"trial {r['number']} {r.get('arch_id')}", "planner_peak_gb": r.get("planner_peak_gb"),
+            "measured_peak_gb": r.get("peak_memory_gb"), "mfu": r.get("mfu"),
+            "samples_per_sec": r.get("samples_per_sec"), "compile": r.get("compile"), "compiled": r.get("compiled"),
+            "oom": r.get("reason") == "oom", "error": r.get("message") if r.get("reason") == "error" else None,
+            "skipped": None}
+
+
+def section_summary(value: Any) -> dict[str, Any]:
+    """A section's figures side by side: per model or trial the planner's peak against the measured one,
+    MFU, samples/s, compile asked and done, OOM; the section's OOM count and what time skipped."""
+    if isinstance(value, dict) and ("skipped" in value or "error" in value):
+        return {"rows": [], "oom": 0, "skipped": [value["skipped"]] if "skipped" in value else [],
+                "error": value.get("error")}
+    rows = [model_row(m) for m in value] if isinstance(value, list) else [trial_row(r) for r in value["records"]]
+    skipped = [f"{r['what']}: {r['skipped']}" for r in rows if r["skipped"]]
+    if isinstance(value, dict) and value["finished"] < value["trials"]:
+        skipped.append(f"{value['trials'] - value['finished']} of {value['trials']} trials did not finish")
+    return {"rows": rows, "oom": sum(r["oom"] for r in rows), "skipped": skipped}
 
 
 def search_records(study: Any) -> list[dict[str, Any]]:
     """What each trial of a study recorded (outcome, plan, throughput, memory)."""
     keys = ("reason", "arch_id", "params", "micro_batch", "accumulate", "epochs_run", "wall_s", "first_step_s",
-            "samples_per_sec", "tokens_per_sec", "mfu", "peak_memory_gb", "planner_peak_gb", "message")
+            "samples_per_sec", "tokens_per_sec", "mfu", "peak_memory_gb", "planner_peak_gb", "compile", "compiled",
+            "message")
     return [{"number": t.number, "state": t.state.name, "value": t.value, **{k: t.user_attrs.get(k) for k in keys}}
             for t in study.trials]
 
@@ -226,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SECTIONS = ("models", "search", "small")
+SECTIONS = ("models", "search", "small", "compile")
 
 
 def run(out: Path, budget_s: float, sections: set[str], sizes: Sizes) -> dict[str, Any]:
@@ -251,25 +313,37 @@ def run(out: Path, budget_s: float, sections: set[str], sizes: Sizes) -> dict[st
             return
         left = budget_s - (time.perf_counter() - started)
         if left <= 0:
-            result[name] = {"skipped": f"time budget of {budget_s / 60:.0f} min spent"}
+            result[name] = {"skipped": f"time budget of {budget_s / 60:.1f} min spent"}
         else:
             print(f"== {name} ({left / 60:.1f} min left)", flush=True)
             try:
                 result[name] = fn()
             except Exception as err:  # a figure that failed is a result too; the rest still runs
                 result[name] = {"error": error_text(err)}
+        result.setdefault("summary", {})[name] = section_summary(result[name])
         release_memory()  # between sections too
         save()
+
+    def partial(name: str) -> Callable[[list[dict[str, Any]]], None]:
+        def saved(models: list[dict[str, Any]]) -> None:  # what a killed section still returns
+            result[name] = models
+            save()
+        return saved
+
+    deadline = started + budget_s
+    first = sizes.models[:1]
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = synthetic_tier(root / "data", rows=sizes.rows) + ["--data.min_windows=20"]
         result["data"] = {"rows": sizes.rows, "source": "forecast.data.synthetic"}
-        section("models", lambda: measure_models(data, root / "logs", sizes))
+        section("models", lambda: measure_models(data, root / "logs", sizes, deadline, partial("models")))
         section("search", lambda: run_search(sizes.search_budget, sizes.search_trials, sizes.search_epochs, data,
                                              root / "search", sizes))
         section("small", lambda: run_search(sizes.small_budget, sizes.small_trials, sizes.small_epochs, data,
                                             root / "small", sizes, jobs=sizes.jobs))
+        section("compile", lambda: measure_models(data, root / "compiled", replace(sizes, models=first), deadline,
+                                                  partial("compile"), (f"--model.compile={sizes.compile_backend}",)))
     save()
     return result
 

@@ -12,7 +12,9 @@ Failures are data. Every trial ends with a user attr `reason`:
   interrupted  (set at the start) FAIL when its process died and the trial was found stale
 
 and its speed and memory (columns of trials.csv too): samples_per_sec, tokens_per_sec and mfu over
-its training time, peak_memory_gb (CUDA's max allocated) and planner_peak_gb (the planner's estimate).
+its training time, peak_memory_gb (CUDA's max allocated) and planner_peak_gb (the planner's estimate);
+`compiled` says whether those figures are of the compiled network (False without --model.compile, or
+where dynamo fell back to eager) and compiled_graphs how many graphs dynamo captured.
 """
 
 from __future__ import annotations
@@ -104,6 +106,10 @@ class TrialMonitor(L.Callback):
         self.measured = {"samples_per_sec": summary.get("train_samples_per_sec"),
                          "tokens_per_sec": summary.get("train_tokens_per_sec"), "mfu": summary.get("train_mfu"),
                          "peak_memory_gb": peak}
+        record = getattr(trainer.lightning_module, "compile_record", None)
+        if record is not None:  # whether the speed above is the compiled program's (Forecaster.compile_record)
+            compiled = record()
+            self.measured.update({k: compiled[k] for k in ("compile", "compiled", "compiled_graphs")})
 
     def _take_signals_back(self) -> None:
         # Lightning installs its own SIGTERM handler right before the first loop; it would end

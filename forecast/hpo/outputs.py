@@ -141,7 +141,7 @@ def summary(study: optuna.Study, trials: Sequence[FrozenTrial], best: FrozenTria
     if best is not None:
         lines += [f"Best: trial {best.number}, {MONITOR} = {best.value:.6g}. "
                   f"Retrain: `forecast fit --config {info.folder / 'best.yaml'}`", ""]
-    lines += _prior_line(best, info.prior)
+    lines += _prior_line(best, info.prior) + _compile_line(trials)
     lines += _best_table(trials) + _failures(trials) + _importances(study, trials)
     return "\n".join(lines) + "\n"
 
@@ -158,6 +158,17 @@ def _prior_line(best: FrozenTrial | None, prior: dict[str, float] | None) -> lis
         better = gap < 0 if MONITOR_MODE == "min" else gap > 0
         line += f" The best trial is {abs(gap):.4g} {'better' if better else 'WORSE'}."
     return [line, ""]
+
+
+def _compile_line(trials: Sequence[FrozenTrial]) -> list[str]:
+    """How many trials that asked for --model.compile ran compiled (their speed is the compiled program's)."""
+    asked = [t for t in trials if t.user_attrs.get("compile") not in (None, False)]
+    if not asked:
+        return []
+    ran = [t for t in asked if t.user_attrs.get("compiled") is True]
+    eager = [str(t.number) for t in asked if t.user_attrs.get("compiled") is False]
+    line = f"compile ({asked[0].user_attrs.get('compile')}): {len(ran)} of {len(asked)} trials ran compiled"
+    return [line + (f"; ran eager: trials {', '.join(eager)}" if eager else "") + ".", ""]
 
 
 def _best_table(trials: Sequence[FrozenTrial]) -> list[str]:

@@ -26,6 +26,7 @@ from forecast.core.domains import (
     NonNegativeFiniteFloat,
     PositiveFiniteFloat,
 )
+from forecast.core.errors import ForecastError
 from forecast.core.metric_names import COLLAPSE_STD, MONITOR, MONITOR_MODE
 from forecast.data.datamodule import SPLITS
 from forecast.model import num_parameters
@@ -56,7 +57,8 @@ class Forecaster(L.LightningModule):
         fused: The default AdamW as one fused kernel over every tensor (`torch.optim.AdamW(fused=True)`;
             torch has it on CPU too). None (default): fused on CUDA only, where the default
             `foreach` version launches a few kernels per tensor group and keeps an fp32 temporary
-            of all parameters.
+            of all parameters; not under 16-mixed (a GPU without bf16), whose gradient scaler
+            Lightning must unscale before clipping, which a fused AdamW does not allow.
         weights_dtype: dtype of the weights in a weights-only checkpoint (the best one of a search
             trial, a report retrain or a large model's fit): "bfloat16" halves its size (a 2B
             model's is 4 GB instead of 8) and loses nothing the bf16-mixed forward pass does not
@@ -64,7 +66,9 @@ class Forecaster(L.LightningModule):
             them back to fp32. Resumable checkpoints (with the optimizer state) always keep fp32.
         compile: Compile the network with `torch.compile` where it runs (slower start, faster
             steps on a GPU; the checkpoint's weights keep their names): true for the default
-            backend (inductor), or a backend's name ("eager" checks the graph capture only).
+            backend (inductor), or a backend's name ("eager" checks the graph capture only). Each
+            new network starts from dynamo's empty caches (a search's trials in one process), and
+            `compile_record()` says whether it really ran compiled.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class Forecaster(L.LightningModule):
         # More values for TensorBoard's HParams tab (a search trial adds its draw), logged at fit start
         self.shown_hparams: dict[str, Any] = {}
         self._compiled = False
+        self._dynamo_start = (0, 0, 0)  # _dynamo_counts() when the network was compiled
 
     def best_epoch(self) -> dict[str, float] | None:
         """Val metrics of the epoch with the best monitored value (the best checkpoint's epoch)."""
@@ -121,11 +126,41 @@ class Forecaster(L.LightningModule):
             initialise(self.net)
         backend = self.hparams.compile
         if backend and not self._compiled:
+            # A new network starts from dynamo's empty caches: every instance shares PatchTST.forward's
+            # code object, so the graphs of earlier networks in this process (a search's trials) would
+            # count toward dynamo's recompile limit (8) and later networks would run eager, silently.
+            torch.compiler.reset()
+            self._dynamo_start = _dynamo_counts()
             # in place: forward is compiled, state_dict keys are unchanged
             self.net.compile(**({} if backend is True else {"backend": backend}))
             self._compiled = True
-            if backend in (True, "inductor") and self.device.type == "cpu":
+            # the device it will RUN on: Lightning moves the module only after this hook
+            if backend in (True, "inductor") and self.run_device().type == "cpu":
                 one_thread_for_cpu_inductor()
+
+    def run_device(self) -> torch.device:
+        """The device the Trainer runs this module on. Inside `configure_model` the module has not
+        been moved yet (`self.device` is still the CPU on a GPU run): a Trainer's strategy knows
+        its root device; without a Trainer, the device context the hook is called under decides."""
+        try:
+            return self.trainer.strategy.root_device
+        except RuntimeError:  # "not attached to a `Trainer`"
+            return torch.get_default_device()
+
+    def compile_record(self) -> dict[str, Any]:
+        """Whether this network's forward ran compiled, as dynamo counted since it was compiled.
+
+        Returns:
+            `compile` (the backend asked for, or False), `compiled` (True when dynamo captured at
+            least one graph and never fell back to eager, e.g. at its recompile limit),
+            `compiled_graphs` and `eager_frames` (frames dynamo gave up on and ran eager).
+        """
+        backend = self.hparams.get("compile") or False
+        if not backend or not self._compiled:
+            return {"compile": backend, "compiled": False, "compiled_graphs": 0, "eager_frames": 0}
+        graphs, frames, ok = (now - start for now, start in zip(_dynamo_counts(), self._dynamo_start, strict=True))
+        return {"compile": "inductor" if backend is True else backend, "compiled": graphs > 0 and frames == ok,
+                "compiled_graphs": graphs, "eager_frames": frames - ok}
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
         x, y = batch  # [B, L, F], [B]
@@ -212,8 +247,13 @@ class Forecaster(L.LightningModule):
     def configure_optimizers(self):
         groups = decay_groups(self.net, self.hparams.weight_decay)
         if self.optimizer is None:
-            optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
-                                          **adamw_options(self.device, self.hparams.get("fused")))
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None) is not None  # 16-mixed
+            options = adamw_options(self.run_device(), self.hparams.get("fused"), scaler)
+            if options and scaler and self.trainer.gradient_clip_val:
+                raise ForecastError("--model.fused true cannot clip gradients under 16-mixed precision "
+                                    "(Lightning unscales before clipping, a fused AdamW unscales inside its step); "
+                                    "leave --model.fused unset, or set --trainer.gradient_clip_val 0")
+            optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas), **options)
         else:
             optimizer = self.optimizer(groups, lr=self.hparams.lr)  # the groups carry the weight decay
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -245,11 +285,15 @@ def decay_groups(net: nn.Module, weight_decay: float) -> list[dict]:
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def adamw_options(device: torch.device, fused: bool | None = None) -> dict:
+def adamw_options(device: torch.device, fused: bool | None = None, scaler: bool = False) -> dict:
     """AdamW's implementation: fused (one kernel updates every tensor) when asked, or by default on
     CUDA, where the `foreach` one launches a few per tensor group and keeps an fp32 temporary of all
-    parameters. The fused kernel exists on CPU too, so a CPU run can rehearse the CUDA default."""
-    fused = device.type == "cuda" if fused is None else fused
+    parameters. The fused kernel exists on CPU too, so a CPU run can rehearse the CUDA default.
+
+    Under a gradient scaler (16-mixed: a GPU without bf16, a T4 or V100) the default is not fused:
+    Lightning unscales the gradients before clipping them, and refuses at the first step an
+    optimizer that unscales inside its own step (every fused one), with clipping on by default."""
+    fused = device.type == "cuda" and not scaler if fused is None else fused
     return {"fused": True} if fused else {}
 
 
@@ -287,6 +331,14 @@ def _flops_per_sample(net: nn.Module) -> int | None:
         return None
     keys = ("n_features", "context_length", "patch_len", "stride", "d_model", "n_layers", "d_ff", "patch_mode")
     return training_flops_per_sample(**{k: args[k] for k in keys})
+
+
+def _dynamo_counts() -> tuple[int, int, int]:
+    """Dynamo's process-wide counts: graphs captured, frames it tried to convert, frames it converted."""
+    # private API: torch has no public count of the frames dynamo gave up on (its recompile limit logs a warning)
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"], counters["frames"]["total"], counters["frames"]["ok"]
 
 
 def warmup_cosine(total_steps: int, warmup_frac: float, min_ratio: float = 0.0):
