@@ -380,8 +380,8 @@ def axis_law(axis: str, names: Sequence[str], x: Sequence[float], loss: Sequence
     """
     x_arr, y = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
     d = None if draws is None or len(draws) == 0 else np.asarray(draws, dtype=float)
-    points = [{"name": n, axis: float(v), "loss": _iv(_interval(l, [] if d is None else d[:, i]))}
-              for i, (n, v, l) in enumerate(zip(names, x_arr, y, strict=True))]
+    points = [{"name": n, axis: float(v), "loss": _iv(_interval(value, [] if d is None else d[:, i]))}
+              for i, (n, v, value) in enumerate(zip(names, x_arr, y, strict=True))]
     distinct = len(np.unique(x_arr))
     if distinct < MIN_POINTS:
         return AxisLaw(axis, DESCRIPTIVE, f"{distinct} distinct values of {axis} (< {MIN_POINTS}): not fitted, "
