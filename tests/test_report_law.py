@@ -90,7 +90,7 @@ def test_a_noisy_law_is_claimed_with_an_interval_that_covers_the_truth():
 
 def test_flat_losses_claim_no_exponent():
     flat = np.full(len(SIZES), 0.69)
-    loss, draws = simulated(np.random.default_rng(2), flat, draws=60)
+    loss, draws = simulated(np.random.default_rng(2), flat, draws=40)
     law = axis_law("N", [f"{n:.0e}" for n in SIZES], SIZES, loss, draws)
     assert law.status == NO_EVIDENCE and not law.fit.claimed(0), law.why
     assert law.fit.exponent(0).lo == 0  # draws whose N-term vanished count as "no scaling"
@@ -109,11 +109,11 @@ def test_fewer_than_four_sizes_are_descriptive_and_without_check():
 def test_a_law_that_breaks_at_the_largest_size_fails_its_held_out_check():
     true = law_n(SIZES)
     true[-1] += 0.05  # the largest model is far worse than the law of the others says
-    loss, draws = simulated(np.random.default_rng(3), true, draws=60, noise=0.005)
-    check = held_out_law(SIZES, loss, draws)
+    loss, draws = simulated(np.random.default_rng(3), true, draws=40, noise=0.005)
+    law = axis_law("N", [f"{n:.0e}" for n in SIZES], SIZES, loss, draws)
+    check = law.check
     assert check.passed is False and check.covers_observed is False
     assert check.difference.lo > 0  # observed above predicted on (nearly) every draw
-    law = axis_law("N", [f"{n:.0e}" for n in SIZES], SIZES, loss, draws)
     lines = law_lines(law, "parameters", "budget")
     assert law.failed and lines[2].startswith("**The law's held-out check fails**: fitted without the largest budget")
     assert law.record()["held_out_check"]["passed"] is False
