@@ -144,10 +144,10 @@ def law_lines(law: AxisLaw, what: str, unit: str) -> list[str]:
         unit: one point in words ("budget").
     """
     head = [f"### Scaling law in {what}: L({law.axis}) = E + A/{law.axis}^alpha", ""]
-    status = f"**{law.status}**: {law.why}."
-    first = status if not law.failed or law.check is None else (
-        f"**The law's held-out check fails**: {_held_out(law.check, law.axis, unit)} (the law below: {status})")
-    lines = [*head, first, ""]
+    lines = [*head, f"**{law.status}**: {law.why}.", ""]
+    if law.failed and law.check is not None:  # a failed check is said first
+        lines.insert(len(head), f"**The law's held-out check fails**: {_held_out(law.check, law.axis, unit)}.")
+        lines.insert(len(head) + 1, "")
     if law.fit is not None:
         f = law.fit
         share = f"{f.degenerate_share:.1%}" if len(f.draws) else "n/a"
