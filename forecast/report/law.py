@@ -129,9 +129,10 @@ class LawFit:
         """Axis j's exponent is claimed: the full fit hits no bound, the exponent's interval lies above 0 and
         the loss falls along the axis (the interval of its OLS slope per decade lies below 0).
 
-        The last condition is there because a percentile interval of an exponent bounded at 0 is unreliable near
-        the bound (the bootstrap fails at the edge of a parameter space): on flat losses it alone claimed an
-        exponent in ~10% of simulated studies; the slope, unbounded, keeps the nominal rate.
+        The last condition guards the first: a percentile interval of an exponent bounded at 0 is unreliable near
+        the bound (the bootstrap fails at the edge of a parameter space), while the slope is unbounded. Measured on
+        flat simulated losses (tests/test_report_law.py): with exponents on the lower bound counted as real ones,
+        19 of 200 studies claimed an exponent; counted as 0 (`exponent`) and with this guard, 2 of 200.
         """
         iv, trend = self.exponent(j), self.falls(j)
         return (not self.hits and math.isfinite(iv.lo) and iv.lo > 0 and math.isfinite(trend.hi)
