@@ -113,8 +113,9 @@ def _how_to_read(report: Report) -> list[str]:
         f"- **Scaling law** L(N) = E + A/N^alpha: fitted with at least {MIN_POINTS} budgets (else descriptive), "
         f"by the summed Huber loss (delta = {HUBER_DELTA:g}) of log loss, minimised by variable projection (a grid "
         "over alpha, non-negative least squares for E and A) and L-BFGS-B; refitted on every joint draw above for "
-        f"its intervals. alpha is claimed only when its interval lies above 0 and the fit hits no bound (E = 0, "
-        f"A = 0, alpha at {EXPONENTS[0]:g} or {EXPONENTS[1]:g}); the *degenerate share* is the share of draws whose "
+        f"its intervals. alpha is claimed only when its interval lies above 0, the loss's slope per decade has an "
+        f"interval below 0, and the fit hits no bound (E = 0, A = 0, alpha at {EXPONENTS[0]:g} or "
+        f"{EXPONENTS[1]:g}); the *degenerate share* is the share of draws whose "
         "fit hits one. The **held-out check** fits the law without the largest budget and predicts it: it passes "
         "when the interval of observed - predicted (paired by draw) covers 0. Details: `law.json`.", "",
     ]
