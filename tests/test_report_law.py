@@ -2,7 +2,10 @@
 its intervals cover the true exponents, the frontier exponent is recovered from iso-FLOP profiles, an edge minimum
 is left out, a broken law fails its held-out check, and flat losses get no exponent.
 
-The fast tests simulate a handful of studies; the coverage over 200 simulated studies is `slow`.
+The fast tests simulate a handful of studies; the rates over many simulated studies are `slow` (about 3 min of CPU).
+Measured: the 95% interval of alpha covered the truth in 98.5% of 200 L(N) studies (conservative; every one claimed
+alpha), alpha and beta of L(N, D) in 96.7% and 95.0% of 60; flat losses claimed an exponent in 2 of 200 studies; a
+true law failed its held-out check in 8 of 100 (nominal 5%).
 """
 
 from __future__ import annotations
@@ -193,7 +196,7 @@ def test_intervals_cover_the_true_exponent_at_about_the_nominal_rate():
 
 @pytest.mark.slow
 def test_two_axis_intervals_cover_both_exponents():
-    """Measured: see the printed line (60 studies of a 4 x 4 grid of N x D, 40 draws each)."""
+    """Measured (60 studies of a 4 x 4 grid of N x D, 40 draws each): alpha 96.7%, beta 95.0%."""
     rng = np.random.default_rng(1)
     n, d = (g.ravel() for g in np.meshgrid(np.geomspace(1e4, 1e7, 4), np.geomspace(1e3, 1e6, 4)))
     hits = np.zeros(2)
@@ -219,7 +222,7 @@ def test_flat_losses_rarely_claim_an_exponent():
 
 @pytest.mark.slow
 def test_a_true_law_rarely_fails_its_held_out_check():
-    """Measured: see the printed line (100 studies of the true L(N), 50 draws each)."""
+    """Nominal 5%. Measured (100 studies of the true L(N), 50 draws each): 8 of 100 failed."""
     rng = np.random.default_rng(11)
     failed = 0
     for _ in range(100):
