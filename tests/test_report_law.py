@@ -230,3 +230,23 @@ def test_a_true_law_rarely_fails_its_held_out_check():
         failed += held_out_law(SIZES, loss, drawn).passed is False
     print(f"held-out check failed on {failed} of 100 studies of a true law")
     assert failed / 100 <= 0.12
+
+
+def test_the_fitted_law_is_drawn_on_the_loss_panel_with_its_band():
+    from types import SimpleNamespace
+
+    from matplotlib.figure import Figure
+
+    from forecast.report.plots import _law_curve
+
+    loss, draws = simulated(np.random.default_rng(6), law_n(SIZES), draws=10)
+    law = axis_law("N", [f"{n:.0e}" for n in SIZES], SIZES, loss, draws)
+    ax = Figure().subplots()
+    _law_curve(ax, SimpleNamespace(law=law, series=SimpleNamespace(label="S")), "tab:blue")
+    (line,) = ax.get_lines()
+    assert line.get_xdata()[0] == SIZES[0] and line.get_xdata()[-1] == pytest.approx(SIZES[-1])
+    assert np.allclose(line.get_ydata(), law.fit.predict(line.get_xdata()[:, None]))
+    assert len(ax.collections) == 1  # the band over the draws
+    few = Figure().subplots()
+    _law_curve(few, SimpleNamespace(law=axis_law("N", list("abc"), SIZES[:3], loss[:3], None)), "tab:blue")
+    assert not few.get_lines()  # descriptive: nothing fitted, nothing drawn
