@@ -214,6 +214,16 @@ def test_report_md_reads_without_the_code(report):
     assert "Could not be reported" not in text and not list(out.glob(".*.tmp"))
 
 
+def test_law_json_and_section_say_two_budgets_are_descriptive(report):
+    _, out, _ = report
+    law = json.loads((out / "law.json").read_text())["series"][0]
+    assert law["series"] == "SYN c threshold0.01 h=1" and law["parameters"]["status"] == "descriptive"
+    assert [p["name"] for p in law["parameters"]["points"]] == list(BUDGETS)
+    assert law["parameters"]["fit"] is None and law["parameters"]["held_out_check"] is None
+    text = (out / "report.md").read_text()
+    assert "### Scaling law in parameters: L(N) = E + A/N^alpha\n\n**descriptive**: 2 distinct values of N" in text
+
+
 # -- plots ---------------------------------------------------------------------------------------
 def test_plots_are_written_and_logged_to_tensorboard(report):
     _, out, _ = report

@@ -1,4 +1,4 @@
-"""The report's statistics: paired block bootstrap, verdicts and their error rates, power law,
+"""The report's statistics: paired block bootstrap, verdicts and their error rates,
 baselines and the VIX regime view. Pure functions and small sklearn fits; no training."""
 
 from __future__ import annotations
@@ -38,16 +38,13 @@ from forecast.report.stats import (
     clipped,
     compare,
     decide,
-    fit_power_law,
     log_loss_per_date,
     paired_bootstrap,
-    power_law,
     scaling_verdict,
     t_interval,
 )
 from forecast.training.baselines import fit_baselines, stationary_features
 
-BUDGETS = [2e6, 2e7, 2e8, 2e9]
 # The simulated studies are run once per process (`_simulated_slopes` is cached) and judged by
 # several tests: one xdist worker runs them all.
 SIMULATED = pytest.mark.xdist_group("simulated-studies")
@@ -294,23 +291,6 @@ def test_claims_carry_their_mde_and_margin():
         assert c.delta == 1.0 and c.mde == pytest.approx(mde(c.lo, c.hi))
     tight = compare(d, arms, [prior], margins=Margins(loss=1e-6, auroc=1e-6))
     assert EQUIVALENT not in {c.verdict for c in tight}
-
-
-# -- power law (descriptive, >= 4 budgets) ------------------------------------------------------
-def test_power_law_fit_recovers_known_parameters():
-    n = np.array(BUDGETS)
-    fit = fit_power_law(n, power_law(n, 0.5, math.log(1e5), 0.3))
-    assert fit is not None and not fit.degenerate
-    assert (fit.l_inf, fit.alpha) == pytest.approx((0.5, 0.3), rel=1e-3)
-    assert fit.n0 == pytest.approx(1e5, rel=1e-2)
-    assert fit(2e6) == pytest.approx(0.5 + (1e5 / 2e6) ** 0.3, rel=1e-6)
-
-
-def test_power_law_refuses_too_few_budgets_and_flags_flat_curves():
-    assert fit_power_law(BUDGETS[:3], [0.7, 0.6, 0.55]) is None
-    flat = fit_power_law(BUDGETS, [0.69] * 4)
-    assert flat is None or flat.degenerate
-
 
 
 # -- baselines on a set whose answer is known -------------------------------------------------

@@ -31,16 +31,14 @@ from forecast.hpo.api import TaskQueue, describe
 from forecast.report.collect import Series, StudyEntry, collect
 from forecast.report.equivalence import DEFAULT_MARGINS, Margins
 from forecast.report.jobs import Task, line, seed_run, verdict_key, work
+from forecast.report.law import AxisLaw, axis_law
 from forecast.report.regimes import Regime, regimes, vix_at_test_windows
 from forecast.report.retrain import FOLD_KEYS, SeedRun, check_overrides, fold_args, resolve_best
 from forecast.report.stats import (
-    MIN_BUDGETS_FOR_FIT,
     Arm,
     Comparison,
     Draws,
-    PowerLaw,
     compare,
-    fit_power_law,
     paired_bootstrap,
     scaling_verdict,
 )
@@ -139,7 +137,7 @@ class SeriesResult:
     comparisons: list[Comparison]
     verdict: str
     method: str
-    fit: PowerLaw | None = None
+    law: AxisLaw | None = None  # L(N) over its budgets (`forecast.report.law`)
 
     @property
     def reported(self) -> list[StudyResult]:
@@ -380,7 +378,7 @@ def _check_runs(result: StudyResult, folds: Sequence[Fold], seeds: Sequence[int]
 
 def judge(series: Series, results: list[StudyResult], folds: list[Fold], seeds: list[int],
           draws: int, margins: Margins | None = None) -> SeriesResult:
-    """Joint draws over the pooled test dates, every claim, the verdict, the regime view and the fit."""
+    """Joint draws over the pooled test dates, every claim, the verdict, the regime view and the law L(N)."""
     ok = sorted((r for r in results if r.ok), key=lambda r: r.entry.best.params)
     results = sorted(results, key=lambda r: r.entry.best.params)
     if not ok:
@@ -395,6 +393,7 @@ def judge(series: Series, results: list[StudyResult], folds: list[Fold], seeds: 
         vix = np.concatenate([f.vix for f in folds])
         for r, arm in zip(ok, models, strict=True):
             r.regimes = regimes(vix, y, list(arm.probs))
-    fit = fit_power_law([m.params for m in models], list(d.loss[: len(models)])) \
-        if len(models) >= MIN_BUDGETS_FOR_FIT else None
-    return SeriesResult(series, results, folds, d, claims, verdict, method, fit)
+    left_out = [{"name": r.entry.budget, "reason": r.problem or "no retrain finished"} for r in results if not r.ok]
+    law = axis_law("N", [m.name for m in models], [float(m.params) for m in models], d.loss[: len(models)],
+                   d.loss_draws[:, : len(models)], left_out)  # the models are the draws' first columns
+    return SeriesResult(series, results, folds, d, claims, verdict, method, law)

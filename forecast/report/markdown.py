@@ -9,8 +9,9 @@ from datetime import datetime
 
 from forecast.report.build import Report, SeriesResult
 from forecast.report.equivalence import verdict_text
+from forecast.report.law import EXPONENTS, HUBER_DELTA, MIN_POINTS, AxisLaw, HeldOut
 from forecast.report.limits import MIN_PER_CLASS, TOO_FEW, enough, too_few_text
-from forecast.report.stats import LEVEL, MIN_BUDGETS_FOR_FIT, MIN_SEEDS, Comparison
+from forecast.report.stats import LEVEL, MIN_SEEDS, Comparison, Interval
 from forecast.report.sufficiency import MIN_TRIALS
 from forecast.report.tables import series_folds
 from forecast.training.baselines import BASELINES
@@ -109,8 +110,14 @@ def _how_to_read(report: Report) -> list[str]:
         "- **Baselines** are fitted per fold on the same training split and scored on the same samples: the class "
         "prior; logistic regression and HistGradientBoosting on stationary inputs (returns, ranges, indicators "
         "relative to price, a few lagged returns), their regularisation chosen on the fold's validation period.",
-        f"- **Power law** L(N) = L_inf + (N0/N)^alpha is fitted only with at least {MIN_BUDGETS_FOR_FIT} budgets, "
-        "and is descriptive: no interval, no verdict.", "",
+        f"- **Scaling law** L(N) = E + A/N^alpha: fitted with at least {MIN_POINTS} budgets (else descriptive), "
+        f"by the summed Huber loss (delta = {HUBER_DELTA:g}) of log loss, minimised by variable projection (a grid "
+        "over alpha, non-negative least squares for E and A) and L-BFGS-B; refitted on every joint draw above for "
+        f"its intervals. alpha is claimed only when its interval lies above 0, the loss's slope per decade has an "
+        f"interval below 0, and the fit hits no bound (E = 0, A = 0, alpha at {EXPONENTS[0]:g} or "
+        f"{EXPONENTS[1]:g}); the *degenerate share* is the share of draws whose "
+        "fit hits one. The **held-out check** fits the law without the largest budget and predicts it: it passes "
+        "when the interval of observed - predicted (paired by draw) covers 0. Details: `law.json`.", "",
     ]
 
 
@@ -122,13 +129,54 @@ def _series(r: SeriesResult) -> list[str]:
     if r.draws is not None:
         lines.append(f"Block length {r.draws.block} days over {r.draws.dates} test dates; "
                      f"{len(r.draws.loss_draws)} joint draws.")
-    if r.fit is not None:
-        shape = "no falling power law" if r.fit.degenerate else f"alpha {r.fit.alpha:.3f}, L_inf {r.fit.l_inf:.4f}"
-        lines.append(f"Power law (descriptive): {shape}.")
     lines += _inputs(r)
     lines.append("")
-    return (lines + _fold_table(r) + _claims_table(r) + _best_table(r) + _search_table(r) + _regime_table(r)
+    law = law_lines(r.law, "parameters", "budget") if r.law is not None else []
+    return (lines + _fold_table(r) + _claims_table(r) + law + _best_table(r) + _search_table(r) + _regime_table(r)
             + _notes(r))
+
+
+def law_lines(law: AxisLaw, what: str, unit: str) -> list[str]:
+    """The law section of one axis: its first line says a failed held-out check, else the law's status.
+
+    Args:
+        law: the axis' law.
+        what: the axis in words ("parameters").
+        unit: one point in words ("budget").
+    """
+    head = [f"### Scaling law in {what}: L({law.axis}) = E + A/{law.axis}^alpha", ""]
+    lines = [*head, f"**{law.status}**: {law.why}.", ""]
+    if law.failed and law.check is not None:  # a failed check is said first
+        lines.insert(len(head), f"**The law's held-out check fails**: {_held_out(law.check, law.axis, unit)}.")
+        lines.insert(len(head) + 1, "")
+    if law.fit is not None:
+        f = law.fit
+        share = f"{f.degenerate_share:.1%}" if len(f.draws) else "n/a"
+        rows = [["E", f.irreducible.text(4)], ["A", _sci(f.coefficient(0))], ["alpha", f.exponent(0).text(3)],
+                ["draws whose fit hits a bound", f"{share} of {len(f.draws)}"]]
+        lines += [*_table(["parameter", f"estimate [{LEVEL:.0%} CI]"], rows), ""]
+    if law.check is not None and not law.failed:
+        lines.append(f"Held-out check {'passes' if law.check.passed else 'has no interval'}: "
+                     f"{_held_out(law.check, law.axis, unit)}.")
+    elif law.check is None and law.fit is not None:
+        lines.append(f"No held-out check: it {law.check_note}.")
+    lines += [f"Left out: {p['name']} ({p['reason']})." for p in law.excluded]
+    return [*lines, ""] if lines[-1] else lines  # one blank line closes the section
+
+
+def _held_out(check: HeldOut, axis: str, unit: str) -> str:
+    return (f"fitted without the largest {unit} ({axis} = {check.at:.3g}), the law predicts "
+            f"{check.predicted.text(4)}, observed {check.observed.text(4)}; observed - predicted "
+            f"{check.difference.text(4)}")
+
+
+def _sci(iv: Interval) -> str:
+    """A coefficient that may span decades: `3.1e+00 [1.2e+00, 6.0e+00]`."""
+    if not math.isfinite(iv.estimate):
+        return "n/a"
+    if not (math.isfinite(iv.lo) and math.isfinite(iv.hi)):
+        return f"{iv.estimate:.2e}"
+    return f"{iv.estimate:.2e} [{iv.lo:.2e}, {iv.hi:.2e}]"
 
 
 def _inputs(r: SeriesResult) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forecast.core.files import atomic_path, write_text_atomic
+from forecast.core.files import atomic_path, write_json_atomic, write_text_atomic
 from forecast.report.build import Report, ReportOptions, Say, build_report
 from forecast.report.markdown import render
 from forecast.report.plots import folds_figure, save_png, scaling_figure, search_figure
@@ -23,7 +23,7 @@ def make_report(options: ReportOptions, say: Say = print, workers: Workers | Non
 
 
 def write_outputs(report: Report, out: Path) -> list[Path]:
-    """report.md, the CSVs, folds.png, scaling.png, search.png and TensorBoard figures.
+    """report.md, the CSVs, law.json, folds.png, scaling.png, search.png and TensorBoard figures.
 
     Returns:
         The files written, report.md last (it lists the others).
@@ -37,6 +37,8 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
         written.append(out / name)
+    write_json_atomic(out / "law.json", law_record(report))
+    written.append(out / "law.json")
     figures = {"folds": folds_figure(report), "scaling": scaling_figure(report), "search": search_figure(report)}
     for name, fig in figures.items():
         save_png(fig, out / f"{name}.png")
@@ -45,6 +47,13 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
     _tensorboard(out / TENSORBOARD, figures, text)
     write_text_atomic(out / "report.md", text)
     return [*written, out / "report.md"]
+
+
+def law_record(report: Report) -> dict:
+    """law.json: per series, the law of each axis (`forecast.report.law.AxisLaw.record`): parameters with intervals,
+    degenerate share, points left out, held-out check."""
+    return {"series": [{"series": r.series.label, "parameters": None if r.law is None else r.law.record()}
+                       for r in report.series]}
 
 
 def _tensorboard(folder: Path, figures: dict, text: str) -> None:

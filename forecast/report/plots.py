@@ -3,7 +3,8 @@
 - `folds_figure`: test AUROC per walk-forward fold, one line per budget (mean over seeds, each
   seed a dot) and one dashed line per baseline; one panel per series.
 - `scaling_figure`: pooled test loss and AUROC against exact parameter count (log axis), one line
-  per series, error bars = the joint block-bootstrap interval; the baselines as horizontal lines.
+  per series, error bars = the joint block-bootstrap interval; the baselines as horizontal lines; the fitted
+  law L(N) dotted on the loss panel, with its band over the draws (where at least 4 budgets were fitted).
 - `search_figure`: one panel per study: every finished trial's validation loss (pruned ones at
   their last reported epoch) and the best-so-far curve, titled with the sufficiency verdict.
 """
@@ -11,13 +12,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from forecast.core.files import atomic_path
-from forecast.report.build import Report
+from forecast.report.build import Report, SeriesResult
 from forecast.report.tables import folds_frame
 from forecast.training.baselines import BASELINES
 
@@ -81,6 +83,7 @@ def scaling_figure(report: Report) -> Figure:
             ax.errorbar(x, y, yerr=err, color=color, marker="o", capsize=4, label=r.series.label)
             for b in BASELINES:
                 ax.axhline(r.draws.column(metric, b), color=color, ls=BASELINE_STYLE[b], lw=1, alpha=0.7)
+        _law_curve(axes[0], r, color)
     for ax, (_, title) in zip(axes, PANELS, strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("parameters (exact count of each budget's best model)")
@@ -90,6 +93,19 @@ def scaling_figure(report: Report) -> Figure:
         axes[0].legend(fontsize=8, title="baselines: prior ':', logistic '--', HistGB '-.'", title_fontsize=7)
     fig.suptitle("Scaling over all folds: 95% joint block-bootstrap intervals (dates x seeds)")
     return fig
+
+
+def _law_curve(ax: Any, r: SeriesResult, color: str) -> None:
+    """The fitted L(N) (`forecast.report.law`) over the budgets' range, dotted, with its 95% band over the draws."""
+    fit = r.law.fit if r.law is not None else None
+    if fit is None:
+        return
+    x = [p["N"] for p in r.law.points]
+    n = np.geomspace(min(x), max(x), 50)[:, None]
+    ax.plot(n[:, 0], fit.predict(n), color=color, ls=":", lw=1.5, label=f"{r.series.label}: L(N) fit ({r.law.status})")
+    if len(fit.draws):
+        drawn = fit.predict(n, draws=True)  # [B, 50]
+        ax.fill_between(n[:, 0], *np.quantile(drawn, [0.025, 0.975], axis=0), color=color, alpha=0.12, lw=0)
 
 
 def search_figure(report: Report) -> Figure:

@@ -16,26 +16,22 @@ test set's own sampling noise plus the seeds' spread.
   equivalent where it lies inside the metric's margin, else no evidence; a verdict needs every
   model in it to have at least two seeds (`MIN_SEEDS`): never from a zero-width or one-seed interval.
 - `t_interval`: mean and t-interval over seeds, for descriptive per-fold tables only.
-- `fit_power_law`: L(N) = L_inf + (N0 / N)^alpha with scipy's curve_fit, fitted only with at least
-  `MIN_BUDGETS_FOR_FIT` budgets and shown as descriptive.
+- The scaling law L(N) and its intervals, refitted on these draws: `forecast.report.law`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from arch.bootstrap import StationaryBootstrap, optimal_block_length
-from scipy import optimize
 from scipy import stats as sps
 
 from forecast.report.equivalence import EQUIVALENT, NO_EVIDENCE, Margins, mde, verdict
 
 LEVEL = 0.95
-MIN_BUDGETS_FOR_FIT = 4  # L_inf, N0, alpha: 3 parameters; 4 budgets leave one degree of freedom
 MIN_SEEDS = 2  # a verdict needs seed spread in every model it compares
 EPS = 1e-7
 HELPS, HURTS = "larger helps", "larger hurts"
@@ -88,80 +84,6 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 def clipped(iv: Interval, low: float = -math.inf, high: float = math.inf) -> Interval:
     """`iv` with its bounds kept inside a metric's range (an AUROC interval never passes 1)."""
     return Interval(iv.estimate, max(iv.lo, low), min(iv.hi, high), iv.n) if math.isfinite(iv.lo) else iv
-
-
-# ------------------------------------------------------------------------------ power law
-
-
-@dataclass(frozen=True)
-class PowerLaw:
-    """L(N) = l_inf + (n0 / N)^alpha."""
-
-    l_inf: float
-    n0: float
-    alpha: float
-    degenerate: bool = False  # on a bound, or a vanishing N-term: the form does not describe the points
-
-    def __call__(self, n: np.ndarray | float) -> np.ndarray | float:
-        return power_law(np.asarray(n, dtype=float), self.l_inf, math.log(self.n0), self.alpha)
-
-
-def power_law(n: np.ndarray, l_inf: float, log_n0: float, alpha: float) -> np.ndarray:
-    """L(N) = l_inf + (N0/N)^alpha, written as exp(alpha * (log N0 - log N)) so that N0 can span
-    many decades without overflowing (N0 is fitted in log space)."""
-    return l_inf + np.exp(alpha * (log_n0 - np.log(n)))
-
-
-def fit_power_law(params: Sequence[float], loss: Sequence[float],
-                  sigma: Sequence[float] | None = None) -> PowerLaw | None:
-    """Fit L(N) to one mean loss per budget with scipy.optimize.curve_fit.
-
-    Starting values come from the data (L_inf just below the smallest loss, alpha 0.3, N0 so that
-    the curve passes through the smallest model's loss); bounds keep L_inf in [0, min loss] and
-    alpha in [0, 3], where the form means "loss falls with size and levels off".
-
-    Args:
-        params: parameter count per budget.
-        loss: mean test loss per budget.
-        sigma: standard error per budget (weights); ignored unless all are positive.
-
-    Returns:
-        The fit, or None with fewer than `MIN_BUDGETS_FOR_FIT` budgets or when it does not converge.
-    """
-    n = np.asarray(params, dtype=float)
-    y = np.asarray(loss, dtype=float)
-    if len(n) < MIN_BUDGETS_FOR_FIT or not np.isfinite(y).all() or len(set(n)) < len(n):
-        return None
-    floor = float(y.min())
-    spread = max(float(np.ptp(y)), 1e-6 * max(abs(floor), 1.0))
-    l0 = max(floor - 0.5 * spread, 0.0)
-    a0 = 0.3
-    top = float(y[np.argmin(n)]) - l0
-    log_n0 = math.log(n.min()) + math.log(max(top, 1e-12)) / a0
-    lower, upper = [0.0, -50.0, 0.0], [floor, 100.0, 3.0]
-    start = np.clip([l0, log_n0, a0], lower, upper)
-    s = np.asarray(sigma, dtype=float) if sigma is not None else None
-    if s is not None and not (np.isfinite(s).all() and (s > 0).all()):
-        s = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # OptimizeWarning on a flat curve: judged below
-            best, _ = optimize.curve_fit(power_law, n, y, p0=start, sigma=s, bounds=(lower, upper),
-                                         max_nfev=5000)
-    except (RuntimeError, ValueError):
-        return None
-    if not np.isfinite(best).all():
-        return None
-    # L_inf may sit on 0 honestly. N0 or alpha on a bound, L_inf pinned to the smallest loss, or an
-    # N-term that has vanished already at the smallest model mean the optimizer found no falling
-    # power law (a flat or rising curve): alpha then means nothing.
-    pinned = np.isclose(best[1:], lower[1:], atol=1e-6) | np.isclose(best[1:], upper[1:], atol=1e-6)
-    term = float(power_law(np.array([n.min()]), 0.0, best[1], best[2])[0])
-    degenerate = bool(pinned.any() or math.isclose(best[0], floor, rel_tol=1e-9, abs_tol=1e-12)
-                      or term < 0.01 * max(float(np.ptp(y)), 1e-3 * abs(floor)))
-    return PowerLaw(float(best[0]), float(math.exp(best[1])), float(best[2]), degenerate)
-
-
 
 
 # ------------------------------------------------------------------------- paired by date
