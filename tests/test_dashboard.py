@@ -17,13 +17,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+from search_fixtures import cli_args, data, space_file
 from test_hpo_scale import pg_server, pg_url
 
 from forecast.cli import main as forecast_main
 from forecast.hpo.claims import QUEUE_STUDY
 from forecast.hpo.dashboard import open_for_reading, storage_url
 
-__all__ = ["pg_server", "pg_url"]
+__all__ = ["data", "pg_server", "pg_url", "space_file"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -55,12 +56,24 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
+def start(storage: Path, cwd: Path) -> subprocess.Popen:
+    """`forecast dashboard --storage STORAGE --port 0`, as a user starts it."""
+    return subprocess.Popen([sys.executable, "-m", "forecast", "dashboard", "--storage", str(storage), "--port", "0"],
+                            cwd=cwd, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def stop(proc: subprocess.Popen) -> str:
+    """Ctrl-C; its stderr. It ends at once, exit 0, without a traceback."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    return err
+
+
 @needs_extra
 def test_it_serves_a_real_study_over_http_and_stops_on_ctrl_c(tmp_path):
     make_studies(f"sqlite:///{tmp_path / 'optuna.db'}")
-    proc = subprocess.Popen([sys.executable, "-m", "forecast", "dashboard", "--storage", str(tmp_path / "optuna.db"),
-                             "--port", "0"], cwd=tmp_path, env=ENV, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start(tmp_path / "optuna.db", tmp_path)
     try:
         line = proc.stdout.readline()  # the announcement, once it listens (the first line it prints)
         assert "http://127.0.0.1:" in line and "(1 studies)" in line, (line, proc.stderr.read() if proc.poll() else "")
@@ -72,10 +85,29 @@ def test_it_serves_a_real_study_over_http_and_stops_on_ctrl_c(tmp_path):
         assert {p["name"] for p in detail["trials"][0]["params"]} == {"model.lr", "arch"}
         assert detail["trials"][2]["user_attrs"] == [{"key": "params", "value": "17002"}]
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0 and "Traceback" not in err, err
+        stop(proc)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["optuna.db"]  # it wrote nothing
+
+
+@needs_extra
+@pytest.mark.slow
+def test_it_shows_a_study_forecast_hpo_made(tmp_path, data, space_file):
+    """A real search (2 trials of the tiny synthetic tier), then its trials and forecast's user attributes."""
+    logs = tmp_path / "hpo"
+    done = subprocess.run([sys.executable, "-m", "forecast", *cli_args(data, space_file, logs, 2, epochs=1)],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = start(logs / "optuna.db", tmp_path)
+    try:
+        line = proc.stdout.readline()
+        base = line.split("at ", 1)[1].split()[0].rstrip("/")
+        summary, = get_json(f"{base}/api/studies")["study_summaries"]
+        detail = get_json(f"{base}/api/studies/{summary['study_id']}")
+        assert len(detail["trials"]) == 2 and detail["trials"][0]["state"] == "Complete"
+        attrs = {a["key"] for a in detail["trials"][0]["user_attrs"]}
+        assert {"worker", "samples_per_sec"} <= attrs, attrs
+    finally:
+        stop(proc)
 
 
 @needs_extra
