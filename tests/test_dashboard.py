@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -62,6 +63,16 @@ def start(storage: Path, cwd: Path) -> subprocess.Popen:
                             cwd=cwd, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def first_line(proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The line it prints once it listens (read within `timeout`: a hung start fails, it does not wait forever)."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            proc.kill()
+            raise AssertionError(f"forecast dashboard printed no address within {timeout} s")
+    return proc.stdout.readline()
+
+
 def stop(proc: subprocess.Popen) -> str:
     """Ctrl-C; its stderr. It ends at once, exit 0, without a traceback."""
     proc.send_signal(signal.SIGINT)
@@ -75,8 +86,8 @@ def test_it_serves_a_real_study_over_http_and_stops_on_ctrl_c(tmp_path):
     make_studies(f"sqlite:///{tmp_path / 'optuna.db'}")
     proc = start(tmp_path / "optuna.db", tmp_path)
     try:
-        line = proc.stdout.readline()  # the announcement, once it listens (the first line it prints)
-        assert "http://127.0.0.1:" in line and "(1 studies)" in line, (line, proc.stderr.read() if proc.poll() else "")
+        line = first_line(proc)  # the announcement, once it listens
+        assert "http://127.0.0.1:" in line and "(1 study)" in line, (line, proc.stderr.read() if proc.poll() else "")
         base = line.split("at ", 1)[1].split()[0].rstrip("/")
         studies = get_json(f"{base}/api/studies")["study_summaries"]
         assert [s["study_name"] for s in studies] == [STUDY]  # the retrain queue is not listed
@@ -99,7 +110,7 @@ def test_it_shows_a_study_forecast_hpo_made(tmp_path, data, space_file):
     assert done.returncode == 0, done.stderr[-2000:]
     proc = start(logs / "optuna.db", tmp_path)
     try:
-        line = proc.stdout.readline()
+        line = first_line(proc)
         base = line.split("at ", 1)[1].split()[0].rstrip("/")
         summary, = get_json(f"{base}/api/studies")["study_summaries"]
         detail = get_json(f"{base}/api/studies/{summary['study_id']}")

@@ -168,7 +168,7 @@ def serve(url: str, host: str, port: int, announce: Any = print) -> None:
     with server:
         shown = f"[{host}]" if ":" in host else host
         count = len(storage.get_all_studies())
-        announce(f"dashboard of {describe(url)} ({count} studies) at http://{shown}:{server.server_port}/ "
+        announce(f"dashboard of {describe(url)} ({count} stud{'y' if count == 1 else 'ies'}) at http://{shown}:{server.server_port}/ "
                  "(Ctrl-C stops it)")
         try:
             server.serve_forever()
