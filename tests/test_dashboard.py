@@ -183,3 +183,25 @@ def test_a_taken_port_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err, err
     assert time.monotonic() - started < 30
+
+
+def test_the_dashboard_extra_has_its_own_hashed_lock():
+    """`make install EXTRAS=dashboard` installs requirements-dashboard.lock (written by `make lock`): the extra's
+    packages, hashed, and none that requirements.lock already pins (one version of each package)."""
+    import re
+
+    import tomllib
+
+    def pins(name: str) -> dict[str, str]:
+        text = (ROOT / name).read_text()
+        return {k.lower().replace("_", "-"): v for k, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", text, re.M)}
+
+    assert (ROOT / "requirements-dashboard.lock").is_file(), "requirements-dashboard.lock is missing: run make lock"
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dashboard"]
+    wanted = {re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0].lower() for r in extra}
+    dashboard, main = pins("requirements-dashboard.lock"), pins("requirements.lock")
+    assert wanted <= set(dashboard) and not set(dashboard) & set(main), (sorted(dashboard), sorted(wanted))
+    text = (ROOT / "requirements-dashboard.lock").read_text()
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text):
+        if re.match(r"^[A-Za-z0-9]", block):
+            assert "--hash=sha256:" in block, block.splitlines()[0]
