@@ -25,6 +25,7 @@ commands:
   hpo        Optuna search over one budget
   sweep      run hpo over budgets x horizons
   report     scaling report from finished studies
+  dashboard  the studies of a storage in optuna-dashboard, on this machine (optional extra)
   configs    list the configs that ship with forecast, or copy them (--copy DIR) to edit
   baselines  class prior, logistic regression and HistGB on a run config's samples
 
@@ -95,6 +96,12 @@ def _sweep(argv: list[str]) -> int:
     return sweep_main(argv)
 
 
+def _dashboard(argv: list[str]) -> int:
+    from forecast.hpo.dashboard import main
+
+    return main(argv)
+
+
 def _report(argv: list[str]) -> int:
     from forecast.report.cli import main
 
@@ -117,6 +124,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "hpo": _hpo,
     "sweep": _sweep,
     "report": _report,
+    "dashboard": _dashboard,
     "configs": _configs,
     "baselines": _baselines,
     **{name: _lightning for name in LIGHTNING_COMMANDS},
