@@ -221,15 +221,15 @@ def _add_synthetic(p: ArgumentParser) -> None:
 
     p.add_argument("symbol", type=Symbol, metavar="SYMBOL", help="the symbol to store it as, e.g. SYN")
     p.add_argument("--signal", type=Literal["planted", "none"], required=True,
-                   help="planted: tomorrow's volatility (and +1%% touch) follows an XOR of the last 5 days' move "
-                        "and the 15 days' before; none: the same moves shuffled (a random walk)")
+                   help="planted: tomorrow's volatility (and +1%% touch) follows an XOR of today's and "
+                        "yesterday's move signs; none: the same moves shuffled (a random walk)")
     p.add_argument("--years", type=SyntheticYears, default=20,
                    help="calendar years ending 2018 (default 20: 1999-2018, like `forecast data sample`); a "
                         "shorter series is the end of a longer one with the same seed")
     p.add_argument("--seed", type=Seed, default=0, help="random seed of the moves (default 0)")
     p.add_argument("--strength", type=SignalStrength, default=DEFAULT_STRENGTH,
                    help=f"planted effect: log ratio of the volatility after the XOR is +1 to the mean one "
-                        f"(default {DEFAULT_STRENGTH}: Bayes AUROC 0.742 at h=1; 0.5: 0.645; 0 = none)")
+                        f"(default {DEFAULT_STRENGTH}: Bayes AUROC 0.725 at h=1; 0.5: 0.642; 0 = none)")
     p.add_argument("--vix", type=Symbol | None, default=None,
                    help="also write an uninformative VIX-like series on the same days under this symbol "
                         "(for tier c: `forecast data build --symbol SYN --tier c --vix SYNVIX`)")

@@ -74,8 +74,6 @@ SIGMA = 0.012  # daily std of log(Close[t+1] / Close[t]) (sample: 0.0120)
 GAP = 0.0016  # std of log(Open[t+1] / Close[t]), the overnight gap (sample: 0.0016)
 UPPER_WICK = 0.0025  # mean of log(High / max(Open, Close)) (sample: 0.0025)
 LOWER_WICK = 0.0031  # mean of log(min(Open, Close) / Low) (sample: 0.0031)
-RECENT_DAYS = 5  # the planted state compares the last 5 days' move (today included) ...
-EARLIER_DAYS = 15  # ... with the sign of the 15 days before them
 LAST_YEAR = 2018  # the offline sample ends 2018-12-31
 SPAN_YEARS = 100  # one seed's moves span 1919-2018; `years` keeps the last ones (see control_series)
 DEFAULT_STRENGTH = 0.8
@@ -93,24 +91,20 @@ def trading_days(years: int, last_year: int = LAST_YEAR) -> pd.DatetimeIndex:
 
 def planted_state(returns: np.ndarray) -> float:
     """The planted state g after the last of `returns` (log returns, oldest first): +1 when the
-    last 5 days moved with the sign of the 15 days before them, -1 against it, 0 without 20 days.
+    last day moved the way the day before did, -1 when it reversed it, 0 without 2 days.
 
-    g[t] = sign(r[t-4] + ... + r[t]) * sign(r[t-19] + ... + r[t-5]): an XOR of two signs (does
-    the last week continue or reverse the three weeks before?), so no linear function of past
-    returns predicts it, yet the last 21 closes decide it. It lasts days to weeks, so a window sees
-    it in many rows.
+    g[t] = sign(r[t]) * sign(r[t-1]): an XOR of two signs, so no linear function of past returns,
+    prices or indicators predicts it, yet the last 3 closes decide it (the stationary inputs'
+    `ret_1` and `ret_1_lag1` of row t, `forecast.data.stationary`).
     """
-    if len(returns) < RECENT_DAYS + EARLIER_DAYS:
+    if len(returns) < 2:
         return 0.0
-    recent = returns[-RECENT_DAYS:].sum()
-    earlier = returns[-RECENT_DAYS - EARLIER_DAYS:-RECENT_DAYS].sum()
-    return float(np.sign(recent) * np.sign(earlier))
+    return float(np.sign(returns[-1]) * np.sign(returns[-2]))
 
 
 def _vols(strength: float) -> tuple[float, float]:
     """Close-to-close std after g = +1 and after g = -1: SIGMA * exp(+-strength), scaled so that
-    their plain mean variance is SIGMA**2 (g=+1 is a little rarer than -1, so the series' own
-    volatility is a little lower: 1.1% at strength 0.8)."""
+    their mean variance is SIGMA**2 (g is a fair coin: the same marginal volatility at every strength)."""
     scale = SIGMA / np.sqrt(np.cosh(2 * strength))
     return scale * np.exp(strength), scale * np.exp(-strength)
 
@@ -119,9 +113,9 @@ def planted_moves(n: int, seed: int, strength: float) -> tuple[pd.DataFrame, np.
     """Daily moves of the planted series, and the state g[t] each day ends in.
 
     Day t+1's close-to-close std is `_vols(strength)[0]` when g[t] = +1 (more likely to touch +1%),
-    `[1]` when g[t] = -1. A return's sign is a fair coin whatever its std, so g[t] is independent
-    of everything before day t: past volatility (ATR, ranges) tells nothing of the next day's;
-    only the XOR of day t's sign with the prior 10 days' does.
+    `[1]` when g[t] = -1. A return's sign is a fair coin whatever its std, so g[t] = sign(r[t]) *
+    sign(r[t-1]) is a fair coin independent of everything before day t-1 and of every magnitude:
+    past volatility (ATR, ranges) tells nothing of the next day's; only the XOR does.
 
     Returns:
         (moves, g): columns gap, ret, upper, lower (log moves) and volume, one row per day.
@@ -129,11 +123,11 @@ def planted_moves(n: int, seed: int, strength: float) -> tuple[pd.DataFrame, np.
     rng = np.random.default_rng(seed)
     high_vol, low_vol = _vols(strength)
     shocks = rng.standard_normal(n)
-    ret, g = np.zeros(n), np.zeros(n)
-    for t in range(1, n):
-        sigma = high_vol if g[t - 1] > 0 else low_vol if g[t - 1] < 0 else SIGMA
-        ret[t] = sigma * shocks[t]
-        g[t] = planted_state(ret[: t + 1])
+    shocks[0] = 0.0  # day 0 has no return
+    signs = np.sign(shocks)  # a return's sign is its shock's, whatever its std
+    g = signs * np.r_[0.0, signs[:-1]]  # planted_state of each day: sign(r[t]) * sign(r[t-1])
+    before = np.r_[0.0, g[:-1]]  # g[t-1], which sets day t's std
+    ret = np.select([before > 0, before < 0], [high_vol, low_vol], SIGMA) * shocks
     moves = pd.DataFrame({
         "gap": rng.normal(0.0, GAP, n),
         "ret": ret,
@@ -175,16 +169,14 @@ def touch_probability(sigma: float, threshold: float = TOUCH, draws: int = 2_000
 def bayes_auroc(strength: float, threshold: float = TOUCH) -> tuple[float, float, float]:
     """The planted effect at horizon 1: (Bayes-optimal AUROC, P(touch | g=+1), P(touch | g=-1)).
 
-    The best possible predictor knows g[t] and nothing more helps. With p, q the two touch rates
-    and u the share of days with g=+1 (measured on 50,000 simulated days), a positive comes from
-    g=+1 with a = u p / (u p + (1-u) q), a negative with b = u (1-p) / (u (1-p) + (1-u)(1-q)), and
+    The best possible predictor knows g[t] and nothing more helps. g = +1 and -1 are equally
+    likely (`planted_moves`), so with p, q the two touch rates a positive comes from g=+1 with
+    a = p / (p + q), a negative with b = (1 - p) / (2 - p - q), and
     AUROC = a (1 - b) + (a b + (1 - a)(1 - b)) / 2.
     """
     high_vol, low_vol = _vols(strength)
     p, q = touch_probability(high_vol, threshold), touch_probability(low_vol, threshold)
-    _, g = planted_moves(50_000, 12345, strength)
-    u = float(np.mean(g[g != 0] > 0))
-    a, b = u * p / (u * p + (1 - u) * q), u * (1 - p) / (u * (1 - p) + (1 - u) * (1 - q))
+    a, b = p / (p + q), (1 - p) / (2 - p - q)
     return a * (1 - b) + (a * b + (1 - a) * (1 - b)) / 2, p, q
 
 
@@ -193,13 +185,13 @@ def control_series(signal: str, years: int = 20, seed: int = 0,
     """The planted or null control series in raw layout, on `trading_days(years)`.
 
     `planted`: day t+1's volatility follows the XOR state g[t] (`planted_moves`). At the default
-    strength 0.8 the two volatilities are 1.66% and 0.34% a day; g=+1 on 42% of days, so the
-    daily volatility is 1.1% (the sample's 1.2%); P(touch +1% tomorrow) is 0.339 after g=+1 and
-    0.054 after g=-1 (base rate 0.17; the sample's is 0.22), and the Bayes-optimal AUROC at
-    horizon 1 is 0.742 (`bayes_auroc`; strength 0.5: 0.645, 0.3: 0.579). No model can do better; a logistic regression on the stationary inputs,
-    which cannot form the XOR, stays near 0.5. Measured on seed 0 (test 2011-2018) with
-    scikit-learn on the last row's stationary inputs: gradient boosting reaches AUROC 0.55 trained
-    on 2 years, 0.69 on 8 and 0.68 on 12; logistic regression 0.48-0.53 at every length.
+    strength 0.8 the two volatilities are 1.66% and 0.34% a day (1.20% on average, as the
+    sample); P(touch +1% tomorrow) is 0.339 after g=+1 and 0.054 after g=-1 (base rate 0.20; the
+    sample's is 0.22), and the Bayes-optimal AUROC at horizon 1 is 0.725 (`bayes_auroc`;
+    strength 0.5: 0.642, 0.3: 0.578). No model can do better. Measured on seed 0 (test 2011-2018)
+    with scikit-learn on the last row's stationary inputs: gradient boosting reaches AUROC 0.54
+    trained on 2 years, 0.67 on 8 and 0.70 on 12; logistic regression, which cannot form the XOR,
+    0.49-0.52 at every length. docs/controls.md has the PatchTST figures.
 
     `none`: the same daily moves shuffled in time: the same marginal distribution of every bar,
     and no dependence of any day on the past (a random walk), so no model beats the base rate.
