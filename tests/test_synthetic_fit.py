@@ -61,7 +61,8 @@ def _fit_and_test(data: Path, symbol: str, logs: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_planted_data_rewards_more_years_and_beats_the_base_rate_and_none_does_not(tmp_path, one_thread) -> None:
-    """Measured (seed 0, 1 thread): planted 12 years AUROC 0.62, 2 years 0.52; none 0.50 and 0.52.
+    """Measured (seed 0, 1 thread): planted 12 years AUROC 0.621, test loss 0.501 against the base rate's
+    0.512; 2 years 0.523, 0.516 (base 0.514); none 12 years 0.503, 0.536 (base 0.534); none 2 years 0.521.
     A shorter series is the end of the longer one, so both lengths are tested on the same days."""
     data = tmp_path / "data"
     found = {}
@@ -73,5 +74,5 @@ def test_planted_data_rewards_more_years_and_beats_the_base_rate_and_none_does_n
             found[signal, years] = _fit_and_test(data, symbol, tmp_path / "logs")
     planted, few, null = found["planted", 12], found["planted", 2], found["none", 12]
     assert planted["auroc"] > few["auroc"] + 0.05 and planted["auroc"] > 0.58, found
-    assert planted["loss"] < planted["base_loss"] - 0.01 and planted["loss"] < few["loss"], found
+    assert planted["loss"] < planted["base_loss"] - 0.005 and planted["loss"] < few["loss"], found
     assert null["auroc"] < 0.56 and null["loss"] > null["base_loss"] - 0.005, found
