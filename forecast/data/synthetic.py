@@ -1,7 +1,14 @@
-"""Synthetic daily series with the raw layout (`forecast.data.raw.RAW_COLUMNS`), for tests and benchmarks.
+"""Synthetic daily series with the raw layout (`forecast.data.raw.RAW_COLUMNS`).
 
-Random walks, not markets: they exercise every code path (holidays, dividends, VIX regimes)
-without shipping data, and the same seed gives the same frame on every machine.
+`synthetic_ohlcv` / `synthetic_vix`, for tests and benchmarks: random walks, not markets; they
+exercise every code path (holidays, dividends, VIX regimes) without shipping data.
+
+`control_series`, for `forecast data synthetic`: the positive and negative controls of a scaling
+study (docs/controls.md). `planted`: tomorrow's volatility, and so the +1% touch, follows the XOR
+of today's and yesterday's return signs; at the default strength 0.8 the Bayes-optimal AUROC at
+horizon 1 is 0.725 (`bayes_auroc`). `none`: the same moves shuffled in time, no signal.
+
+The same seed gives the same frame on every machine.
 """
 
 from __future__ import annotations
