@@ -16,7 +16,7 @@ import pytest
 
 from forecast.report.build import Fold, Report, ReportOptions, SeriesResult, StudyResult
 from forecast.report.collect import BestTrial, Series, StudyEntry
-from forecast.report.data_scaling import MORE_HELPS, judge_data
+from forecast.report.data_scaling import MORE_HELPS, NO_SEARCH, judge_data
 from forecast.report.equivalence import Margins
 from forecast.report.markdown import render
 from forecast.report.plots import data_scaling_figure, save_png
@@ -99,6 +99,8 @@ def test_a_claim_names_the_unconverged_searches_it_rests_on():
     blocks = next(c for c in res.comparisons if c.comparison == "10K blocks: per doubling of training years")
     assert res.search_note(trailing) == "rests on an unconverged search (SYN-c-threshold0.01-h1-y2-10K)"
     assert res.search_note(blocks) == ""
+    logistic = next(c for c in res.comparisons if c.comparison == "logistic trailing: per doubling of training years")
+    assert res.search_note(logistic) == NO_SEARCH
 
 
 def test_one_selection_only_makes_no_data_section():

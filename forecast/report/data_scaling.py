@@ -53,6 +53,7 @@ MORE_HELPS, MORE_HURTS = "more data helps", "more data hurts"
 RECENT_BETTER, RECENT_WORSE = "recent better", "recent worse"
 DESIGNS = ("trailing", "blocks")
 DAYS_PER_YEAR = 365.25
+NO_SEARCH = "baseline (no search)"
 
 
 @dataclass
@@ -178,7 +179,9 @@ def _cells(group: Sequence[SeriesResult], seeds: Sequence[int]) -> list[Cell]:
                 cell.params.append(study.entry.best.params)
                 if study.search is not None and study.search.unconverged:
                     cell.unconverged.append(study.entry.name)
-    return sorted(cells.values(), key=lambda c: (c.baseline, c.model, c.design, c.samples))
+    # budgets by size, then the baselines; within a model trailing (ending at every year), then blocks
+    return sorted(cells.values(), key=lambda c: (c.baseline, float(np.mean(c.params)) if c.params else 0.0, c.model,
+                                                 DESIGNS.index(c.design), c.samples))
 
 
 def _day(text: str) -> float:
@@ -241,6 +244,8 @@ def _seeds_ok(cells: Sequence[Cell]) -> bool:
 def _note(cells: Sequence[Cell]) -> str:
     """The search-sufficiency note of a claim, as the size claims say it: the studies it rests on
     whose search looks unconverged (`forecast.report.sufficiency`)."""
+    if all(c.baseline for c in cells):
+        return NO_SEARCH
     weak = [name for c in cells for name in c.unconverged]
     return f"rests on an unconverged search ({', '.join(weak)})" if weak else ""
 
