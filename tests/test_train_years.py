@@ -25,6 +25,7 @@ from forecast.hpo.study import open_study, plan_study
 from forecast.hpo.years import selection_flags
 from forecast.training.cli import cli_main
 from forecast.training.config import recorded_data
+from forecast.training.resume import IDENTITY_DATA_KEYS, RESUME_DATA_KEYS, data_conflicts
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOL = "SYN"
@@ -191,3 +192,10 @@ def test_sweep_fills_one_study_per_selection_from_one_queue(data, space_file, tm
         study = optuna.load_study(study_name=name, storage=open_storage(url, 0))
         assert study.user_attrs["fingerprint"]["data"].get("train_years") == years
         assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def test_a_resumed_fit_with_another_selection_is_refused_and_a_test_is_not():
+    saved = {"task": "threshold", "horizon": 1, "train_years": 4.0, "train_design": "blocks", "train_draw": 1}
+    run = {**saved, "train_draw": 2}
+    assert data_conflicts(saved, run, RESUME_DATA_KEYS) == ["data.train_draw: 1 -> 2"]
+    assert data_conflicts(saved, run, IDENTITY_DATA_KEYS) == []  # testing it on the same test days is fine
