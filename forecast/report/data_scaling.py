@@ -44,6 +44,7 @@ from forecast.report.stats import (
     paired_bootstrap,
     slope,
 )
+from forecast.sizing.budget import parse_budget
 from forecast.training.baselines import BASELINES
 
 if TYPE_CHECKING:  # build imports this module
@@ -180,8 +181,8 @@ def _cells(group: Sequence[SeriesResult], seeds: Sequence[int]) -> list[Cell]:
                 if study.search is not None and study.search.unconverged:
                     cell.unconverged.append(study.entry.name)
     # budgets by size, then the baselines; within a model trailing (ending at every year), then blocks
-    return sorted(cells.values(), key=lambda c: (c.baseline, float(np.mean(c.params)) if c.params else 0.0, c.model,
-                                                 DESIGNS.index(c.design), c.samples))
+    return sorted(cells.values(), key=lambda c: (c.baseline, 0 if c.baseline else parse_budget(c.model).size,
+                                                 c.model, DESIGNS.index(c.design), c.samples))
 
 
 def _day(text: str) -> float:
