@@ -35,6 +35,7 @@ from forecast.hpo.study import (
     run_queue,
 )
 from forecast.hpo.workers import run_workers, worker_number
+from forecast.hpo.years import TrainYears, check_no_selection_flags, selection_flags
 from forecast.sizing.budget import parse_budget
 from forecast.training.config import flag_keys
 
@@ -97,12 +98,21 @@ def hpo_parser() -> ArgumentParser:
 
 def sweep_parser() -> ArgumentParser:
     """The `forecast sweep` parser."""
-    p = command_parser("forecast sweep", "Run `forecast hpo` over budgets x horizons as one queue: each trial "
+    p = command_parser("forecast sweep", "Run `forecast hpo` over budgets x horizons (x training years: "
+                       "--train-years) as one queue: each trial "
                        "goes to the study furthest from --trials; any number of machines may run it on one "
                        "--storage URL.", EPILOG)
     p.add_argument("--budgets", nargs="+", type=NonEmptyStr, required=True, metavar="BUDGET",
                    help="e.g. 2M 20M 200M 2B")
     p.add_argument("--horizons", nargs="+", type=PositiveInt, required=True, metavar="H", help="e.g. 1 3 5")
+    p.add_argument("--train-years", nargs="+", type=TrainYears, default=None, metavar="Y",
+                   help="the training-years axis: a study per number of years before validation, or all "
+                        "(e.g. 2 4 8 16 all; default: none, every study trains on all years)")
+    p.add_argument("--designs", nargs="+", type=Literal["trailing", "blocks"], default=["trailing"],
+                   metavar="DESIGN", help="with --train-years: trailing (the most recent years) and/or blocks "
+                                          "(as many random whole calendar years; default: trailing)")
+    p.add_argument("--draws", type=PositiveInt, default=1, metavar="K",
+                   help="with --designs blocks: draws of random years per number of years (default: 1)")
     _common(p)
     return p
 
@@ -148,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
-    """`forecast sweep`: budgets x horizons as one queue, with one stop control for all."""
+    """`forecast sweep`: budgets x horizons (x training years) as one queue, with one stop control for all."""
     argv = list(argv or [])
     own, run = split_run_args(argv)
     args = parse(sweep_parser(), own)
@@ -156,8 +166,12 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         parse_budget(budget)  # an unknown budget fails before the first study starts
     if "data.horizon" in flag_keys(run.flags):
         raise ForecastError("--data.horizon is set by --horizons in a sweep")
-    all_options = [_options(args, RunArgs(run.configs, [*run.flags, f"--data.horizon={h}"]), b, None)
-                   for b in args.budgets for h in args.horizons]
+    selections: list[list[str]] = [[]]
+    if args.train_years is not None:
+        check_no_selection_flags(run.flags)
+        selections = selection_flags(args.train_years, args.designs, args.draws)
+    all_options = [_options(args, RunArgs(run.configs, [*run.flags, f"--data.horizon={h}", *sel]), b, None)
+                   for b in args.budgets for h in args.horizons for sel in selections]
     with StopControl(args.log_dir / STOP_FILE, started=time.time()) as stop:
         outcomes = _run("sweep", argv, args, all_options, stop)
     left = [o for o in outcomes if o.ending != "done"]

@@ -29,6 +29,7 @@ import pandas as pd
 from forecast.core.errors import ForecastError
 from forecast.hpo.api import TaskQueue, describe
 from forecast.report.collect import Series, StudyEntry, collect
+from forecast.report.data_scaling import DataResult, judge_data
 from forecast.report.equivalence import DEFAULT_MARGINS, Margins
 from forecast.report.jobs import Task, line, seed_run, verdict_key, work
 from forecast.report.law import AxisLaw, axis_law
@@ -164,6 +165,7 @@ class Report:
     wall_s: float
     seeds: list[int]
     pending: str | None = None  # why this process writes no report (a worker; others still retraining)
+    data: list[DataResult] = field(default_factory=list)  # training-years families (`report.data_scaling`)
 
     @property
     def problems(self) -> list[tuple[str, str]]:
@@ -231,9 +233,10 @@ def build_report(options: ReportOptions, say: Say = print, workers: Workers | No
     for t in tasks:
         _record(t, states[t.key], t.key in reused, tasks, say)
     series = [_judge(s, results, folds, seeds, options.bootstrap, options.margins) for s, results, folds, _ in plans]
+    data = judge_data(series, seeds, options.bootstrap, options.margins)  # studies on fewer training years
     if claim is not None:
         work_queue.finish(claim, 0.0, {"verdicts": [r.verdict for r in series]})
-    return Report(options, series, round(time.time() - started, 1), seeds)
+    return Report(options, series, round(time.time() - started, 1), seeds, data=data)
 
 
 def _retrain_all(entries: Sequence[StudyEntry], seeds: list[int], options: ReportOptions, say: Say, worker: bool,

@@ -259,6 +259,8 @@ class ForecastCLI(LightningCLI):
             **{k: v for k, v in best.items() if k != "epoch"},
             **_throughput(self.trainer),
         }
+        if isinstance(self.datamodule, ForecastDataModule):  # the training years it kept, and their samples
+            summary["train_selection"] = self.datamodule.selection_summary()
         if self.trainer.log_dir is None or self.trainer.fast_dev_run:  # a smoke test writes no files (also without a logger)
             rank_zero_info("fast_dev_run: fit ran; no run folder, checkpoint or summary written")
             return
