@@ -6,8 +6,8 @@ at barriers while the core they wait on is taken. So the tool decides from what 
 
 - the cores it may use: the CPU affinity mask, capped by a cgroup CPU quota;
 - the work beside it: the other processes' CPU use on those cores, sampled once from /proc/stat
-  over `SAMPLE_S` (this process's own use subtracted); the processes of its own `--jobs` workers
-  (`FORECAST_WORKERS`) are counted as its own, never as a neighbour's load;
+  over `SAMPLE_S` (this process's own use subtracted); the processes of its own `--jobs` pool
+  (`forecast.workers.sharing`) are counted as its own, never as a neighbour's load;
 - the model's size: a model under `TINY_PARAMS` runs matmuls too small to split across threads.
 
 The user decides instead with `OMP_NUM_THREADS` (OpenMP's own variable; also read by torch) or
@@ -25,8 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from forecast.workers import sharing, usable_cores
+
 THREADS_ENV = "FORECAST_THREADS"  # the documented option: threads per process, wins over OMP_NUM_THREADS
-WORKERS_ENV = "FORECAST_WORKERS"  # set by `--jobs N` parents for their N workers
 SAMPLE_S = 0.25  # how long the neighbours' CPU use is sampled (once per process)
 TINY_PARAMS = 30_000  # below this a model's matmuls are too small to split across threads
 BUSY_CORE = 0.5  # a neighbour using more than half a core takes that core
@@ -42,18 +43,6 @@ class Choice:
     @property
     def line(self) -> str:
         return f"threads: {self.threads} ({self.why})"
-
-
-def usable_cores() -> list[int]:
-    """The CPU ids this process may run on, cut to a cgroup v2 quota (`cpu.max`) if there is one."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = cpus[: max(1, math.ceil(int(quota) / int(period)))]
-    except (OSError, ValueError):
-        pass
-    return cpus
 
 
 def _busy_ticks(cpus: list[int]) -> int | None:
@@ -111,29 +100,6 @@ def choose(cores: int, neighbours: float, workers: int = 1, params: int | None =
     return Choice(share, where)
 
 
-def jobs_limit(devices: int = 0) -> int:
-    """The most `--jobs` workers one machine runs at once: one per usable core, or per distinct device
-    where there are more devices (a GPU worker mostly waits on its device)."""
-    return max(len(usable_cores()), devices)
-
-
-def check_jobs(jobs: int, devices: int = 0) -> None:
-    """Refuse more `--jobs` workers than `jobs_limit`: each one loads torch and Lightning (about
-    0.5 GB), so `--jobs 10000` would exhaust memory before any work, and past one per core they only
-    contend.
-
-    Raises:
-        ForecastError: too many.
-    """
-    from forecast.errors import ForecastError
-
-    limit = jobs_limit(devices)
-    if jobs > limit:
-        where = f"{len(usable_cores())} usable cores" + (f" and {devices} distinct devices" if devices else "")
-        raise ForecastError(f"--jobs {jobs}: at most {limit} here ({where}); more workers than can run at once "
-                            "only contend (another machine joins through the same --storage)")
-
-
 def user_choice(env: dict[str, str] | None = None) -> Choice | None:
     """The user's own setting (`FORECAST_THREADS`, else `OMP_NUM_THREADS`), or None.
 
@@ -165,8 +131,7 @@ class ThreadPolicy:
         cpus = usable_cores()
         if self._neighbours is None:
             self._neighbours = neighbours_load(cpus)
-        workers = int(os.environ.get(WORKERS_ENV, "1") or 1)
-        return choose(len(cpus), self._neighbours, workers, params)
+        return choose(len(cpus), self._neighbours, sharing(), params)
 
     def apply(self, params: int | None = None, say: bool = True) -> Choice:
         """Set torch's intra-op (OpenMP) threads to the decision; print it when it is new (and `say`:

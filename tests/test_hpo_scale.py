@@ -181,7 +181,7 @@ def test_the_panel_shows_every_running_trial_with_its_worker(tmp_path):
     from types import SimpleNamespace
 
     from forecast.hpo.display import Display
-    from forecast.hpo.workers import _panel
+    from forecast.hpo.workers import panel
 
     storage = open_storage(str(tmp_path / "s.journal"), 0)
     study = optuna.create_study(study_name="p", storage=storage)
@@ -194,7 +194,7 @@ def test_the_panel_shows_every_running_trial_with_its_worker(tmp_path):
     study.tell(study.ask(), 0.3)
     plan = SimpleNamespace(name="p", max_epochs=5, options=SimpleNamespace(trials=10))
     display = Display("p", 10, live=False)
-    _panel(display, [plan], [study], {"101": 0, "102": 1})
+    panel(display, [plan], [study], {"101": 0, "102": 1})
     rows = display.status.trial.splitlines()
     assert rows == ["elsewhere:7: #2 d16-l1-h2-f2 epoch 1/5", "w0: #0 d16-l1-h2-f2 epoch 2/5",
                     "w1: #1 d16-l1-h2-f2 starting"]

@@ -18,9 +18,9 @@ from forecast.threads import (
     ThreadPolicy,
     choose,
     neighbours_load,
-    usable_cores,
     user_choice,
 )
+from forecast.workers import usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,12 @@ from forecast.report.build import Report, ReportOptions, Say, build_report
 from forecast.report.markdown import render
 from forecast.report.plots import folds_figure, save_png, scaling_figure, search_figure
 from forecast.report.tables import TABLES
-from forecast.report.workers import Workers
+from forecast.workers import Pool
 
 TENSORBOARD = "tensorboard"
 
 
-def make_report(options: ReportOptions, say: Say = print, workers: Workers | None = None) -> Report:
+def make_report(options: ReportOptions, say: Say = print, workers: Pool | None = None) -> Report:
     """`forecast report`: build the report (`build.build_report`) and write every file under `options.out`."""
     report = build_report(options, say, workers)
     if report.pending is None:  # a worker, or a process whose last retrains others still run, writes nothing
