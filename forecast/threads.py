@@ -10,6 +10,12 @@ at barriers while the core they wait on is taken. So the tool decides from what 
   (`forecast.workers.sharing`) are counted as its own, never as a neighbour's load;
 - the model's size: a model under `TINY_PARAMS` runs matmuls too small to split across threads.
 
+A rule fixed in code is right in one environment and wrong in the next (issue #26: beside one busy
+process, 2 threads ran 1.2x faster than the 1 the rule chose on one machine, 2.2-3.6x slower on
+another). So the rule only sets the threads a run starts with: a training run on the CPU times 1
+thread against its share of the cores on its own first steps (`ThreadTrial`) and keeps the faster,
+for the rest of the run and for the process's later runs of a model of that size.
+
 The user decides instead with `OMP_NUM_THREADS` (OpenMP's own variable; also read by torch) or
 `FORECAST_THREADS` (this tool's option; wins over OMP_NUM_THREADS). A command sets its threads at
 start; the choice is printed on stderr once a model is built (so a mistake in the command is still
@@ -20,8 +26,10 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,18 +124,95 @@ def user_choice(env: dict[str, str] | None = None) -> Choice | None:
     return None
 
 
+TRIAL_WARMUP = 2  # steps at the rule's choice before any is timed (allocator, caches, first-call costs)
+TRIAL_BLOCK = 3  # steps in a row at one candidate; the first after a switch is not timed
+TRIAL_ROUNDS = 2  # blocks per candidate, the order reversed each round (a drifting load hits both alike)
+
+
+@dataclass
+class ThreadTrial:
+    """Times the candidate thread counts on a run's own first steps and keeps the faster.
+
+    After `warmup` steps, `rounds` blocks of `block` steps per candidate (order A B, then B A, ...);
+    each block's first step is not timed (the thread pool resizes), the rest are. The candidate
+    with the lower median step time is kept (`keep`). The caller wraps each step in `before_step`
+    and `after_step` (a Lightning callback, `forecast.training.callbacks.MeasuredThreads`, or a
+    plain loop) until `done`.
+
+    Args:
+        candidates: thread counts to try (1 and all the cores this process may use).
+        keep: receives the choice once measured (the policy applies and prints it).
+        set_threads: sets the threads of the next steps (torch.set_num_threads).
+        clock: seconds (a test injects its own).
+    """
+
+    candidates: tuple[int, ...]
+    keep: Callable[[Choice], None]
+    set_threads: Callable[[int], None]
+    clock: Callable[[], float] = time.perf_counter
+    warmup: int = TRIAL_WARMUP
+    block: int = TRIAL_BLOCK
+    rounds: int = TRIAL_ROUNDS
+    choice: Choice | None = None
+
+    def __post_init__(self) -> None:
+        order = [list(self.candidates) if r % 2 == 0 else list(reversed(self.candidates)) for r in range(self.rounds)]
+        self.plan = [(c, i > 0) for round_ in order for c in round_ for i in range(self.block)]  # (threads, timed)
+        self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self.step, self._started, self._threads = 0, 0.0, 0
+
+    @property
+    def done(self) -> bool:
+        return self.choice is not None
+
+    def before_step(self) -> None:
+        i = self.step - self.warmup
+        if self.done or not 0 <= i < len(self.plan):
+            return
+        threads = self.plan[i][0]
+        if threads != self._threads:
+            self.set_threads(threads)
+            self._threads = threads
+        self._started = self.clock()
+
+    def after_step(self) -> None:
+        i = self.step - self.warmup
+        self.step += 1
+        if self.done or not 0 <= i < len(self.plan):
+            return
+        threads, timed = self.plan[i]
+        if timed:
+            self.times[threads].append(self.clock() - self._started)
+        if i == len(self.plan) - 1:
+            medians = {c: statistics.median(t) for c, t in self.times.items()}
+            best = min(self.candidates, key=lambda c: (medians[c], c))  # a tie: fewer threads
+            shown = ", ".join(f"{c} thread{'s' if c > 1 else ''} {1000 * m:.1f} ms/step" for c, m in medians.items())
+            self.choice = Choice(best, f"measured on the first steps: {shown}")
+            self.keep(self.choice)
+
+
+def size_class(params: int | None) -> int | None:
+    """Models within one power of ten share a measured choice (a search's trials, a report's retrains)."""
+    return None if params is None else int(math.log10(max(1, params)))
+
+
 class ThreadPolicy:
-    """Decides once per process (the load sample is taken once), applies, prints on change."""
+    """Decides per process: the user's setting; else the choice measured on a run's first steps for
+    a model of this size (`trial`); else, until one is measured, the rule on the machine's state
+    (the load sample is taken once). Applies, prints on change."""
 
     def __init__(self) -> None:
         self._neighbours: float | None = None
         self._printed: str | None = None
+        self._measured: dict[int | None, Choice] = {}
 
     def decide(self, params: int | None = None) -> Choice:
-        """The user's setting, else the rule on this machine's measured state."""
+        """The user's setting, else the measured choice, else the rule on this machine's measured state."""
         mine = user_choice()
         if mine is not None:
             return mine
+        if size_class(params) in self._measured:
+            return self._measured[size_class(params)]
         cpus = usable_cores()
         if self._neighbours is None:
             self._neighbours = neighbours_load(cpus)
@@ -142,10 +227,32 @@ class ThreadPolicy:
         choice = self.decide(params)
         if torch.get_num_threads() != choice.threads:
             torch.set_num_threads(choice.threads)
-        if say and choice.line != self._printed:
+        if say:
+            self._say(choice)
+        return choice
+
+    def trial(self, params: int | None, clock: Callable[[], float] = time.perf_counter) -> ThreadTrial | None:
+        """A trial of 1 thread against this process's share of the cores on the run's first steps,
+        or None: the user set the threads, a model of this size was measured already, or there is
+        one candidate only (one core, or `--jobs` workers holding one core each)."""
+        import torch
+
+        if user_choice() is not None or size_class(params) in self._measured:
+            return None
+        share = max(1, len(usable_cores()) // sharing())
+        if share == 1:
+            return None
+
+        def keep(choice: Choice) -> None:
+            self._measured[size_class(params)] = choice
+            self.apply(params)
+
+        return ThreadTrial((1, share), keep, torch.set_num_threads, clock)
+
+    def _say(self, choice: Choice) -> None:
+        if choice.line != self._printed:
             print(choice.line, file=sys.stderr, flush=True)
             self._printed = choice.line
-        return choice
 
 
 POLICY = ThreadPolicy()

@@ -144,7 +144,7 @@ class Pool:
     def __init__(self, argv: Sequence[str], jobs: int, devices: Sequence[str], default_device: str | None,
                  say: Say = print) -> None:
         self.parent_works = parent_works(devices, default_device)
-        self.jobs = jobs
+        self.jobs, self.devices = jobs, list(devices)
         self._lock = threading.Lock()
         self._say = _bound(say)
         self._held: list[str] | None = []  # their lines until `release`
@@ -169,6 +169,12 @@ class Pool:
         return subprocess.Popen([sys.executable, "-m", "forecast", *argv], env=env, text=True, errors="replace",
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # the terminal's Ctrl-C reaches the parent only
+
+    def describe(self) -> str:
+        """`2 workers (w0 this process on cpu, w1 on cpu)`: who runs where."""
+        where = [f"w{k}{' this process' if k == 0 and self.parent_works else ''} on "
+                 f"{'cuda:' + self.devices[k % len(self.devices)] if self.devices else 'cpu'}" for k in range(self.jobs)]
+        return f"{self.jobs} workers ({', '.join(where)})" + ("" if self.parent_works else ", this process watching")
 
     @property
     def pids(self) -> dict[int, int]:

@@ -217,10 +217,11 @@ def test_jobs_2_share_one_journal_study_with_one_summary(data, space_file, tmp_p
     assert run.returncode == 0, run.stdout + run.stderr
     study = _study(str(tmp_path / "optuna.journal"))  # --jobs without --storage: the journal
     assert len(finished(study)) == 4 and not study.get_trials(states=(TrialState.RUNNING,))
-    assert len(_workers(study)) == 2  # both workers ran trials
+    assert 1 <= len(_workers(study)) <= 2  # this process (worker 0) and w1: which ran how many is timing
     assert_no_duplicates(study)
     out = run.stdout
-    assert "2 workers (w0 on cpu, w1 on cpu)" in out and "[w0] " in out and "[w1] " in out
+    assert "2 workers (w0 this process on cpu, w1 on cpu)" in out and f"[w1] study {STUDY}: " in out
+    assert "[w0] " not in out
     assert out.count(f"study {STUDY} done: 4/4 trials finished") == 1  # one summary, from the parent
     assert "Traceback" not in out + run.stderr
 
@@ -248,7 +249,7 @@ def test_sigterm_stops_every_worker_after_its_trial(data, space_file, tmp_path):
     study = _study(str(journal))
     states = [t.state for t in study.get_trials()]
     assert TrialState.RUNNING not in states and states.count(TrialState.COMPLETE) >= 2  # both trials finished
-    assert out.count("stop requested (SIGTERM)") == 3  # the parent and each worker
+    assert out.count("stop requested (SIGTERM)") == 2  # the parent (worker 0) and its worker
     assert out.count(f"study {STUDY} stopped:") == 1 and "Traceback" not in out
 
 

@@ -57,7 +57,7 @@ def run_with(pool: Pool, all_options: list[HpoOptions], stop: StopControl | None
         stop = StopControl(all_options[0].log_dir / STOP_FILE)
     with (stop if own else contextlib.nullcontext(stop)), forwarding(pool, stop):
         if pool.parent_works:
-            pool.say(f"{pool.jobs} workers, this process w0")
+            pool.say(pool.describe())
             return run_queue(all_options, stop, pool=pool)
         return _watch(pool, all_options, stop)
 
@@ -99,7 +99,7 @@ def _watch(pool: Pool, all_options: list[HpoOptions], stop: StopControl) -> list
     with quiet_search(), Display(plans[0].name, first.trials, first.live, hint) as display:
         stop.notify = display.say
         pool.route(display.say)
-        pool.say(f"{pool.jobs} workers, this process watching; storage {describe(plans[0].url)}")
+        pool.say(f"{pool.describe()}; storage {describe(plans[0].url)}")
         pool.release()
         pids = {str(pid): k for pid, k in pool.pids.items()}
         while pool.running():
