@@ -148,6 +148,7 @@ class Pool:
         self._lock = threading.Lock()
         self._say = _bound(say)
         self._held: list[str] | None = []  # their lines until `release`
+        self._dropped = False  # after `stop`: their lines are never shown
         self.procs: list[tuple[int, subprocess.Popen]] = []
         self.readers: list[threading.Thread] = []
         if self.parent_works:  # this process's thread policy counts the workers too
@@ -206,6 +207,8 @@ class Pool:
         for text in proc.stdout:
             line = f"[w{k}] {text.rstrip()}"
             with self._lock:
+                if self._dropped:
+                    continue
                 if self._held is not None:
                     self._held.append(line)
                     continue
@@ -229,7 +232,7 @@ class Pool:
         """End the workers, their held lines dropped (this process met a mistake in the command, an
         error or an interrupt before waiting on them): SIGTERM, at most `STOP_WAIT_S`, then SIGKILL."""
         with self._lock:
-            self._held = []
+            self._held, self._dropped = [], True
         for _, p in self.procs:
             if p.poll() is None:
                 p.terminate()
