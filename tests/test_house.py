@@ -1,5 +1,5 @@
 """The house holds: no private member of Lightning, jsonargparse or Optuna is used without a comment naming the
-missing public API; a wheel installed outside the source tree runs with its shipped configs; and checkpoints and
+missing public API; no private name of one of our modules is used by another; a wheel installed outside the source tree runs with its shipped configs; and checkpoints and
 studies written before the move to `forecast.training` / `forecast.sizing` still load."""
 
 from __future__ import annotations
