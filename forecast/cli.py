@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from forecast.core.allowlist import add_trusted
 from forecast.core.errors import ForecastError, run_guarded
+from forecast.core.workers import die_with_parent
 
 USAGE = """usage: forecast [--trust PACKAGE ...] <command> [options]
 
@@ -149,6 +150,7 @@ def take_trust(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # a `--jobs` worker ends with the process that started it
     argv = join_dash_values(list(sys.argv[1:] if argv is None else argv))
     try:
         packages, argv = take_trust(argv)

@@ -7,7 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from forecast import configs
 from forecast.training.config import measured_settings, recorded_data
+
+DEFAULT_SPACE = configs.path("hpo/search_space.yaml")
+PRUNERS = ("median", "hyperband", "none")
 
 MEASURED = "measured"  # key of the study fingerprint: the trainer, model and callback settings trials share
 

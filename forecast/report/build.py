@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from forecast.core.errors import ForecastError
+from forecast.core.workers import Pool, this_worker
 from forecast.hpo.api import TaskQueue, describe
 from forecast.report.collect import Series, StudyEntry, collect
 from forecast.report.data_scaling import DataResult, judge_data
@@ -44,7 +45,6 @@ from forecast.report.stats import (
     scaling_verdict,
 )
 from forecast.report.sufficiency import Sufficiency, sufficiency, unconverged_budgets
-from forecast.report.workers import Workers, worker_number
 from forecast.sizing.devices import default_device
 from forecast.training.baselines import BASELINES, fit_baselines, labels
 
@@ -179,11 +179,11 @@ class Report:
 Say = Callable[[str], None]
 
 
-def build_report(options: ReportOptions, say: Say = print, workers: Workers | None = None) -> Report:
+def build_report(options: ReportOptions, say: Say = print, workers: Pool | None = None) -> Report:
     """Collect, retrain per fold x seed (claimed through the storage), compare by date and judge
     (`outputs.make_report` also writes). `workers`: the `--jobs` workers the command started
     already (else they are started here, with `say`); stopped if the command turns out to be a
-    mistake. With workers, every line goes through `Workers.say`.
+    mistake. With workers, every line goes through `Pool.say`.
 
     Raises:
         ForecastError: a mistake in the command (storage, study names, flags, seeds, folds, jobs).
@@ -200,9 +200,9 @@ def build_report(options: ReportOptions, say: Say = print, workers: Workers | No
     check_overrides(options.overrides)
     entries = collect(options.storage, options.studies)
     seeds = list(range(options.seeds))
-    worker = worker_number() is not None
+    worker = this_worker() is not None
     if workers is None and options.jobs > 1 and not worker:
-        workers = Workers(options.argv, options.jobs, options.devices, say, default_device())
+        workers = Pool(["report", *options.argv], options.jobs, options.devices, default_device(), say)
     if workers is not None:
         say = workers.say
     try:
@@ -240,7 +240,7 @@ def build_report(options: ReportOptions, say: Say = print, workers: Workers | No
 
 
 def _retrain_all(entries: Sequence[StudyEntry], seeds: list[int], options: ReportOptions, say: Say, worker: bool,
-                 workers: Workers | None) -> tuple[list, list[Task], TaskQueue, set[str]]:
+                 workers: Pool | None) -> tuple[list, list[Task], TaskQueue, set[str]]:
     """Plan every series (folds built once), post its retrains to the storage and run them with the
     other processes; the plans, the tasks, the queue and the keys already done before this report."""
     if not worker:

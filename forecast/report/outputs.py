@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forecast.core.files import atomic_path, write_json_atomic, write_text_atomic
+from forecast.core.workers import Pool
 from forecast.report.build import Report, ReportOptions, Say, build_report
 from forecast.report.markdown import render
 from forecast.report.plots import (
@@ -15,12 +16,11 @@ from forecast.report.plots import (
     search_figure,
 )
 from forecast.report.tables import TABLES
-from forecast.report.workers import Workers
 
 TENSORBOARD = "tensorboard"
 
 
-def make_report(options: ReportOptions, say: Say = print, workers: Workers | None = None) -> Report:
+def make_report(options: ReportOptions, say: Say = print, workers: Pool | None = None) -> Report:
     """`forecast report`: build the report (`build.build_report`) and write every file under `options.out`."""
     report = build_report(options, say, workers)
     if report.pending is None:  # a worker, or a process whose last retrains others still run, writes nothing
