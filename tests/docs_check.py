@@ -17,6 +17,7 @@ A page another engineer adds gets the same checks; a new top-level command needs
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib.util
 import re
@@ -72,10 +73,26 @@ def blocks(path: Path) -> list[Block]:
     return found
 
 
+HEREDOC = re.compile(r"<<-?\s*(['\"]?)(\w+)\1")
+STDIN_SCRIPT = "<stdin>"  # stands in a command's words for the here-document it reads: [..., STDIN_SCRIPT, body]
+
+
 def commands(text: str) -> Iterator[list[str]]:
-    """The simple commands of a block's text: continuations joined, comments dropped, split at && || ; |."""
+    """The simple commands of a block's text: continuations joined, comments dropped, split at && || ; |.
+    A here-document (`python - <<'EOF' ... EOF`) ends its command's words as [STDIN_SCRIPT, body]."""
     joined = re.sub(r"\\\n", " ", text)
-    for line in joined.splitlines():
+    lines = iter(joined.splitlines())
+    for line in lines:
+        heredoc = HEREDOC.search(line)
+        if heredoc:
+            body = []
+            for more in lines:
+                if more.strip() == heredoc.group(2):
+                    break
+                body.append(more)
+            words = shlex.split(line[:heredoc.start()], comments=True)
+            yield [*words, STDIN_SCRIPT, "\n".join(body)]
+            continue
         lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
         lexer.whitespace_split = True
         lexer.commenters = "#"
@@ -111,6 +128,8 @@ def check_command(words: list[str], root: Path = ROOT) -> None:
     program, args = words[0], words[1:]
     if program in FORECAST:
         return check_forecast(args, root)
+    if program in ("python", "python3", ".venv/bin/python") and args[:2] == ["-", STDIN_SCRIPT]:
+        return check_python(args[2])
     if program in ("python", "python3", ".venv/bin/python") and args[:1] == ["-m"] and len(args) > 1:
         if args[1] == "forecast":
             return check_forecast(args[2:], root)
@@ -123,6 +142,20 @@ def check_command(words: list[str], root: Path = ROOT) -> None:
         raise DocError(f"{program}: not a program the manual's check knows (a forecast, make or python -m line, or "
                        "one of docs_check.KNOWN_PROGRAMS); mark the block <!-- norun: REASON --> if it cannot run")
     return None
+
+
+def check_python(script: str) -> None:
+    """A Python script of the manual: it compiles, and every name it imports from forecast exists."""
+    try:
+        tree = ast.parse(script)
+    except SyntaxError as err:
+        raise DocError(f"python script: {err}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "forecast":
+            module = importlib.import_module(node.module)
+            missing = [a.name for a in node.names if not hasattr(module, a.name)]
+            if missing:
+                raise DocError(f"python script: {node.module} has no {', '.join(missing)}")
 
 
 def check_make(args: list[str], root: Path) -> None:

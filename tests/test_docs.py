@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from docs_check import ROOT, Block, DocError, blocks, check_command, commands, manual_pages
+from docs_check import (
+    ROOT,
+    STDIN_SCRIPT,
+    Block,
+    DocError,
+    blocks,
+    check_command,
+    commands,
+    manual_pages,
+)
 
 # Pages other engineers write in their branches; mkdocs.yml lists them in nav before they land (its
 # `validation` block makes a missing nav entry or link INFO, so `mkdocs build --strict` passes meanwhile);
@@ -195,9 +204,12 @@ def test_the_blocks_of_the_manual_run(page, workspace, tmp_path):
         for words in commands(block.text):
             if words[:1] == ["make"]:
                 continue  # make targets install into .venv: checked by name in make test, run by CI itself
+            script = None
+            if STDIN_SCRIPT in words:  # a here-document: its body is the command's standard input
+                script, words = words[words.index(STDIN_SCRIPT) + 1], words[:words.index(STDIN_SCRIPT)]
             line = " ".join(shlex_quote(w) for w in shrink(words))
             done = subprocess.run(["bash", "-c", line], cwd=repo, env=_env(), capture_output=True, text=True,
-                                  timeout=900)
+                                  timeout=900, input=script)
             assert done.returncode == 0, f"{block.where()}: {line}\n{done.stdout[-1500:]}\n{done.stderr[-3000:]}"
 
 
