@@ -1,0 +1,58 @@
+"""Faults that must never lose data: a journal cut mid-record, a disk that fills, a sample written over
+real prices, a report that would write into the studies it reads (issue 29)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from forecast.hpo.storage import open_storage
+
+
+def _small_study(path: Path) -> bytes:
+    """A real journal study as `forecast hpo` leaves one: settings, trials with records, a last write."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=open_storage(str(path), 0))
+    study.set_user_attr("fingerprint", {"data": {"symbol": "SPY"}, "budget": "2M"})
+    for i in range(3):
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        trial.set_user_attr("arch_id", f"d32-l{i}")
+        study.tell(trial, 0.5 + i / 10)
+    return path.read_bytes()
+
+
+def _trials(path: Path) -> list[tuple[int, str, float | None]]:
+    """The study as a fresh, plain Optuna reader sees it (raises if it cannot read the file)."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.load_study(study_name="s", storage=storage)
+    return [(t.number, t.state.name, t.value) for t in study.get_trials()]
+
+
+@pytest.mark.parametrize("every", [pytest.param(True, marks=pytest.mark.slow), False], ids=["every-byte", "some-bytes"])
+def test_a_journal_cut_at_any_byte_of_its_last_record_is_read_whole_or_mended(every, tmp_path, capfd):
+    whole = _small_study(tmp_path / "whole.journal")
+    start = whole.rstrip(b"\n").rfind(b"\n") + 1  # the last record: whole[start:], its line break included
+    n = len(whole)
+    cuts = range(start, n + 1) if every else sorted({start, start + 1, (start + n) // 2, n - 2, n - 1, n})
+    before = tmp_path / "before.journal"
+    before.write_bytes(whole[:start])
+    expected = {len(whole): _trials(tmp_path / "whole.journal"), start: _trials(before)}
+    for cut in cuts:
+        path = tmp_path / f"cut{cut}" / "s.journal"
+        path.parent.mkdir()
+        path.write_bytes(whole[:cut])
+        storage = open_storage(str(path), 0)  # mends a torn tail before anything is appended
+        study = optuna.load_study(study_name="s", storage=storage)
+        seen = [(t.number, t.state.name, t.value) for t in study.get_trials()]
+        assert seen == expected[len(whole) if cut >= len(whole) - 1 else start], cut  # whole, or the record dropped
+        study.tell(study.ask(), 1.0)  # the next write lands on a clean line
+        assert _trials(path) == [*seen, (len(seen), "COMPLETE", 1.0)], cut
+        kept = sorted(path.parent.glob("s.journal.torn-*"))
+        if start < cut < len(whole) - 1:  # a partial record: dropped, the file as it was kept beside it
+            assert len(kept) == 1 and kept[0].read_bytes() == whole[:cut], cut
+        else:
+            assert kept == [], cut
+    err = capfd.readouterr().err
+    assert "its last record was cut off" in err and "kept the file as it was in" in err
