@@ -8,6 +8,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from forecast.cli import main as forecast_main
+from forecast.data.manifest import load_manifest
+from forecast.data.synthetic import synthetic_ohlcv
 from forecast.hpo.storage import open_storage
 
 
@@ -56,3 +59,29 @@ def test_a_journal_cut_at_any_byte_of_its_last_record_is_read_whole_or_mended(ev
             assert kept == [], cut
     err = capfd.readouterr().err
     assert "its last record was cut off" in err and "kept the file as it was in" in err
+
+
+# -- raw prices are never replaced by accident ---------------------------------------------------------
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_sample_never_replaces_imported_prices_without_replace(tmp_path, capfd):
+    data = tmp_path / "data"
+    frame = synthetic_ohlcv(n=40)
+    frame.to_csv(tmp_path / "vix.csv", index=False)
+    assert forecast_main(["data", "import", "VIX", str(tmp_path / "vix.csv"), "--data-dir", str(data)]) == 0
+    assert forecast_main(["data", "import", "VIX", str(tmp_path / "vix.csv"), "--data-dir", str(data)]) == 0  # same
+    before = _tree(data)
+    capfd.readouterr()
+    assert forecast_main(["data", "sample", "--data-dir", str(data)]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "raw/VIX.parquet holds 40 rows" in err[0] and "vix.csv" in err[0], err
+    assert "1259 rows 2014-01-03..2019-01-03 from sample" in err[0] and "--replace" in err[0], err
+    assert _tree(data) == before  # not even the sample's SP500 was written
+    frame.iloc[:30].to_csv(tmp_path / "short.csv", index=False)  # the same source, shorter: refused too
+    assert forecast_main(["data", "import", "VIX", str(tmp_path / "short.csv"), "--data-dir", str(data)]) == 2
+    assert _tree(data) == before
+    assert forecast_main(["data", "import", "VIX", str(tmp_path / "short.csv"), "--data-dir", str(data),
+                          "--replace"]) == 0
+    assert load_manifest(data, "raw")["raw/VIX.parquet"]["rows"] == 30

@@ -124,6 +124,21 @@ CASES = [
     ("processed-manifest-corrupt", write("data/processed/manifest.json", "{"), ["fit", "@fit"], "not a readable manifest"),
     ("processed-manifest-entry-gone", write("data/processed/manifest.json", '{"format": 1, "files": {}}'),
      ["fit", "@fit"], "has no entry"),
+    # manifest entries a hand or a peer broke (issue 29): one line from the reader and from the checker
+    ("raw-manifest-entry-not-object", write("data/raw/manifest.json", '{"format": 1, "files": {"raw/SP500.parquet": 3}}'),
+     ["data", "info"], "entry 'raw/SP500.parquet' is not an object"),
+    ("processed-manifest-entry-no-md5", write("data/processed/manifest.json",
+                                               '{"format": 1, "files": {"processed/SP500_a25.parquet": {}}}'),
+     ["data", "verify"], "no field 'path'"),
+    ("raw-manifest-entry-rows-text", write("data/raw/manifest.json", json.dumps({"format": 1, "files": {
+        "raw/SP500.parquet": {"path": "raw/SP500.parquet", "md5": "0", "rows": "many", "first": None, "last": None,
+                              "columns": []}}})),
+     ["data", "build", "--symbol", "SP500", "--tier", "a25"], "a malformed field 'rows'"),
+    ("processed-manifest-entry-sources-list", write("data/processed/manifest.json", json.dumps({"format": 1, "files": {
+        "processed/SP500_a25.parquet": {"path": "processed/SP500_a25.parquet", "md5": "0", "rows": 1, "first": None,
+                                        "last": None, "columns": [], "tier": "a25", "tier_version": 1,
+                                        "sources": ["SP500"]}}})),
+     ["fit", "@fit"], "a malformed field 'sources'"),
     ("raw-manifest-deleted-build", delete("data/raw/manifest.json"),
      ["data", "build", "--symbol", "SP500", "--tier", "a25"], "does not exist"),
     ("raw-manifest-deleted-fit", delete("data/raw/manifest.json"), ["fit", "@fit"], "does not exist"),
