@@ -32,6 +32,7 @@ from forecast import configs
 from forecast.domains import check_name
 from forecast.errors import ForecastError
 from forecast.hpo import config as cfg
+from forecast.hpo.api import DATA_FINGERPRINT
 from forecast.hpo.display import Display
 from forecast.hpo.objective import ExtraCallbacks, Objective, TrialFailed, TrialSetup
 from forecast.hpo.outputs import StudyInfo, best_trial, counts, is_finished, n_finished, write_all
@@ -54,7 +55,6 @@ from forecast.training.config import differences, flag_keys, lookup, resolve
 DEFAULT_CONFIG = configs.path("spy.yaml")
 DEFAULT_SPACE = configs.path("hpo/search_space.yaml")
 PRUNERS = ("median", "hyperband", "none")
-DATA_FINGERPRINT = "data_fingerprint"  # key of the study fingerprint: md5 of what the trials train on
 WAIT_S = 2.0  # how often a process waiting for other workers' trials looks again
 Ending = Literal["done", "stopped", "timeout", "aborted"]
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from forecast.errors import ForecastError
 from forecast.hpo.api import (
+    DATA_FINGERPRINT,
     FrozenTrial,
     Study,
     TrialState,
@@ -111,6 +112,7 @@ class StudyEntry:
     config_args: list[str] = field(default_factory=list)
     config_note: str = ""
     problem: str | None = None
+    data_fingerprint: str | None = None  # md5 of the numbers the trials saw (None: a study from before it)
 
 
 def load_storage(url: str) -> Any:
@@ -168,6 +170,8 @@ def _entry(study: Study) -> StudyEntry:
     entry = StudyEntry(study.study_name, series_of(data), label, size, data, counts(trials),
                        _best(study.best_trial), [_record(t) for t in sorted(trials, key=lambda t: t.number)])
     entry.config_args, entry.config_note = config_args(entry.best, study.study_name)
+    stored = stamp.get(DATA_FINGERPRINT)
+    entry.data_fingerprint = stored if isinstance(stored, str) else None
     return entry
 
 
