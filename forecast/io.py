@@ -24,7 +24,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:  # a write that failed (full disk): name the file asked for, not the temporary one
+            if err.filename in (None, str(tmp)) and err.errno is not None:
+                raise OSError(err.errno, err.strerror, str(path)) from None
+            raise
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         try:
             os.replace(tmp, path)

@@ -3,15 +3,28 @@ real prices, a report that would write into the studies it reads (issue 29)."""
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
 from pathlib import Path
 
+import lightning.pytorch as L
 import optuna
 import pytest
+import torch
 
 from forecast.cli import main as forecast_main
 from forecast.data.manifest import load_manifest
+from forecast.data.raw import write_raw
 from forecast.data.synthetic import synthetic_ohlcv
+from forecast.data.tiers import build_and_write
 from forecast.hpo.storage import open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_FIT = ["--model.net.init_args.d_model=16", "--model.net.init_args.n_heads=2", "--model.net.init_args.n_layers=1",
+            "--model.net.init_args.d_ff=32", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", "--data.min_windows=10"]
 
 
 def _small_study(path: Path) -> bytes:
@@ -85,3 +98,74 @@ def test_a_sample_never_replaces_imported_prices_without_replace(tmp_path, capfd
     assert forecast_main(["data", "import", "VIX", str(tmp_path / "short.csv"), "--data-dir", str(data),
                           "--replace"]) == 0
     assert load_manifest(data, "raw")["raw/VIX.parquet"]["rows"] == 30
+
+
+# -- a disk that fills during fit ------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (root only: a mount), unmounted after the test."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+class FillTheDisk(L.Callback):
+    """Fills the disk holding `folder` as the first validation ends, before its checkpoint is written."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or (self.folder / "filler").exists():
+            return
+        with open(self.folder / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+
+
+def test_a_checkpoint_that_does_not_fit_the_disk_leaves_nothing_and_names_itself(small_disk):
+    from forecast.training.checkpoints import AtomicCheckpointIO
+
+    target = small_disk / "checkpoints" / "best-000.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.zeros(1000)}}, target)  # fits
+    before = target.read_bytes()
+    with pytest.raises(OSError) as caught:
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(2_000_000)}}, target)  # 8 MB on a 4 MB disk
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert [p.name for p in target.parent.iterdir()] == ["best-000.ckpt"] and target.read_bytes() == before
+
+
+@pytest.mark.slow  # ~5 s: a real fit on a disk that fills (the checkpoint writer alone: the test above)
+def test_a_full_disk_during_fit_leaves_no_checkpoint_that_test_would_pick(small_disk, tmp_path, monkeypatch, capfd):
+    from forecast.training.cli import cli_main
+
+    data = tmp_path / "data"
+    write_raw(data, "SP500", synthetic_ohlcv(n=400), source="synthetic")
+    build_and_write(data, "SP500", "a25")
+    monkeypatch.setenv("FORECAST_DATA_DIR", str(data))
+    logs = small_disk / "logs"
+    args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), f"--trainer.logger.init_args.save_dir={logs}",
+            *TINY_FIT, "--data.val_start=2019-04-01", "--data.test_start=2019-06-03", "--data.context_length=32",
+            "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4"]
+    with pytest.raises(OSError) as caught:
+        cli_main(args, trainer_defaults={"callbacks": [FillTheDisk(small_disk)]})
+    assert caught.value.errno == errno.ENOSPC and str(logs) in caught.value.filename  # the checkpoint, not a temp file
+    assert ".tmp" not in caught.value.filename
+    folder = logs / "demo" / "version_0" / "checkpoints"
+    assert [p.name for p in folder.iterdir()] == []  # nothing half-written, nothing hidden left
+    (small_disk / "filler").unlink()
+    capfd.readouterr()
+    assert forecast_main(["test", *args[1:]]) == 2  # nothing to pick: one line, not a truncated best
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no best checkpoint" in err[0], err

@@ -3,15 +3,37 @@ and found in a run folder by name."""
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from forecast.domains import BEST_PREFIX  # best checkpoints: checkpoints/best-<epoch>.ckpt
 from forecast.errors import ForecastError
+from forecast.io import atomic_path
 
-__all__ = ["BEST_PREFIX", "check_checkpoint", "checkpoint_in"]
+__all__ = ["BEST_PREFIX", "AtomicCheckpointIO", "check_checkpoint", "checkpoint_in"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, but a local checkpoint is written to a hidden temporary file in its
+    folder and renamed only once complete: a full disk or a kill mid-write never leaves a truncated
+    `best-*.ckpt` that `test` or `predict` would pick (the temporary name matches no checkpoint glob).
+    Remote paths (`s3://...`) go through Lightning's own writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        buffer = io.BytesIO()  # serialised first, as Lightning's own writer does: a failed write is an OSError
+        torch.save(checkpoint, buffer)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
 
 
 def check_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -41,7 +42,7 @@ from forecast.sizing.machine import check_fit_disk, check_memory, epoch_estimate
 from forecast.sizing.throughput import Throughput
 from forecast.threads import POLICY
 from forecast.training.callbacks import EpochLine, PredictionCSV
-from forecast.training.checkpoints import BEST_PREFIX, check_checkpoint
+from forecast.training.checkpoints import BEST_PREFIX, AtomicCheckpointIO, check_checkpoint
 from forecast.training.messages import (
     check_config_files,
     given_keys,
@@ -242,7 +243,8 @@ class ForecastCLI(LightningCLI):
         peak = config.get("throughput.peak_tflops")
         for monitor in (c for c in trainer.callbacks if isinstance(c, Throughput)):
             monitor.peak_flops = None if peak is None else peak * 1e12  # a given peak: MFU on any device
-        return trainer
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
     # -- after each subcommand: say what happened and where ----------------------------------
