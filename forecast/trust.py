@@ -9,7 +9,7 @@ every import its parsers make for a value. The working folder is never importabl
 
 YAML is bounded: `safe_load` refuses duplicate keys (with their line), documents whose aliases would
 expand past `MAX_NODES` nodes (counted on the composed node graph, before anything is constructed),
-recursive aliases, and numbers that are not finite (`1.0e+400` reads as inf). It is registered as
+recursive aliases, nesting past `MAX_DEPTH` levels, and numbers that are not finite (`1.0e+400` reads as inf). It is registered as
 jsonargparse's YAML loader (`set_loader`), so every config file and flag value the parsers read goes
 through it.
 """
@@ -31,6 +31,7 @@ from forecast.errors import ForecastError
 ALLOWLIST = ("forecast", "torch.optim", "lightning.pytorch.callbacks", "lightning.pytorch.loggers")
 TRUST_ENV = "FORECAST_TRUST"  # comma-separated packages (or modules) the user adds to ALLOWLIST
 MAX_NODES = 10_000  # YAML nodes after alias expansion; our largest config has ~100
+MAX_DEPTH = 64  # nested mappings/lists; our deepest config has 5 (the composer recurses per level)
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -110,8 +111,11 @@ def refused_import(message: str) -> str | None:
             f"to use your own package, name it: {TRUST_ENV}=yourpackage or `forecast --trust yourpackage ...`")
 
 
-_UNSAFE = re.compile(r"duplicate key .*? \(first at line \d+\)|the document expands to more than [\d,]+ nodes"
-                     r"|recursive alias at line \d+|\S+ at line \d+ is not a finite number")
+# Linear in the message's length (a value of 100,000 characters without a space is quoted whole): a
+# token is tried only from its start (the lookbehind), and a duplicate key's text is bounded.
+_UNSAFE = re.compile(r"duplicate key [^\n]{0,400}? \(first at line \d+\)|the document expands to more than [\d,]+ "
+                     r"nodes|recursive alias at line \d+|nested more than \d+ levels deep at line \d+"
+                     r"|(?<!\S)\S+ at line \d+ is not a finite number")
 
 
 def unsafe_reason(message: str) -> str | None:
@@ -198,6 +202,23 @@ def expanded_size(root: yaml.Node, limit: int = MAX_NODES) -> int:
     return size(root)
 
 
+def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse a document nested deeper than `limit` levels, counted on the parser's event stream
+    (which does not recurse) before the composer, which does, would hit Python's recursion limit.
+
+    Raises:
+        UnsafeYAML: too deep; yaml.YAMLError for what is not YAML at all.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > limit:
+                raise UnsafeYAML(f"nested more than {limit} levels deep at line {event.start_mark.line + 1}")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def safe_load(text: str, path: str = "") -> Any:
     """Parse one YAML document under the rules above.
 
@@ -206,11 +227,12 @@ def safe_load(text: str, path: str = "") -> Any:
         path: where it came from (named in the message).
 
     Raises:
-        UnsafeYAML: a duplicate key, an alias expansion past `MAX_NODES`, a recursive alias, a
-            non-finite number; yaml.YAMLError for what is not YAML at all.
+        UnsafeYAML: a duplicate key, an alias expansion past `MAX_NODES`, a recursive alias, nesting
+            past `MAX_DEPTH`, a non-finite number; yaml.YAMLError for what is not YAML at all.
     """
     loader = _Loader(text)
     try:
+        check_depth(text)
         root = loader.get_single_node()
         if root is None:
             return None

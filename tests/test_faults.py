@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import lightning.pytorch as L
@@ -169,3 +170,36 @@ def test_a_full_disk_during_fit_leaves_no_checkpoint_that_test_would_pick(small_
     assert forecast_main(["test", *args[1:]]) == 2  # nothing to pick: one line, not a truncated best
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no best checkpoint" in err[0], err
+
+
+# -- hangs and resources ---------------------------------------------------------------------------------
+def test_the_yaml_refusal_search_is_linear_in_a_long_value():
+    from forecast.trust import unsafe_reason
+
+    started = time.perf_counter()
+    assert unsafe_reason("x" * 200_000) is None  # was quadratic: minutes at this length
+    assert unsafe_reason("duplicate key " * 20_000) is None
+    assert time.perf_counter() - started < 3
+    assert unsafe_reason("a: 1.0e+400 at line 3 is not a finite number") == "1.0e+400 at line 3 is not a finite number"
+
+
+@pytest.mark.parametrize("where", ["config", "flag", "grid"])
+def test_yaml_nested_thousands_deep_is_one_line_not_a_recursion_error(where, tmp_path, capfd):
+    deep = "[" * 5000 + "]" * 5000
+    (tmp_path / "deep.yaml").write_text(f"data:\n  symbol: {deep}\n")
+    argv = {"config": ["fit", "--config", str(ROOT / "configs/demo.yaml"), "--config", str(tmp_path / "deep.yaml")],
+            "flag": ["fit", "--config", str(ROOT / "configs/demo.yaml"), f"--trainer.callbacks={deep}"],
+            "grid": ["arch", "--budget", "2M", "--grid", str(tmp_path / "deep.yaml")]}[where]
+    assert forecast_main(argv) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Recursion" not in err[0], err
+    if where != "flag":
+        assert "nested more than 64 levels deep at line 2" in err[0], err
+
+
+@pytest.mark.parametrize("value", ["100000", "²", "-1", "0", "4x"])
+def test_a_bad_thread_count_in_the_environment_is_one_line_naming_it(value, monkeypatch, capfd):
+    monkeypatch.setenv("FORECAST_THREADS", value)
+    assert forecast_main(["fit", "--config", str(ROOT / "configs/demo.yaml")]) == 2  # said before anything runs
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"FORECAST_THREADS={value!r}: expected a number of threads from 1 to" in err[0], err
