@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -156,9 +157,7 @@ def test_a_full_disk_during_fit_leaves_no_checkpoint_that_test_would_pick(small_
     build_and_write(data, "SP500", "a25")
     monkeypatch.setenv("FORECAST_DATA_DIR", str(data))
     logs = small_disk / "logs"
-    args = ["fit", "--config", str(ROOT / "configs" / "demo.yaml"), f"--trainer.logger.init_args.save_dir={logs}",
-            *TINY_FIT, "--data.val_start=2019-04-01", "--data.test_start=2019-06-03", "--data.context_length=32",
-            "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4"]
+    args = ["fit", *_fit_args(logs)]
     with pytest.raises(OSError) as caught:
         cli_main(args, trainer_defaults={"callbacks": [FillTheDisk(small_disk)]})
     assert caught.value.errno == errno.ENOSPC and str(logs) in caught.value.filename  # the checkpoint, not a temp file
@@ -203,3 +202,49 @@ def test_a_bad_thread_count_in_the_environment_is_one_line_naming_it(value, monk
     assert forecast_main(["fit", "--config", str(ROOT / "configs/demo.yaml")]) == 2  # said before anything runs
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"FORECAST_THREADS={value!r}: expected a number of threads from 1 to" in err[0], err
+
+
+# -- read-only folders -------------------------------------------------------------------------------------
+@pytest.fixture
+def read_only_logs(sample_run, tmp_path):
+    """A copy of a finished run's logs on a read-only tmpfs (root only: a mount)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        shutil.copytree(sample_run / "logs", folder / "logs")
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        yield folder / "logs"
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory) -> Path:
+    """A tiny finished fit on a synthetic tier: <root>/data and <root>/logs/demo/version_0."""
+    root = tmp_path_factory.mktemp("run")
+    write_raw(root / "data", "SP500", synthetic_ohlcv(n=400), source="synthetic")
+    build_and_write(root / "data", "SP500", "a25")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FORECAST_DATA_DIR", str(root / "data"))
+        assert forecast_main(["fit", *_fit_args(root / "logs")]) == 0
+    return root
+
+
+def _fit_args(logs: Path) -> list[str]:
+    return ["--config", str(ROOT / "configs" / "demo.yaml"), f"--trainer.logger.init_args.save_dir={logs}", *TINY_FIT,
+            "--data.val_start=2019-04-01", "--data.test_start=2019-06-03", "--data.context_length=32",
+            "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4"]
+
+
+@pytest.mark.slow  # ~10 s: a fit, then four commands on a read-only copy of its logs
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+def test_a_read_only_run_folder_is_one_line_naming_it(command, sample_run, read_only_logs, monkeypatch, capfd):
+    monkeypatch.setenv("FORECAST_DATA_DIR", str(sample_run / "data"))
+    capfd.readouterr()
+    assert forecast_main([command, *_fit_args(read_only_logs)]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and len(err) <= 2, err
+    assert str(read_only_logs) in err[-1] and "the file system is read-only" in err[-1], err

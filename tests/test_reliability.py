@@ -181,6 +181,14 @@ CASES = [
     ("hpo-postgres-unreachable", None,
      ["hpo", "--budget", "2M", "--trials", "1", "--config", "{cfg}", "--log-dir", "{logs}/hpo",
       "--storage", "postgresql://nobody@127.0.0.1:9/none"], "cannot open storage postgresql://"),
+    # a file where the log folder goes (issue 29): the real OSError in one line, not the teardown's meta error
+    ("fit-log-folder-is-a-file", write("blocked", "x"),
+     ["fit", "--config", "{cfg}", "--trainer.logger.init_args.save_dir={case}/blocked/logs", *TINY],
+     "a file stands where a folder is expected"),
+    ("fit-checkpoint-folder-is-a-file", write("blocked", "x"), ["fit", "@fit", "--checkpoint.dirpath={case}/blocked/c"],
+     "a file stands where a folder is expected"),
+    ("hpo-log-dir-is-a-file", write("blocked", "x"),
+     ["hpo", "--budget", "2M", "--trials", "1", "--config", "{cfg}", "--log-dir", "{case}/blocked/hpo"], "Not a directory"),
     # already handled before this sweep: they must stay so
     ("import-missing-file", None, ["data", "import", "SPY", "{case}/nope.csv"], "no such file"),
     ("import-empty-file", write("empty.csv", ""), ["data", "import", "SPY", "{case}/empty.csv"], "empty file"),

@@ -7,6 +7,9 @@ configs, then `cli.trainer.fit(cli.model, cli.datamodule)`. Where a run's files 
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
@@ -231,6 +234,7 @@ class ForecastCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.trainer.get("enable_checkpointing") is not False and not config.trainer.get("fast_dev_run"):
             callbacks += checkpoint_callbacks(config.checkpoint)
+        check_writable(run_folders(config))
         try:
             trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
         except (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError) as err:
@@ -275,6 +279,36 @@ class ForecastCLI(LightningCLI):
 
     def after_test(self) -> None:
         write_metrics(self.trainer, "test", self.config[self.subcommand].ckpt_path)
+
+
+def run_folders(config) -> list[Path]:
+    """The local folders a run will write into: its logger's run folder and a set checkpoint folder
+    (none for a smoke test, which writes no files)."""
+    if config.trainer.get("fast_dev_run"):
+        return []
+    logger, ckpt = config.trainer.get("logger"), config.get("checkpoint")
+    folders = [getattr(logger, "log_dir", None), getattr(ckpt, "dirpath", None)]
+    return [Path(str(f)) for f in folders if f and "://" not in str(f)]
+
+
+def check_writable(folders: list[Path]) -> None:
+    """The folders a run writes into can be written, checked before the Trainer starts: a failure
+    inside it is hidden behind the teardown's own error (the network still on `meta`). A folder not
+    there yet is checked at its nearest existing parent; nothing is created or left.
+
+    Raises:
+        OSError: naming the folder (read-only, no permission, a file where the folder goes).
+    """
+    for folder in folders:
+        probe = folder
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe))
+        try:
+            tempfile.TemporaryFile(dir=probe).close()  # unnamed, gone on close: nothing is left
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(folder)) from None
 
 
 def _check_finite(config) -> None:
