@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -20,6 +21,7 @@ from forecast.data.manifest import load_manifest
 from forecast.data.raw import write_raw
 from forecast.data.synthetic import synthetic_ohlcv
 from forecast.data.tiers import build_and_write
+from forecast.errors import ForecastError
 from forecast.hpo.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,3 +250,49 @@ def test_a_read_only_run_folder_is_one_line_naming_it(command, sample_run, read_
     err = capfd.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err) and len(err) <= 2, err
     assert str(read_only_logs) in err[-1] and "the file system is read-only" in err[-1], err
+
+
+# -- user-edited grids and search spaces: a schema, checked before anything runs ----------------------------
+GRID = {"d_model": [64, 128], "n_layers": [1, 2], "head_dim": [64], "ffn_ratio": [2, 4]}
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("d_model", 64, "d_model must be a list of numbers, got 64"),
+    ("d_model", [0, 64], "d_model holds 0"),
+    ("n_layers", ["deep"], "n_layers holds 'deep'"),
+    ("head_dim", ["50%"], "head_dim holds '50%'"),
+    ("n_layers", [1.5], "n_layers holds 1.5"),
+    ("ffn_ratio", [-2], "ffn_ratio holds -2"),
+    ("ffn_ratio", [True], "ffn_ratio holds True"),
+])
+def test_a_broken_grid_is_one_line(key, value, expected):
+    from forecast.sizing.budget import check_grid
+
+    with pytest.raises(ForecastError, match=re.escape(expected)):
+        check_grid({**GRID, key: value}, "grid")
+
+
+@pytest.mark.parametrize("edit,expected", [
+    ({"architecture": [1]}, "architecture and params must be mappings"),
+    ({"architecture": {"grid": 3}}, "architecture.grid must be a mapping of lists or a file name"),
+    ({"architecture": {"tolerance": "25%"}}, "architecture.tolerance must be a number between 0 and 1"),
+    ({"architecture": {"grid": {**GRID, "d_model": [64, "x"]}}}, "d_model holds 'x'"),
+    ({"params": {"lr": {"key": "model.lr", "type": "float", "low": 0.1, "high": 0.5, "step": -0.1}}},
+     "params.lr.step must be a number > 0"),
+    ({"params": {"lr": {"key": "model.lr", "type": "float", "low": 0.1, "high": 0.5, "log": "yes"}}},
+     "params.lr.log must be true or false"),
+    ({"params": {"n": {"key": "data.batch_size", "type": "int", "low": 1.5, "high": 8}}}, "an int range needs whole"),
+    ({"params": {"c": {"key": "trainer.gradient_clip_val", "type": "categorical", "choices": [[1], 2]}}},
+     "choices must hold single values"),
+])
+def test_a_broken_search_space_is_one_line_naming_the_field(edit, expected, tmp_path):
+    import yaml
+
+    from forecast.hpo.space import load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"architecture": {"grid": GRID},
+                                    "params": {"lr": {"key": "model.lr", "type": "float", "low": 1e-4, "high": 1e-2}},
+                                    **edit}))
+    with pytest.raises(ForecastError, match=re.escape(expected)):
+        load_space(path)

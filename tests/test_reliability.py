@@ -181,6 +181,10 @@ CASES = [
     ("hpo-postgres-unreachable", None,
      ["hpo", "--budget", "2M", "--trials", "1", "--config", "{cfg}", "--log-dir", "{logs}/hpo",
       "--storage", "postgresql://nobody@127.0.0.1:9/none"], "cannot open storage postgresql://"),
+    ("config-block-null", write("null.yaml", "trainer:\n"), ["fit", "@fit", "--config", "{case}/null.yaml"],
+     "`trainer:` is empty"),
+    ("config-block-number", write("num.yaml", "checkpoint: 3\n"), ["fit", "@fit", "--config", "{case}/num.yaml"],
+     "`checkpoint` is 3, but it holds a block of options"),
     # a file where the log folder goes (issue 29): the real OSError in one line, not the teardown's meta error
     ("fit-log-folder-is-a-file", write("blocked", "x"),
      ["fit", "--config", "{cfg}", "--trainer.logger.init_args.save_dir={case}/blocked/logs", *TINY],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from forecast import configs
 from forecast.errors import ForecastError
@@ -177,9 +177,29 @@ def load_grid(path: str | Path = GRID_PATH) -> dict[str, list[float]]:
     grid = read_yaml(path, "architecture grid") or {}
     if not isinstance(grid, dict):
         raise ForecastError(f"architecture grid {path} is not a mapping of lists")
+    return check_grid(grid, f"architecture grid {path}")
+
+
+MAX_GRID_VALUE = 1 << 20  # no width, depth or ratio of a model we could build is larger
+
+
+def check_grid(grid: Any, where: str) -> dict[str, list[float]]:
+    """The grid's schema: each of GRID_KEYS a non-empty list of numbers in (0, MAX_GRID_VALUE],
+    whole numbers but for ffn_ratio (d_ff = ffn_ratio * d_model is rounded)."""
+    if not isinstance(grid, dict):
+        raise ForecastError(f"{where} is not a mapping of lists")
     missing = [key for key in GRID_KEYS if not grid.get(key)]
     if missing:
-        raise ForecastError(f"architecture grid {path} lacks {', '.join(missing)}")
+        raise ForecastError(f"{where} lacks {', '.join(missing)}")
+    for key in GRID_KEYS:
+        values = grid[key]
+        if not isinstance(values, list):
+            raise ForecastError(f"{where}: {key} must be a list of numbers, got {values!r}")
+        for v in values:
+            whole = key == "ffn_ratio" or (isinstance(v, int) and not isinstance(v, bool))
+            if isinstance(v, bool) or not isinstance(v, int | float) or not whole or not 0 < v <= MAX_GRID_VALUE:
+                kind = "numbers > 0" if key == "ffn_ratio" else "whole numbers >= 1"
+                raise ForecastError(f"{where}: {key} holds {v!r}; it takes {kind} up to {MAX_GRID_VALUE:,}")
     return {key: list(grid[key]) for key in GRID_KEYS}
 
 
