@@ -296,3 +296,42 @@ def test_a_broken_search_space_is_one_line_naming_the_field(edit, expected, tmp_
                                     **edit}))
     with pytest.raises(ForecastError, match=re.escape(expected)):
         load_space(path)
+
+
+# -- smaller ones --------------------------------------------------------------------------------------------
+def test_a_price_near_zero_is_refused_as_its_twin_above_is(tmp_path, capfd):
+    frame = synthetic_ohlcv(n=30)
+    frame.loc[15, ["Open", "High", "Low", "Close", "Adj Close"]] = 1e-298
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    assert forecast_main(["data", "import", "SPY", str(tmp_path / "p.csv"), "--data-dir", str(tmp_path / "d")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prices below 1e-06 on 1 day(s)" in err[0], err
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_csv_with_a_byte_order_mark_imports(tmp_path):
+    frame = synthetic_ohlcv(n=30)
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + frame.to_csv(index=False).encode())
+    assert forecast_main(["data", "import", "SPY", str(tmp_path / "bom.csv"), "--data-dir", str(tmp_path / "d")]) == 0
+    assert load_manifest(tmp_path / "d", "raw")["raw/SPY.parquet"]["rows"] == 30
+
+
+def test_an_empty_file_named_as_storage_is_refused_not_filled(tmp_path):
+    db = tmp_path / "empty.db"
+    db.write_bytes(b"")
+    with pytest.raises(ForecastError, match="is an empty file"):
+        open_storage(f"sqlite:///{db}", 0)
+    assert db.read_bytes() == b""
+
+
+def test_a_refused_setup_in_a_new_study_folder_leaves_no_folder(tmp_path):
+    from forecast.hpo.study import _locked
+
+    folder = tmp_path / "logs" / "study"
+    with pytest.raises(ForecastError), _locked(folder):
+        raise ForecastError("refused")
+    assert not folder.exists()
+    folder.mkdir()
+    with _locked(folder):  # a folder that was there stays, its lock too (flock files are kept)
+        pass
+    assert (folder / ".lock").exists()

@@ -91,7 +91,11 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
             mend_journal(path)
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(url[len("sqlite:///"):])
+            if db.is_file() and db.stat().st_size == 0:  # SQLite would write its tables into any empty file
+                raise ForecastError(f"storage {db} is an empty file (0 bytes), not a database: delete it to start "
+                                    "a new one, or name the database you meant")
+            db.parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
                   "heartbeat_stale_trial_callback": retry} if heartbeat > 0 else {}
         # pre-ping: a connection the server dropped (restart, network) is replaced, not used

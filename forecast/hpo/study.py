@@ -201,14 +201,23 @@ def _normalize(obj: Any) -> Any:
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """Serialise study setup among processes of this machine (enqueueing, worker numbers)."""
+    """Serialise study setup among processes of this machine (enqueueing, worker numbers). A setup
+    refused in a folder made for it leaves no folder behind (nor its lock)."""
+    new = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        with open(folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    except BaseException:
+        if new and [p.name for p in folder.iterdir()] == [".lock"]:
+            (folder / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def make_sampler(seed: int) -> optuna.samplers.TPESampler:
