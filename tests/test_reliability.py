@@ -107,6 +107,19 @@ def code_checkpoint(case: Path) -> None:
     torch.save({"state_dict": {}, "hyper_parameters": {"x": Pickled()}}, case / "code.ckpt")
 
 
+def edited_checkpoint(**fields) -> Callable[[Path], None]:
+    """The run's last.ckpt with `fields` replaced (None: dropped), saved as <case>/edited.ckpt."""
+    def setup(case: Path) -> None:
+        ckpt = torch.load(case / "logs/demo/version_0/checkpoints/last.ckpt", weights_only=True)
+        for key, value in fields.items():
+            if value is None:
+                ckpt.pop(key, None)
+            else:
+                ckpt[key] = value
+        torch.save(ckpt, case / "edited.ckpt")
+    return setup
+
+
 CSV_HEAD = "Date,Open,High,Low,Close,Adj Close,Volume\n"
 ROW = "{},10,11,9,10.5,10.5,100\n"
 GOOD_ROWS = "".join(ROW.format(f"2020-01-0{d}") for d in (2, 3, 6))
@@ -181,6 +194,15 @@ CASES = [
     ("hpo-postgres-unreachable", None,
      ["hpo", "--budget", "2M", "--trials", "1", "--config", "{cfg}", "--log-dir", "{logs}/hpo",
       "--storage", "postgresql://nobody@127.0.0.1:9/none"], "cannot open storage postgresql://"),
+    # checkpoints that load weights-only but carry malformed fields, or weights only (issue 29)
+    ("ckpt-weights-only-resumed", edited_checkpoint(optimizer_states=None, loops=None, lr_schedulers=None),
+     ["fit", "@fit", "--ckpt_path", "{case}/edited.ckpt"], "holds weights only"),
+    ("ckpt-global-step-text", edited_checkpoint(global_step="x"), ["test", "@fit", "--ckpt_path", "{case}/edited.ckpt"],
+     "a damaged Lightning checkpoint (global_step is str"),
+    ("ckpt-callbacks-number", edited_checkpoint(callbacks=3), ["fit", "@fit", "--ckpt_path", "{case}/edited.ckpt"],
+     "a damaged Lightning checkpoint (callbacks is int"),
+    ("ckpt-state-dict-list", edited_checkpoint(state_dict=[1, 2]), ["predict", "@fit", "--ckpt_path", "{case}/edited.ckpt"],
+     "state_dict is not a mapping of names to tensors"),
     ("config-block-null", write("null.yaml", "trainer:\n"), ["fit", "@fit", "--config", "{case}/null.yaml"],
      "`trainer:` is empty"),
     ("config-block-number", write("num.yaml", "checkpoint: 3\n"), ["fit", "@fit", "--config", "{case}/num.yaml"],

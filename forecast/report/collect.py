@@ -149,9 +149,18 @@ def collect(url: str, names: Sequence[str] = ()) -> list[StudyEntry]:
             listed = ", ".join(known[:SHOWN_NAMES]) + (", ..." if len(known) > SHOWN_NAMES else "")
             raise ForecastError(f"no study named {name!r} in {describe(url)}; it holds: {listed}")
     chosen = list(dict.fromkeys(names)) or known
-    entries = [_entry(load_study(n, storage)) for n in chosen]
+    entries = [_checked_entry(load_study(n, storage)) for n in chosen]
     _check_unique(entries)
     return sorted(entries, key=lambda e: (e.series.label, e.budget_size))
+
+
+def _checked_entry(study: Study) -> StudyEntry:
+    """`_entry`, a record of the wrong type (a hand edit, another tool, a damaged storage) one line."""
+    try:
+        return _entry(study)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+        raise ForecastError(f"study {study.study_name} holds a damaged record ({type(err).__name__}: "
+                            f"{str(err)[:120]}); leave it out with --study") from None
 
 
 def _entry(study: Study) -> StudyEntry:
