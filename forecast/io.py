@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -37,6 +40,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+STALE_S = 3600  # a temporary file of ours untouched this long belongs to a killed writer
+
+
+def _clean_stale(path: Path) -> None:
+    """Remove the temporary files a killed writer of `path` left (our naming: `.<name>.<random>.tmp`,
+    untouched for `STALE_S`); a live writer's file is newer and stays."""
+    now = time.time()
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > STALE_S:
+                old.unlink()
 
 
 def _umask() -> int:

@@ -335,3 +335,36 @@ def test_a_refused_setup_in_a_new_study_folder_leaves_no_folder(tmp_path):
     with _locked(folder):  # a folder that was there stays, its lock too (flock files are kept)
         pass
     assert (folder / ".lock").exists()
+
+
+def test_a_killed_writers_temporary_file_is_cleaned_by_the_next_write(tmp_path):
+    from forecast.io import STALE_S, write_text_atomic
+
+    stale, fresh = tmp_path / ".a.json.k1ll3d.tmp", tmp_path / ".a.json.l1v3.tmp"
+    for f in (stale, fresh):
+        f.write_text("half")
+    os.utime(stale, (time.time() - STALE_S - 60,) * 2)
+    (tmp_path / ".b.json.0ther.tmp").write_text("another file's")
+    os.utime(tmp_path / ".b.json.0ther.tmp", (time.time() - STALE_S - 60,) * 2)
+    write_text_atomic(tmp_path / "a.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.json.l1v3.tmp", ".b.json.0ther.tmp", "a.json"]
+
+
+@pytest.mark.slow  # waits SQLITE_WAIT_S (10 s) for the lock by design
+def test_a_locked_sqlite_storage_is_one_line_within_seconds(tmp_path):
+    import sqlite3
+
+    from forecast.hpo.storage import SQLITE_WAIT_S
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    open_storage(url, 0)  # the tables
+    holder = sqlite3.connect(tmp_path / "l.db")
+    holder.execute("BEGIN EXCLUSIVE")
+    started = time.time()
+    try:
+        with pytest.raises(ForecastError, match="database is locked"):
+            open_storage(url, 0)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert time.time() - started < SQLITE_WAIT_S + 10

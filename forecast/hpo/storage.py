@@ -40,6 +40,7 @@ from forecast.io import atomic_path
 DEFAULT_DB = "optuna.db"
 WORKER_ATTR = "worker"  # user attr "host:pid:start" of the process running a trial
 MAX_RETRY = 1  # a trial whose process died is run once more, then left failed
+SQLITE_WAIT_S = 10  # how long a write waits for a locked SQLite database
 
 
 def describe(url: str) -> str:
@@ -99,7 +100,9 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
         kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
                   "heartbeat_stale_trial_callback": retry} if heartbeat > 0 else {}
         # pre-ping: a connection the server dropped (restart, network) is replaced, not used
-        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        # SQLite: a write waits up to SQLITE_WAIT_S for another process's (each takes milliseconds); a database
+        # held longer (an open `sqlite3` shell, a copy tool) is a one-line error within seconds, not a minute
+        engine = {"connect_args": {"timeout": SQLITE_WAIT_S}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: stable in use since 2.x
             return _open_rdb(rdb_url(url), engine, kwargs)
