@@ -70,6 +70,26 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def check_writable(folders: list[Path]) -> None:
+    """The folders a command will write into can be written, checked before it starts work (inside
+    the Trainer a failure is hidden behind the teardown's own error, the network still on `meta`). A
+    folder not there yet is checked at its nearest existing parent; nothing is created or left.
+
+    Raises:
+        OSError: naming the folder (read-only, no permission, a file where the folder goes).
+    """
+    for folder in folders:
+        probe = folder
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe))
+        try:
+            tempfile.TemporaryFile(dir=probe).close()  # unnamed, gone on close: nothing is left
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(folder)) from None
+
+
 def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:

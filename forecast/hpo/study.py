@@ -46,6 +46,7 @@ from forecast.hpo.storage import (
     retry_queued,
     worker_id,
 )
+from forecast.io import check_writable
 from forecast.metrics import MONITOR, MONITOR_MODE
 from forecast.sizing.budget import parse_budget
 from forecast.sizing.devices import one_device
@@ -119,6 +120,7 @@ def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = Non
     now, not in every trial), and the ends of the space are parsed by the real CLI parser.
     """
     _check_numbers(options)
+    check_writable([options.log_dir])  # a read-only --log-dir is said as such, not as "no free disk"
     label = parse_budget(options.budget).label
     spec = load_space(options.search_space)
     _check_no_clash(options.overrides, [p.key for p in spec.params])

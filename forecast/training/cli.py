@@ -7,9 +7,6 @@ configs, then `cli.trainer.fit(cli.model, cli.datamodule)`. Where a run's files 
 
 from __future__ import annotations
 
-import errno
-import os
-import tempfile
 import warnings
 from argparse import ArgumentError
 from pathlib import Path
@@ -28,7 +25,7 @@ from forecast import configs
 from forecast.data.datamodule import ForecastDataModule
 from forecast.domains import MemoryGB, PositiveFiniteFloat, Seed, Size
 from forecast.errors import ForecastError
-from forecast.io import write_json_atomic
+from forecast.io import check_writable, write_json_atomic
 from forecast.metrics import MONITOR, MONITOR_MODE
 from forecast.parsing import one_line
 from forecast.sizing.devices import (
@@ -289,26 +286,6 @@ def run_folders(config) -> list[Path]:
     logger, ckpt = config.trainer.get("logger"), config.get("checkpoint")
     folders = [getattr(logger, "log_dir", None), getattr(ckpt, "dirpath", None)]
     return [Path(str(f)) for f in folders if f and "://" not in str(f)]
-
-
-def check_writable(folders: list[Path]) -> None:
-    """The folders a run writes into can be written, checked before the Trainer starts: a failure
-    inside it is hidden behind the teardown's own error (the network still on `meta`). A folder not
-    there yet is checked at its nearest existing parent; nothing is created or left.
-
-    Raises:
-        OSError: naming the folder (read-only, no permission, a file where the folder goes).
-    """
-    for folder in folders:
-        probe = folder
-        while not probe.exists() and probe.parent != probe:
-            probe = probe.parent
-        if not probe.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(probe))
-        try:
-            tempfile.TemporaryFile(dir=probe).close()  # unnamed, gone on close: nothing is left
-        except OSError as err:
-            raise OSError(err.errno, err.strerror, str(folder)) from None
 
 
 def _check_finite(config) -> None:
