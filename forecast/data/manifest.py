@@ -59,7 +59,7 @@ def load_manifest(data_dir: str | os.PathLike, kind: Kind) -> dict[str, dict[str
     return files
 
 
-# The fields every entry holds, and those of a built tier (an entry with `tier`), with their types.
+# The fields every entry holds, and those of a built tier (an entry with `tier`; a raw entry has `source`).
 _ENTRY_FIELDS: dict[str, type | tuple[type, ...]] = {
     "path": str, "md5": str, "rows": int, "first": (str, type(None)), "last": (str, type(None)), "columns": list}
 _TIER_FIELDS: dict[str, type | tuple[type, ...]] = {"tier": str, "tier_version": int, "sources": dict}
@@ -73,7 +73,7 @@ def _check_entry(key: str, entry: Any) -> None:
     """
     if not isinstance(entry, dict):
         raise TypeError(f"entry {key!r} is not an object")
-    fields = {**_ENTRY_FIELDS, **(_TIER_FIELDS if "tier" in entry else {})}
+    fields = {**_ENTRY_FIELDS, **(_TIER_FIELDS if "tier" in entry else {"source": str})}
     for name, kind in fields.items():
         value = entry.get(name, ...)
         if value is ... or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
