@@ -16,6 +16,7 @@ A search-space YAML (configs/hpo/search_space.yaml) has two parts:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -218,7 +219,10 @@ def _grid(value: Any, path: Path) -> dict[str, list[Any]]:
     if not isinstance(value, str):
         raise ForecastError(f"{path}: architecture.grid must be a mapping of lists or a file name, got {value!r}")
     beside = path.parent / str(value)  # relative to the search-space file first
-    return load_grid(beside if beside.is_file() else Path(value))
+    with contextlib.suppress(OSError):  # a name too long: load_grid says so
+        if beside.is_file():
+            return load_grid(beside)
+    return load_grid(Path(value))
 
 
 def _check_keys(params: Sequence[Param], path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from forecast import configs
-from forecast.errors import ForecastError
+from forecast.errors import ForecastError, os_error_line
 from forecast.model import check_arguments, num_patches
 from forecast.trust import read_yaml
 
@@ -172,7 +172,11 @@ class Arch:
 def load_grid(path: str | Path = GRID_PATH) -> dict[str, list[float]]:
     """Read the architecture grid: lists of d_model, n_layers, head_dim and ffn_ratio values."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # a name too long for the file system
+        raise ForecastError(f"architecture grid: {os_error_line(err)}") from None
+    if not found:
         raise ForecastError(f"architecture grid {path} not found")
     grid = read_yaml(path, "architecture grid") or {}
     if not isinstance(grid, dict):
