@@ -442,6 +442,189 @@ def test_fuzzed_command_lines_keep_the_contract(command, world, capfd, monkeypat
     example()
 
 
+# -- files as well as flags: each file a user edits or a peer writes, made from its schema, then broken --------
+HOSTILE = st.sampled_from([None, 0, -1, 1.5, 1e308, "x", "50%", "²", "A" * 5000, [], {}, True, [[1]], {"a": {"b": 1}}])
+FILE_KINDS = ("config", "grid", "space", "manifest", "checkpoint", "storage")
+EXPENSIVE_FILES = {"config", "checkpoint"}  # each example runs a fit/test batch
+
+
+def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every place in a nested document (mapping keys and list items), the root included."""
+    found = [prefix]
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for key, value in items:
+        found += _paths(value, (*prefix, key))
+    return found
+
+
+@st.composite
+def broken(draw, doc: Any) -> Any:
+    """`doc` with one place replaced by a hostile value, or deleted, or nested 100 levels deep."""
+    doc = json.loads(json.dumps(doc))
+    places = [p for p in _paths(doc) if p]
+    if not places:
+        return draw(HOSTILE)
+    place = draw(st.sampled_from(places))
+    parent = doc
+    for key in place[:-1]:
+        parent = parent[key]
+    how = draw(st.sampled_from(["replace", "replace", "delete", "deep"]))
+    if how == "delete" and isinstance(parent, dict):
+        del parent[place[-1]]
+    elif how == "deep":
+        parent[place[-1]] = json.loads("[" * 100 + "1" + "]" * 100)
+    else:
+        parent[place[-1]] = draw(HOSTILE)
+    return doc
+
+
+def valid_file(kind: str, world: World) -> Any:
+    """The document a kind's schema describes, as the tool writes or ships it."""
+    import yaml
+
+    if kind == "config":
+        return yaml.safe_load(Path(DEMO).read_text())
+    if kind == "grid":
+        return {"d_model": [64, 128], "n_layers": [1, 2, 4], "head_dim": [64], "ffn_ratio": [2, 4]}
+    if kind == "space":
+        return yaml.safe_load((ROOT / "configs" / "hpo" / "search_space.yaml").read_text())
+    if kind == "manifest":
+        return json.loads((world.data / "raw" / "manifest.json").read_text())
+    if kind == "storage":
+        return {"fingerprint": {"data": {"symbol": SYMBOL, "tier": "a25", "task": "threshold", "threshold": 0.01,
+                                         "horizon": 1}, "budget": "2M", "data_fingerprint": "0" * 32},
+                "trial": {"params": 20000, "arch_id": "d64-l1", "best_epoch": 0, "epochs_run": 1,
+                          "log_dir": "logs/x/trial_0", "replay": "forecast fit --config x.yaml"}}
+    return None  # a checkpoint: bytes, broken below
+
+
+def _write_storage(doc: Any, path: Path) -> str:
+    """A journal study holding `doc`'s records (study fingerprint, one complete trial's attributes)."""
+    import optuna
+
+    from forecast.hpo.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = str(path)
+    study = optuna.create_study(study_name="s", storage=open_storage(url, 0))
+    if isinstance(doc, dict):
+        study.set_user_attr("fingerprint", doc.get("fingerprint"))
+        attrs = doc.get("trial")
+        trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+        for key, value in (attrs.items() if isinstance(attrs, dict) else []):
+            trial.set_user_attr(str(key), value)
+        study.tell(trial, 0.5)
+    return url
+
+
+@st.composite
+def damaged_files(draw, kind: str, world: World) -> tuple[str, Any]:
+    """("doc", a broken document) or ("bytes", a file cut or flipped at a drawn byte)."""
+    if kind in ("checkpoint", "storage") and draw(st.booleans()):
+        return "bytes", (draw(st.sampled_from(["cut", "flip"])), draw(st.floats(0, 1)))
+    return "doc", draw(broken(valid_file(kind, world)))
+
+
+def _damage_bytes(path: Path, how: tuple[str, float]) -> None:
+    data = bytearray(path.read_bytes())
+    at = min(int(how[1] * len(data)), len(data) - 1)
+    if how[0] == "cut":
+        del data[at:]
+    else:
+        data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def file_example(kind: str, damage: tuple[str, Any], world: World, case: Path, capfd, monkeypatch) -> str | None:
+    """Write the damaged file, read it with the command (or the reader) that takes it; the violation."""
+    import yaml
+
+    form, doc = damage
+    text = yaml.safe_dump(doc) if form == "doc" else ""
+    run = ["--config", DEMO, f"--data.data_dir={world.data}", f"--data.symbol={SYMBOL}", *TINY,
+           f"--trainer.logger.init_args.save_dir={case / 'logs'}"]
+    if kind == "config":
+        (case / "c.yaml").write_text(text)
+        return run_one(["fit", *run, "--config", str(case / "c.yaml"), "--trainer.fast_dev_run=true"],
+                       case, world, capfd, monkeypatch)
+    if kind == "grid":
+        (case / "g.yaml").write_text(text)
+        return run_one(["arch", "--budget", "2M", "--grid", str(case / "g.yaml")], case, world, capfd, monkeypatch)
+    if kind == "manifest":
+        shutil.copytree(world.data, case / "data")
+        (case / "data" / "raw" / "manifest.json").write_text(json.dumps(doc))
+        command = ["data", "info"] if len(text) % 2 else ["data", "verify"]
+        violation = run_one(command, case, world, capfd, monkeypatch)
+        # `data verify` reports: a table, then one `mismatch:` line per bad entry on stderr, exit 1
+        return None if command[1] == "verify" and violation and violation.startswith("not one line (exit 1)") \
+            and "Traceback" not in violation else violation
+    if kind == "checkpoint":
+        shutil.copy(world.ckpt, case / "c.ckpt")
+        if form == "bytes":
+            _damage_bytes(case / "c.ckpt", doc)
+        else:
+            import torch
+
+            ckpt = torch.load(world.ckpt, weights_only=True)
+            key = sorted(ckpt)[len(text) % len(ckpt)]
+            ckpt[key] = doc if not isinstance(doc, dict) or key == "state_dict" else {"broken": doc}
+            torch.save(ckpt, case / "c.ckpt")
+        return run_one(["test", *run, "--ckpt_path", str(case / "c.ckpt"), "--trainer.fast_dev_run=true"],
+                       case, world, capfd, monkeypatch)
+    return _reader_example(kind, form, doc, text, case)
+
+
+def _reader_example(kind: str, form: str, doc: Any, text: str, case: Path) -> str | None:
+    """The readers the parse-time fuzzing stands in for (the search space, the report's storage): they
+    return, or raise ForecastError in one line; anything else is the violation."""
+    from forecast.core.errors import ForecastError
+
+    try:
+        if kind == "space":
+            from forecast.hpo.space import load_space
+
+            (case / "s.yaml").write_text(text)
+            load_space(case / "s.yaml")
+        else:
+            from forecast.report.collect import collect
+
+            url = _write_storage(doc if form == "doc" else valid_file("storage", None), case / "s.journal")
+            if form == "bytes":
+                _damage_bytes(case / "s.journal", doc)
+            collect(url)
+    except ForecastError as err:
+        return None if len(str(err).splitlines()) <= 1 else f"not one line: {str(err)[:300]!r}"
+    except Exception as err:  # noqa: BLE001 - any other exception is the violation sought
+        return f"traceback: {type(err).__name__}: {str(err)[:200]}"
+    return None
+
+
+@pytest.mark.parametrize("kind", FILE_KINDS)
+def test_fuzzed_files_keep_the_contract(kind, world, capfd, monkeypatch):
+    n = EXAMPLES // 200 if kind in EXPENSIVE_FILES else max(1, EXAMPLES // 25)
+    if n == 0:
+        pytest.skip("a fit or test batch per example: in `make fuzz` (FUZZ_EXAMPLES >= 200)")
+
+    @settings(max_examples=n, deadline=None, derandomize=os.environ.get("FUZZ_RANDOM") is None and not SURVEY,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                     HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @given(damage=damaged_files(kind, world))
+    def example(damage):
+        case = Path(tempfile.mkdtemp(dir=world.root / "cases"))
+        try:
+            violation = file_example(kind, damage, world, case, capfd, monkeypatch)
+        finally:
+            shutil.rmtree(case, ignore_errors=True)
+        if SURVEY:
+            with open(SURVEY, "a") as f:
+                f.write(json.dumps({"command": f"file:{kind}", "argv": [repr(damage)[:300]],
+                                    "violation": violation}) + "\n")
+            return
+        assert violation is None, f"{violation}\ndamage: {damage!r}"[:2000]
+
+    example()
+
+
 def summary(log: str) -> int:
     """`make fuzz`'s last line: examples and violations per command from the log; 1 if any broke the contract."""
     rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]

@@ -107,6 +107,19 @@ def code_checkpoint(case: Path) -> None:
     torch.save({"state_dict": {}, "hyper_parameters": {"x": Pickled()}}, case / "code.ckpt")
 
 
+def edited_checkpoint(**fields) -> Callable[[Path], None]:
+    """The run's last.ckpt with `fields` replaced (None: dropped), saved as <case>/edited.ckpt."""
+    def setup(case: Path) -> None:
+        ckpt = torch.load(case / "logs/demo/version_0/checkpoints/last.ckpt", weights_only=True)
+        for key, value in fields.items():
+            if value is None:
+                ckpt.pop(key, None)
+            else:
+                ckpt[key] = value
+        torch.save(ckpt, case / "edited.ckpt")
+    return setup
+
+
 CSV_HEAD = "Date,Open,High,Low,Close,Adj Close,Volume\n"
 ROW = "{},10,11,9,10.5,10.5,100\n"
 GOOD_ROWS = "".join(ROW.format(f"2020-01-0{d}") for d in (2, 3, 6))
@@ -124,6 +137,21 @@ CASES = [
     ("processed-manifest-corrupt", write("data/processed/manifest.json", "{"), ["fit", "@fit"], "not a readable manifest"),
     ("processed-manifest-entry-gone", write("data/processed/manifest.json", '{"format": 1, "files": {}}'),
      ["fit", "@fit"], "has no entry"),
+    # manifest entries a hand or a peer broke (issue 29): one line from the reader and from the checker
+    ("raw-manifest-entry-not-object", write("data/raw/manifest.json", '{"format": 1, "files": {"raw/SP500.parquet": 3}}'),
+     ["data", "info"], "entry 'raw/SP500.parquet' is not an object"),
+    ("processed-manifest-entry-no-md5", write("data/processed/manifest.json",
+                                               '{"format": 1, "files": {"processed/SP500_a25.parquet": {}}}'),
+     ["data", "verify"], "no field 'path'"),
+    ("raw-manifest-entry-rows-text", write("data/raw/manifest.json", json.dumps({"format": 1, "files": {
+        "raw/SP500.parquet": {"path": "raw/SP500.parquet", "md5": "0", "rows": "many", "first": None, "last": None,
+                              "columns": []}}})),
+     ["data", "build", "--symbol", "SP500", "--tier", "a25"], "a malformed field 'rows'"),
+    ("processed-manifest-entry-sources-list", write("data/processed/manifest.json", json.dumps({"format": 1, "files": {
+        "processed/SP500_a25.parquet": {"path": "processed/SP500_a25.parquet", "md5": "0", "rows": 1, "first": None,
+                                        "last": None, "columns": [], "tier": "a25", "tier_version": 1,
+                                        "sources": ["SP500"]}}})),
+     ["fit", "@fit"], "a malformed field 'sources'"),
     ("raw-manifest-deleted-build", delete("data/raw/manifest.json"),
      ["data", "build", "--symbol", "SP500", "--tier", "a25"], "does not exist"),
     ("raw-manifest-deleted-fit", delete("data/raw/manifest.json"), ["fit", "@fit"], "does not exist"),
@@ -166,6 +194,27 @@ CASES = [
     ("hpo-postgres-unreachable", None,
      ["hpo", "--budget", "2M", "--trials", "1", "--config", "{cfg}", "--log-dir", "{logs}/hpo",
       "--storage", "postgresql://nobody@127.0.0.1:9/none"], "cannot open storage postgresql://"),
+    # checkpoints that load weights-only but carry malformed fields, or weights only (issue 29)
+    ("ckpt-weights-only-resumed", edited_checkpoint(optimizer_states=None, loops=None, lr_schedulers=None),
+     ["fit", "@fit", "--ckpt_path", "{case}/edited.ckpt"], "holds weights only"),
+    ("ckpt-global-step-text", edited_checkpoint(global_step="x"), ["test", "@fit", "--ckpt_path", "{case}/edited.ckpt"],
+     "a damaged Lightning checkpoint (global_step is str"),
+    ("ckpt-callbacks-number", edited_checkpoint(callbacks=3), ["fit", "@fit", "--ckpt_path", "{case}/edited.ckpt"],
+     "a damaged Lightning checkpoint (callbacks is int"),
+    ("ckpt-state-dict-list", edited_checkpoint(state_dict=[1, 2]), ["predict", "@fit", "--ckpt_path", "{case}/edited.ckpt"],
+     "state_dict is not a mapping of names to tensors"),
+    ("config-block-null", write("null.yaml", "trainer:\n"), ["fit", "@fit", "--config", "{case}/null.yaml"],
+     "`trainer:` is empty"),
+    ("config-block-number", write("num.yaml", "checkpoint: 3\n"), ["fit", "@fit", "--config", "{case}/num.yaml"],
+     "`checkpoint` is 3, but it holds a block of options"),
+    # a file where the log folder goes (issue 29): the real OSError in one line, not the teardown's meta error
+    ("fit-log-folder-is-a-file", write("blocked", "x"),
+     ["fit", "--config", "{cfg}", "--trainer.logger.init_args.save_dir={case}/blocked/logs", *TINY],
+     "a file stands where a folder is expected"),
+    ("fit-checkpoint-folder-is-a-file", write("blocked", "x"), ["fit", "@fit", "--checkpoint.dirpath={case}/blocked/c"],
+     "a file stands where a folder is expected"),
+    ("hpo-log-dir-is-a-file", write("blocked", "x"),
+     ["hpo", "--budget", "2M", "--trials", "1", "--config", "{cfg}", "--log-dir", "{case}/blocked/hpo"], "Not a directory"),
     # already handled before this sweep: they must stay so
     ("import-missing-file", None, ["data", "import", "SPY", "{case}/nope.csv"], "no such file"),
     ("import-empty-file", write("empty.csv", ""), ["data", "import", "SPY", "{case}/empty.csv"], "empty file"),

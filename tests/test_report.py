@@ -25,6 +25,7 @@ from forecast.core.metric_names import MONITOR
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
 from forecast.hpo.study import HpoOptions, run_study
+from forecast.report import build
 from forecast.report.build import ReportOptions
 from forecast.report.equivalence import verdict_text
 from forecast.report.outputs import make_report
@@ -258,9 +259,27 @@ def test_changed_data_retrains_instead_of_reusing(report, studies, tmp_path, mon
     copy = tmp_path / "report"
     shutil.copytree(out, copy)
     monkeypatch.setattr(ForecastDataModule, "fingerprint", lambda self: "rebuilt")
+    monkeypatch.setattr(build, "_check_same_data", lambda *_: None)  # the study's own check: the next test
     make_report(ReportOptions(storage=url, seeds=1, folds=FOLDS, out=copy, bootstrap=0), say=lambda _: None)
     runs = pd.read_csv(copy / "runs.csv")
     assert len(runs) == len(BUDGETS) * FOLDS and not runs["reused"].any()
+
+
+def test_a_report_on_other_prices_than_the_search_saw_is_refused(studies, tmp_path, capsys):
+    """`--data.data_dir OTHER` with changed prices on the same days: refused as `forecast hpo` refuses it."""
+    url, logs = studies
+    other = tmp_path / "other"
+    raw = synthetic_raw(n=1000, start="2014-01-02")
+    raw.loc[500:, ["Open", "High", "Low", "Close", "Adj Close"]] *= 1.01  # the same days, other prices
+    write_raw(other, SYMBOL, raw, source="synthetic test series")
+    write_raw(other, "VIX", synthetic_vix(raw["Date"]), source="synthetic VIX")
+    build_and_write(other, SYMBOL, "c")
+    before = sorted(p.name for p in logs.rglob("*"))
+    out = tmp_path / "out"
+    assert forecast_main(["report", "--storage", url, "--out", str(out), f"--data.data_dir={other}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was searched on other data (data fingerprint" in err[0] and str(other) in err[0], err
+    assert not out.exists() and sorted(p.name for p in logs.rglob("*")) == before
 
 
 def test_folds_that_would_test_on_the_searched_validation_period_are_refused(studies, tmp_path, capsys):

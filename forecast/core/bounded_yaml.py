@@ -2,7 +2,7 @@
 
 `safe_load` refuses duplicate keys (with their line), documents whose aliases would expand past
 `MAX_NODES` nodes (counted on the composed node graph, before anything is constructed), recursive
-aliases, and numbers that are not finite (`1.0e+400` reads as inf). `forecast.core.allowlist.install`
+aliases, nesting past `MAX_DEPTH` levels, and numbers that are not finite (`1.0e+400` reads as inf). `forecast.core.allowlist.install`
 registers it as jsonargparse's YAML loader (`set_loader`), so every parser reads through it.
 """
 
@@ -17,13 +17,17 @@ import yaml
 from forecast.core.errors import ForecastError
 
 MAX_NODES = 10_000  # YAML nodes after alias expansion; our largest config has ~100
+MAX_DEPTH = 64  # nested mappings/lists; our deepest config has 5 (the composer recurses per level)
 
 
 class UnsafeYAML(yaml.YAMLError):
     """A YAML document this program refuses to construct (duplicate key, alias bomb, non-finite number)."""
 
-_UNSAFE = re.compile(r"duplicate key .*? \(first at line \d+\)|the document expands to more than [\d,]+ nodes"
-                     r"|recursive alias at line \d+|\S+ at line \d+ is not a finite number")
+# Linear in the message's length (a value of 100,000 characters without a space is quoted whole): a
+# token is tried only from its start (the lookbehind), and a duplicate key's text is bounded.
+_UNSAFE = re.compile(r"duplicate key [^\n]{0,400}? \(first at line \d+\)|the document expands to more than [\d,]+ "
+                     r"nodes|recursive alias at line \d+|nested more than \d+ levels deep at line \d+"
+                     r"|(?<!\S)\S+ at line \d+ is not a finite number")
 
 
 def unsafe_reason(message: str) -> str | None:
@@ -108,6 +112,23 @@ def expanded_size(root: yaml.Node, limit: int = MAX_NODES) -> int:
     return size(root)
 
 
+def check_depth(text: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse a document nested deeper than `limit` levels, counted on the parser's event stream
+    (which does not recurse) before the composer, which does, would hit Python's recursion limit.
+
+    Raises:
+        UnsafeYAML: too deep; yaml.YAMLError for what is not YAML at all.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > limit:
+                raise UnsafeYAML(f"nested more than {limit} levels deep at line {event.start_mark.line + 1}")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def safe_load(text: str, path: str = "") -> Any:
     """Parse one YAML document under the rules above.
 
@@ -116,11 +137,12 @@ def safe_load(text: str, path: str = "") -> Any:
         path: where it came from (named in the message).
 
     Raises:
-        UnsafeYAML: a duplicate key, an alias expansion past `MAX_NODES`, a recursive alias, a
-            non-finite number; yaml.YAMLError for what is not YAML at all.
+        UnsafeYAML: a duplicate key, an alias expansion past `MAX_NODES`, a recursive alias, nesting
+            past `MAX_DEPTH`, a non-finite number; yaml.YAMLError for what is not YAML at all.
     """
     loader = _Loader(text)
     try:
+        check_depth(text)
         root = loader.get_single_node()
         if root is None:
             return None

@@ -39,6 +39,7 @@ THREADS_ENV = "FORECAST_THREADS"  # the documented option: threads per process, 
 SAMPLE_S = 0.25  # how long the neighbours' CPU use is sampled (once per process)
 TINY_PARAMS = 30_000  # below this a model's matmuls are too small to split across threads
 BUSY_CORE = 0.5  # a neighbour using more than half a core takes that core
+MAX_THREADS_PER_CPU = 4  # a user's thread count beyond this many per CPU only contends (100000 would be spawned)
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,14 @@ def user_choice(env: dict[str, str] | None = None) -> Choice | None:
         ValueError: a value that is not a positive integer (the caller says so in one line).
     """
     env = os.environ if env is None else env
+    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
     for name in (THREADS_ENV, "OMP_NUM_THREADS"):
         value = env.get(name, "").strip()
         if value:
-            if not value.isdigit() or int(value) < 1:
-                raise ValueError(f"{name}={value!r}: expected a positive number of threads")
+            # ASCII digits only: "²".isdigit() is True, and int() then fails without naming the variable
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= most:
+                raise ValueError(f"{name}={value!r}: expected a number of threads from 1 to {most} "
+                                 f"({MAX_THREADS_PER_CPU} per CPU of this machine)")
             return Choice(int(value), f"set by {name}")
     return None
 

@@ -25,9 +25,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from forecast.core.domains import Date, Seed, SignalStrength, Symbol, SyntheticYears
+from forecast.core.errors import ForecastError
 from forecast.core.parsers import command_parser, parse, sub_parser
 from forecast.data.manifest import load_manifest, verify
-from forecast.data.paths import DATA_DIR_ENV, resolve_data_dir, storage_symbol
+from forecast.data.paths import DATA_DIR_ENV, raw_path, relative, resolve_data_dir, storage_symbol
 from forecast.data.raw import check_raw, write_raw
 
 
@@ -50,12 +51,36 @@ def _tell_written(entry: dict[str, Any]) -> None:
         _echo(f"  {note}")
 
 
-def _write_all(data_dir: Path, items: Sequence[tuple[str, Any, str, bool]]) -> None:
-    """Validate every (symbol, frame, source, sample) first, then write them one by one."""
-    for _symbol, frame, source, _sample in items:
-        check_raw(frame, source)
+def _write_all(data_dir: Path, items: Sequence[tuple[str, Any, str, bool]], replace: bool = False) -> None:
+    """Validate every (symbol, frame, source, sample) first, then write them one by one.
+
+    A raw file already there of another source, length or date range is kept unless `replace`
+    (a sample must never silently take the place of downloaded prices).
+    """
+    known = load_manifest(data_dir, "raw")
+    for symbol, frame, source, _sample in items:
+        clean, _ = check_raw(frame, source)
+        if not replace:
+            _check_not_replacing(data_dir, known, symbol, clean, source)
     for symbol, frame, source, sample in items:
         _tell_written(write_raw(data_dir, symbol, frame, source, sample=sample))
+
+
+def _check_not_replacing(data_dir: Path, known: dict[str, dict[str, Any]], symbol: str, frame: Any,
+                         source: str) -> None:
+    """Refuse to write over a raw file that holds other prices than `frame` (from `source`)."""
+    path = raw_path(data_dir, symbol)
+    old = known.get(relative(data_dir, path))
+    if old is None or not path.exists():
+        return
+    dates = frame["Date"]
+    new = {"source": source, "rows": len(frame), "first": dates.iloc[0].date().isoformat(),
+           "last": dates.iloc[-1].date().isoformat()}
+    if all(old.get(k) == v for k, v in new.items()):
+        return  # the same prices again: writing them changes nothing a user relies on
+    raise ForecastError(f"{path} holds {old['rows']} rows {old['first']}..{old['last']} from {old.get('source')}; "
+                        f"the new prices are {new['rows']} rows {new['first']}..{new['last']} from {source}: "
+                        "pass --replace to replace it, or --data-dir to write elsewhere")
 
 
 def cmd_download(args: Namespace) -> int:
@@ -73,7 +98,7 @@ def cmd_download(args: Namespace) -> int:
         )
         for symbol in args.symbols
     ]
-    _write_all(args.data_dir, items)
+    _write_all(args.data_dir, items, args.replace)
     return 0
 
 
@@ -82,7 +107,7 @@ def cmd_import(args: Namespace) -> int:
     from forecast.data.sources import read_price_csv
 
     frame = read_price_csv(args.file, args.symbol)
-    _write_all(args.data_dir, [(args.symbol, frame, str(args.file), False)])
+    _write_all(args.data_dir, [(args.symbol, frame, str(args.file), False)], args.replace)
     return 0
 
 
@@ -90,7 +115,7 @@ def cmd_sample(args: Namespace) -> int:
     """`sample`: the offline series shipped with `arch`."""
     from forecast.data.sources import sample_series
 
-    _write_all(args.data_dir, [(s.symbol, s.frame, s.source, True) for s in sample_series()])
+    _write_all(args.data_dir, [(s.symbol, s.frame, s.source, True) for s in sample_series()], args.replace)
     return 0
 
 
@@ -176,6 +201,11 @@ def cmd_info(args: Namespace) -> int:
     return 0
 
 
+def _replace_flag(p: ArgumentParser) -> None:
+    p.add_argument("--replace", action="store_true",
+                   help="replace a raw file of another source, length or date range (default: refuse)")
+
+
 def build_parser() -> ArgumentParser:
     """The `forecast data` argument parser (jsonargparse: every option typed, see forecast.core.domains)."""
     from forecast.data.tiers import DEFAULT_TIER, TIERS
@@ -194,12 +224,15 @@ def build_parser() -> ArgumentParser:
     p.add_argument("symbols", nargs="+", type=Symbol, metavar="SYMBOL", help="Yahoo tickers; ^VIX is stored as VIX")
     p.add_argument("--start", type=Date | None, default=None, help="first day, YYYY-MM-DD (default: all history)")
     p.add_argument("--end", type=Date | None, default=None, help="last day, inclusive, YYYY-MM-DD (default: today)")
+    _replace_flag(p)
 
     p = add("import", "a Yahoo-layout CSV file")
     p.add_argument("symbol", type=Symbol, metavar="SYMBOL", help="the symbol to store it as")
     p.add_argument("file", type=Path, metavar="FILE", help="Date,Open,High,Low,Close,Adj Close,Volume")
+    _replace_flag(p)
 
-    add("sample", "offline sample: S&P 500 1999-2018 (SP500) and VIX closes 2014-2019 (VIX)")
+    p = add("sample", "offline sample: S&P 500 1999-2018 (SP500) and VIX closes 2014-2019 (VIX)")
+    _replace_flag(p)
 
     _add_synthetic(add("synthetic", "a control series: a planted, learnable signal or none, dated 1999-2018"))
 

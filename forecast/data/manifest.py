@@ -52,9 +52,36 @@ def load_manifest(data_dir: str | os.PathLike, kind: Kind) -> dict[str, dict[str
         files = doc["files"]
         if not isinstance(files, dict):
             raise TypeError("'files' is not an object")
+        for key, entry in files.items():
+            _check_entry(key, entry)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ForecastError(f"{path}: not a readable manifest ({err}); fix or delete it") from err
+        raise ForecastError(f"{path}: not a readable manifest ({err}); fix or delete it") from None
     return files
+
+
+# The fields every entry holds, and those of a built tier (an entry with `tier`; a raw entry has `source`).
+_ENTRY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "path": str, "md5": str, "rows": int, "first": (str, type(None)), "last": (str, type(None)), "columns": list}
+_TIER_FIELDS: dict[str, type | tuple[type, ...]] = {"tier": str, "tier_version": int, "sources": dict}
+
+
+def _check_entry(key: str, entry: Any) -> None:
+    """One entry against the manifest's schema (a peer or a hand edit may have broken it).
+
+    Raises:
+        TypeError: a field is missing or of the wrong type, or the entry is filed under another path.
+    """
+    if not isinstance(entry, dict):
+        raise TypeError(f"entry {key!r} is not an object")
+    fields = {**_ENTRY_FIELDS, **(_TIER_FIELDS if "tier" in entry else {"source": str})}
+    for name, kind in fields.items():
+        value = entry.get(name, ...)
+        if value is ... or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise TypeError(f"entry {key!r}: {'no' if value is ... else 'a malformed'} field {name!r}")
+    if entry["path"] != key or entry["rows"] < 0 or not all(isinstance(c, str) for c in entry["columns"]):
+        raise TypeError(f"entry {key!r}: its path, rows or columns are malformed")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in entry.get("sources", {}).items()):
+        raise TypeError(f"entry {key!r}: a malformed field 'sources'")
 
 
 @contextlib.contextmanager

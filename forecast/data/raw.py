@@ -33,6 +33,7 @@ _OLDEST, _NEWEST = pd.Timestamp("1800-01-01"), pd.Timestamp("2200-01-01")
 # day: such a number is a typo, a unit error (1e300, cents for dollars) or an unadjusted split, and
 # left in, it would scale every other day's features to nothing.
 MAX_PRICE = 1e7
+MIN_PRICE = 1e-6  # its twin below: no quote is a millionth of a unit (1e-298 is a unit error or a broken file)
 MAX_DAY_RATIO = 10.0
 
 
@@ -188,14 +189,15 @@ def _adjustment_drops(frame: pd.DataFrame, notes: list[str]) -> None:
 
 
 def _check_plausible(frame: pd.DataFrame, source: str) -> None:
-    """Refuse prices above MAX_PRICE and closes that move more than MAX_DAY_RATIO-fold in one day,
+    """Refuse prices above MAX_PRICE or below MIN_PRICE and closes that move more than MAX_DAY_RATIO-fold in one day,
     naming their dates (prices are already finite and > 0)."""
     prices = frame[PRICE_COLUMNS].to_numpy()  # [rows, 5]
-    high = np.flatnonzero((prices > MAX_PRICE).any(axis=1))
-    if len(high):
-        days = ", ".join(str(d.date()) for d in frame["Date"].iloc[high[:3]])
-        raise ForecastError(f"{source}: prices above {MAX_PRICE:g} on {len(high)} day(s) ({days}"
-                            f"{', ...' if len(high) > 3 else ''}): not a plausible price; fix the file")
+    for bad, what in (((prices > MAX_PRICE), f"above {MAX_PRICE:g}"), ((prices < MIN_PRICE), f"below {MIN_PRICE:g}")):
+        days_at = np.flatnonzero(bad.any(axis=1))
+        if len(days_at):
+            days = ", ".join(str(d.date()) for d in frame["Date"].iloc[days_at[:3]])
+            raise ForecastError(f"{source}: prices {what} on {len(days_at)} day(s) ({days}"
+                                f"{', ...' if len(days_at) > 3 else ''}): not a plausible price; fix the file")
     close = frame["Close"].to_numpy()
     ratio = close[1:] / close[:-1]  # [rows-1]: day t over day t-1
     jumps = np.flatnonzero((ratio > MAX_DAY_RATIO) | (ratio < 1 / MAX_DAY_RATIO)) + 1

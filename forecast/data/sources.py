@@ -188,8 +188,11 @@ def fetch_yahoo(
     )
 
 
+CSV_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark spreadsheet programs write
+
+
 def _head(path: Path, n: int) -> list[list[str]]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding=CSV_ENCODING) as f:
         return list(itertools.islice(csv.reader(f), n))
 
 
@@ -207,7 +210,8 @@ def _is_three_header(head: list[list[str]]) -> bool:
 
 
 def _read_three_header(path: Path, head: list[list[str]], symbol: str) -> pd.DataFrame:
-    body = pd.read_csv(path, header=None, skiprows=3, dtype={0: str}, float_precision="round_trip")
+    body = pd.read_csv(path, header=None, skiprows=3, dtype={0: str}, float_precision="round_trip",
+                       encoding=CSV_ENCODING)
     if body.shape[1] != len(head[0]) or len(head[1]) != len(head[0]):
         raise ValueError("header lines and rows have different numbers of fields")
     body = body.set_index(0).rename_axis("Date")
@@ -216,11 +220,11 @@ def _read_three_header(path: Path, head: list[list[str]], symbol: str) -> pd.Dat
 
 
 def _read_one_header(path: Path) -> pd.DataFrame:
-    names = pd.read_csv(path, nrows=0).columns
+    names = pd.read_csv(path, nrows=0, encoding=CSV_ENCODING).columns
     dates = [c for c in names if _key(c) == "date"]
     # Dates stay text (validation parses them strictly); round_trip parses every price exactly
     # as written, so an imported file matches its CSV digit for digit.
-    return pd.read_csv(path, dtype={c: str for c in dates}, float_precision="round_trip")
+    return pd.read_csv(path, dtype={c: str for c in dates}, float_precision="round_trip", encoding=CSV_ENCODING)
 
 
 def read_price_csv(path: str | os.PathLike, symbol: str) -> pd.DataFrame:

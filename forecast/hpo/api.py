@@ -13,8 +13,9 @@ from forecast.hpo.outputs import counts
 from forecast.hpo.storage import describe, journal_path, open_storage
 
 Study = optuna.Study
+DATA_FINGERPRINT = "data_fingerprint"  # key in a study's `fingerprint`: md5 of the numbers its trials trained on
 
-__all__ = ["QUEUE_STUDY", "Claim", "FrozenTrial", "Study", "TaskQueue", "TaskState", "TrialState", "counts",
+__all__ = ["DATA_FINGERPRINT", "QUEUE_STUDY", "Claim", "FrozenTrial", "Study", "TaskQueue", "TaskState", "TrialState", "counts",
            "describe", "journal_path", "load_study", "open_storage", "study_names"]
 
 

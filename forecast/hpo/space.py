@@ -16,6 +16,7 @@ A search-space YAML (configs/hpo/search_space.yaml) has two parts:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from optuna.distributions import (
 
 from forecast.core.bounded_yaml import read_yaml
 from forecast.core.errors import ForecastError
-from forecast.sizing.budget import Arch, architectures, load_grid
+from forecast.sizing.budget import Arch, architectures, check_grid, load_grid
 
 NET_PREFIX = "model.net.init_args."
 # PatchTST arguments an architecture fixes; the search space may not name them itself.
@@ -130,6 +131,8 @@ def parse_param(name: str, spec: Any, source: str) -> Param:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ForecastError(f"{where}.choices must be a non-empty list")
+        if not all(c is None or isinstance(c, str | int | float | bool) for c in choices):
+            raise ForecastError(f"{where}.choices must hold single values (numbers, words, true/false)")
         return Param(name, key, kind, choices=tuple(choices))
     low, high = spec.get("low"), spec.get("high")
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)) or low > high:
@@ -138,6 +141,14 @@ def parse_param(name: str, spec: Any, source: str) -> Param:
         raise ForecastError(f"{where}: a log scale needs low > 0, got {low}")
     if spec.get("log") and spec.get("step") is not None:
         raise ForecastError(f"{where}: log and step cannot be combined")
+    if not isinstance(spec.get("log", False), bool):
+        raise ForecastError(f"{where}.log must be true or false, got {spec.get('log')!r}")
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int | float) or not math.isfinite(step)
+                             or not 0 < step <= high - low + (high == low)):
+        raise ForecastError(f"{where}.step must be a number > 0 no wider than the range, got {step!r}")
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high, step or 1)):
+        raise ForecastError(f"{where}: an int range needs whole numbers, got low={low!r} high={high!r} step={step!r}")
     return Param(name, key, kind, float(low), float(high), bool(spec.get("log", False)), spec.get("step"))
 
 
@@ -184,10 +195,17 @@ def load_space(path: str | Path) -> SpaceSpec:
     unknown = set(raw) - {"architecture", "params"}
     if unknown:
         raise ForecastError(f"{path}: unknown top-level keys {sorted(unknown)} (expected architecture, params)")
-    arch = raw.get("architecture") or {}
+    arch, params_raw = raw.get("architecture") or {}, raw.get("params") or {}
+    if not isinstance(arch, dict) or not isinstance(params_raw, dict):
+        raise ForecastError(f"{path}: architecture and params must be mappings")
+    unknown = set(arch) - {"grid", "tolerance"}
+    if unknown:
+        raise ForecastError(f"{path}: unknown keys {sorted(unknown)} under architecture (expected grid, tolerance)")
     grid = _grid(arch.get("grid"), path)
-    tolerance = float(arch.get("tolerance", 0.25))
-    params = tuple(parse_param(name, spec, str(path)) for name, spec in (raw.get("params") or {}).items())
+    tolerance = arch.get("tolerance", 0.25)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not 0 < tolerance < 1:
+        raise ForecastError(f"{path}: architecture.tolerance must be a number between 0 and 1, got {tolerance!r}")
+    params = tuple(parse_param(str(name), spec, str(path)) for name, spec in params_raw.items())
     _check_keys(params, path)
     return SpaceSpec(path, params, grid, tolerance)
 
@@ -197,12 +215,14 @@ def _grid(value: Any, path: Path) -> dict[str, list[Any]]:
     if value is None:
         return load_grid()
     if isinstance(value, Mapping):
-        missing = [k for k in ("d_model", "n_layers", "head_dim", "ffn_ratio") if not value.get(k)]
-        if missing:
-            raise ForecastError(f"{path}: architecture.grid lacks {', '.join(missing)}")
-        return {k: list(value[k]) for k in ("d_model", "n_layers", "head_dim", "ffn_ratio")}
+        return check_grid(dict(value), f"{path}: architecture.grid")
+    if not isinstance(value, str):
+        raise ForecastError(f"{path}: architecture.grid must be a mapping of lists or a file name, got {value!r}")
     beside = path.parent / str(value)  # relative to the search-space file first
-    return load_grid(beside if beside.is_file() else Path(value))
+    with contextlib.suppress(OSError):  # a name too long: load_grid says so
+        if beside.is_file():
+            return load_grid(beside)
+    return load_grid(Path(value))
 
 
 def _check_keys(params: Sequence[Param], path: Path) -> None:

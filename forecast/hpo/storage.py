@@ -15,8 +15,10 @@ gone from THIS host is failed at once (the journal storage has no heartbeat).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,14 +31,16 @@ from optuna.storages import (
     RDBStorage,
     RetryHeartbeatStaleTrialCallback,
 )
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
-from forecast.core.errors import ForecastError
+from forecast.core.errors import ForecastError, os_error_line
+from forecast.core.files import atomic_path
 
 DEFAULT_DB = "optuna.db"
 WORKER_ATTR = "worker"  # user attr "host:pid:start" of the process running a trial
 MAX_RETRY = 1  # a trial whose process died is run once more, then left failed
+SQLITE_WAIT_S = 10  # how long a write waits for a locked SQLite database
 
 
 def describe(url: str) -> str:
@@ -85,16 +89,25 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
     try:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            mend_journal(path)
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(url[len("sqlite:///"):])
+            if db.is_file() and db.stat().st_size == 0:  # SQLite would write its tables into any empty file
+                raise ForecastError(f"storage {db} is an empty file (0 bytes), not a database: delete it to start "
+                                    "a new one, or name the database you meant")
+            db.parent.mkdir(parents=True, exist_ok=True)
         kwargs = {"heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
                   "heartbeat_stale_trial_callback": retry} if heartbeat > 0 else {}
         # pre-ping: a connection the server dropped (restart, network) is replaced, not used
-        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        # SQLite: a write waits up to SQLITE_WAIT_S for another process's (each takes milliseconds); a database
+        # held longer (an open `sqlite3` shell, a copy tool) is a one-line error within seconds, not a minute
+        engine = {"connect_args": {"timeout": SQLITE_WAIT_S}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats: stable in use since 2.x
             return _open_rdb(rdb_url(url), engine, kwargs)
+    except ForecastError:
+        raise
     except Exception as err:  # sqlalchemy/driver errors have many types; all mean "cannot open"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         missing = _missing_module(err)
@@ -103,6 +116,77 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
             if url.startswith("postgresql"):  # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
                 first += "; install the psycopg package: pip install 'psycopg[binary]'"
         raise ForecastError(f"cannot open storage {describe(url)}: {first}") from None
+
+
+def mend_journal(path: Path) -> str | None:
+    """Make a journal whose last record was cut off (power loss, a full disk, a copy taken mid-write)
+    whole again before anything reads or appends to it: Optuna would append onto the partial line,
+    after which it can no longer read the file at all.
+
+    A cut tail that is itself a complete record (only its line break lost) gets the line break; any
+    other partial record is dropped, after the whole file is kept beside it as `<name>.torn-<time>`.
+    The check runs under the journal's own lock, so a record another process is writing is never
+    taken for a torn one.
+
+    Returns:
+        The line said on stderr when the journal was mended, else None.
+
+    Raises:
+        ForecastError: the journal is torn and cannot be mended here (read-only).
+    """
+    if not _torn(path):
+        return None
+    lock = JournalFileSymlinkLock(str(path))
+    try:
+        lock.acquire()
+    except OSError as err:
+        raise ForecastError(f"journal {path} ends in a partial record (a write was cut off) and cannot be mended "
+                            f"here ({err.strerror}); copy it to a writable folder and pass that --storage") from None
+    try:
+        return _mend_locked(path) if _torn(path) else None
+    finally:
+        lock.release()
+
+
+def _torn(path: Path) -> bool:
+    """Whether a non-empty journal lacks the line break that ends every complete record."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
+def _mend_locked(path: Path) -> str:
+    data = path.read_bytes()
+    start = data.rfind(b"\n") + 1  # the partial record: data[start:]
+    try:
+        whole = isinstance(json.loads(data[start:]), dict)  # a record is one JSON object
+    except ValueError:
+        whole = False
+    try:
+        if whole:  # only the line break was lost
+            with open(path, "ab") as f:
+                f.write(b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            said = f"journal {path}: its last record had lost its line break; restored"
+        else:
+            keep = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            with atomic_path(keep) as tmp:
+                tmp.write_bytes(data)
+            os.truncate(path, start)
+            said = (f"journal {path}: its last record was cut off ({len(data) - start} bytes: an interrupted "
+                    f"write); dropped it and kept the file as it was in {keep}")
+    except OSError as err:
+        raise ForecastError(f"journal {path} ends in a partial record (a write was cut off) and cannot be "
+                            f"mended: {os_error_line(err)}") from None
+    print(f"forecast: warning: {said}", file=sys.stderr, flush=True)
+    return said
 
 
 def _missing_module(err: BaseException) -> str | None:

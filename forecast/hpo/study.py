@@ -31,9 +31,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from forecast import configs
 from forecast.core.domains import check_name
 from forecast.core.errors import ForecastError
+from forecast.core.files import check_writable
 from forecast.core.metric_names import MONITOR, MONITOR_MODE
 from forecast.core.workers import Pool
 from forecast.hpo import config as cfg
+from forecast.hpo.api import DATA_FINGERPRINT
 from forecast.hpo.config import DEFAULT_SPACE, PRUNERS
 from forecast.hpo.display import Display
 from forecast.hpo.objective import ExtraCallbacks, Objective, TrialFailed, TrialSetup
@@ -54,7 +56,6 @@ from forecast.sizing.machine import check_search
 from forecast.training.config import differences, flag_keys, lookup, resolve
 
 DEFAULT_CONFIG = configs.path("spy.yaml")
-DATA_FINGERPRINT = "data_fingerprint"  # key of the study fingerprint: md5 of what the trials train on
 WAIT_S = 2.0  # how often a process waiting for other workers' trials looks again
 Ending = Literal["done", "stopped", "timeout", "aborted"]
 
@@ -119,6 +120,7 @@ def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = Non
     now, not in every trial), and the ends of the space are parsed by the real CLI parser.
     """
     _check_numbers(options)
+    check_writable([options.log_dir])  # a read-only --log-dir is said as such, not as "no free disk"
     label = parse_budget(options.budget).label
     spec = load_space(options.search_space)
     _check_no_clash(options.overrides, [p.key for p in spec.params])
@@ -201,14 +203,23 @@ def _normalize(obj: Any) -> Any:
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """Serialise study setup among processes of this machine (enqueueing, worker numbers)."""
+    """Serialise study setup among processes of this machine (enqueueing, worker numbers). A setup
+    refused in a folder made for it leaves no folder behind (nor its lock)."""
+    new = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        with open(folder / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    except BaseException:
+        if new and [p.name for p in folder.iterdir()] == [".lock"]:
+            (folder / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def make_sampler(seed: int) -> optuna.samplers.TPESampler:

@@ -282,6 +282,10 @@ def _plan(series: Series, entries: Sequence[StudyEntry], options: ReportOptions,
         except ForecastError as err:
             r.problem = f"best config does not load: {err}"
             say(f"study {r.entry.name}: {r.problem}")
+    seen: dict[str, str] = {}
+    for r in results:
+        if r.entry.name in configs:
+            _check_same_data(r.entry, configs[r.entry.name]["data"], seen)
     for r in results:
         r.search = sufficiency(r.entry, _epoch_limit(r.entry, configs.get(r.entry.name), options.overrides))
     if not configs:
@@ -292,6 +296,30 @@ def _plan(series: Series, entries: Sequence[StudyEntry], options: ReportOptions,
         say(f"{series.label}: {len(folds)} folds, test {folds[0].test[0]}..{folds[-1].test[1]}, "
             f"{sum(len(f.dates) for f in folds)} test samples")
     return series, results, folds, configs
+
+
+def _check_same_data(entry: StudyEntry, data: dict[str, Any], seen: dict[str, str]) -> None:
+    """The report's data must be the numbers the study's trials saw, as a resumed `forecast hpo`
+    requires: changed prices on the same days would be scored without a word.
+
+    The study's recorded data settings are rebuilt where the report finds its files (`data`: the best
+    config with the report's flags, whose data_dir is the one read), fingerprinted as `hpo` does.
+    `seen`: fingerprints already computed, by settings (studies of a series share them).
+
+    Raises:
+        ForecastError: the data module's fingerprint differs from the one the study recorded.
+    """
+    from forecast.data.datamodule import ForecastDataModule
+
+    if entry.data_fingerprint is None:
+        return  # a study from before fingerprints were recorded: nothing to compare with
+    settings = {**data, **entry.data}  # the searched base settings; the files where the report reads them
+    key = repr(sorted(settings.items(), key=lambda kv: kv[0]))
+    now = seen.get(key) or seen.setdefault(key, ForecastDataModule(**settings).fingerprint())
+    if now != entry.data_fingerprint:
+        raise ForecastError(f"study {entry.name} was searched on other data (data fingerprint "
+                            f"{entry.data_fingerprint[:8]}, now {now[:8]} in {data.get('data_dir')}: a rebuilt, "
+                            "re-imported or other tier); report on the study's data or run a new search")
 
 
 def _record(task: Task, state: Any, reused: bool, tasks: Sequence[Task], say: Say) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from forecast.core.errors import ForecastError
 from forecast.hpo.api import (
+    DATA_FINGERPRINT,
     FrozenTrial,
     Study,
     TrialState,
@@ -141,6 +142,7 @@ class StudyEntry:
     config_args: list[str] = field(default_factory=list)
     config_note: str = ""
     problem: str | None = None
+    data_fingerprint: str | None = None  # md5 of the numbers the trials saw (None: a study from before it)
 
 
 def load_storage(url: str) -> Any:
@@ -177,9 +179,18 @@ def collect(url: str, names: Sequence[str] = ()) -> list[StudyEntry]:
             listed = ", ".join(known[:SHOWN_NAMES]) + (", ..." if len(known) > SHOWN_NAMES else "")
             raise ForecastError(f"no study named {name!r} in {describe(url)}; it holds: {listed}")
     chosen = list(dict.fromkeys(names)) or known
-    entries = [_entry(load_study(n, storage)) for n in chosen]
+    entries = [_checked_entry(load_study(n, storage)) for n in chosen]
     _check_unique(entries)
     return sorted(entries, key=lambda e: (e.series.label, e.budget_size))
+
+
+def _checked_entry(study: Study) -> StudyEntry:
+    """`_entry`, a record of the wrong type (a hand edit, another tool, a damaged storage) one line."""
+    try:
+        return _entry(study)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+        raise ForecastError(f"study {study.study_name} holds a damaged record ({type(err).__name__}: "
+                            f"{str(err)[:120]}); leave it out with --study") from None
 
 
 def _entry(study: Study) -> StudyEntry:
@@ -198,6 +209,8 @@ def _entry(study: Study) -> StudyEntry:
     entry = StudyEntry(study.study_name, series_of(data), label, size, data, counts(trials),
                        _best(study.best_trial), [_record(t) for t in sorted(trials, key=lambda t: t.number)])
     entry.config_args, entry.config_note = config_args(entry.best, study.study_name)
+    stored = stamp.get(DATA_FINGERPRINT)
+    entry.data_fingerprint = stored if isinstance(stored, str) else None
     return entry
 
 

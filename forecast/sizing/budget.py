@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from forecast import configs
 from forecast.core.bounded_yaml import read_yaml
-from forecast.core.errors import ForecastError
+from forecast.core.errors import ForecastError, os_error_line
 from forecast.model import check_arguments, num_patches
 
 BUDGETS: dict[str, int] = {
@@ -174,21 +174,45 @@ def load_grid(path: str | Path = GRID_PATH) -> dict[str, list[float]]:
     """Read the architecture grid: lists of d_model, n_layers, head_dim and ffn_ratio values, and
     optionally `narrow_heads` (see `head_counts`)."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # a name too long for the file system
+        raise ForecastError(f"architecture grid: {os_error_line(err)}") from None
+    if not found:
         raise ForecastError(f"architecture grid {path} not found")
     grid = read_yaml(path, "architecture grid") or {}
     if not isinstance(grid, dict):
         raise ForecastError(f"architecture grid {path} is not a mapping of lists")
+    return check_grid(grid, f"architecture grid {path}")
+
+
+MAX_GRID_VALUE = 1 << 20  # no width, depth or ratio of a model we could build is larger
+
+
+def check_grid(grid: Any, where: str) -> dict[str, list[float]]:
+    """The grid's schema: each of GRID_KEYS a non-empty list of numbers in (0, MAX_GRID_VALUE],
+    whole numbers but for ffn_ratio (d_ff = ffn_ratio * d_model is rounded)."""
+    if not isinstance(grid, dict):
+        raise ForecastError(f"{where} is not a mapping of lists")
     missing = [key for key in GRID_KEYS if not grid.get(key)]
     if missing:
-        raise ForecastError(f"architecture grid {path} lacks {', '.join(missing)}")
+        raise ForecastError(f"{where} lacks {', '.join(missing)}")
     unknown = sorted(set(grid) - {*GRID_KEYS, NARROW_KEY})
     if unknown:
-        raise ForecastError(f"architecture grid {path} has unknown keys {', '.join(map(str, unknown))}")
+        raise ForecastError(f"{where} has unknown keys {', '.join(map(str, unknown))}")
+    for key in GRID_KEYS:
+        values = grid[key]
+        if not isinstance(values, list):
+            raise ForecastError(f"{where}: {key} must be a list of numbers, got {values!r}")
+        for v in values:
+            whole = key == "ffn_ratio" or (isinstance(v, int) and not isinstance(v, bool))
+            if isinstance(v, bool) or not isinstance(v, int | float) or not whole or not 0 < v <= MAX_GRID_VALUE:
+                kind = "numbers > 0" if key == "ffn_ratio" else "whole numbers >= 1"
+                raise ForecastError(f"{where}: {key} holds {v!r}; it takes {kind} up to {MAX_GRID_VALUE:,}")
     narrow = grid.get(NARROW_KEY)
-    if narrow is not None and (not isinstance(narrow, list)
-                               or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in narrow)):
-        raise ForecastError(f"architecture grid {path}: {NARROW_KEY} must be a list of positive integers")
+    if narrow is not None and (not isinstance(narrow, list) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and 0 < h <= MAX_GRID_VALUE for h in narrow)):
+        raise ForecastError(f"{where}: {NARROW_KEY} must be a list of whole numbers >= 1")
     keys = GRID_KEYS + ((NARROW_KEY,) if narrow is not None else ())  # absent stays absent (study records)
     return {key: list(grid[key]) for key in keys}
 

@@ -17,6 +17,7 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
@@ -25,7 +26,7 @@ from forecast.core.allowlist import install, refused_import
 from forecast.core.bounded_yaml import non_finite
 from forecast.core.domains import MemoryGB, PositiveFiniteFloat, Seed, Size
 from forecast.core.errors import ForecastError
-from forecast.core.files import write_json_atomic
+from forecast.core.files import check_writable, write_json_atomic
 from forecast.core.metric_names import MONITOR, MONITOR_MODE
 from forecast.core.parsers import one_line
 from forecast.core.threads import POLICY
@@ -43,7 +44,7 @@ from forecast.sizing.devices import (
 from forecast.sizing.machine import check_fit_disk, check_memory, epoch_estimate, memory_bytes
 from forecast.sizing.throughput import Throughput
 from forecast.training.callbacks import EpochLine, MeasuredThreads, PredictionCSV
-from forecast.training.checkpoints import BEST_PREFIX, check_checkpoint
+from forecast.training.checkpoints import BEST_PREFIX, AtomicCheckpointIO, check_checkpoint
 from forecast.training.messages import (
     check_config_files,
     given_keys,
@@ -235,6 +236,7 @@ class ForecastCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.trainer.get("enable_checkpointing") is not False and not config.trainer.get("fast_dev_run"):
             callbacks += checkpoint_callbacks(config.checkpoint)
+        check_writable(run_folders(config))
         try:
             trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
         except (MisconfigurationException, ValueError, TypeError, ModuleNotFoundError) as err:
@@ -247,7 +249,8 @@ class ForecastCLI(LightningCLI):
         peak = config.get("throughput.peak_tflops")
         for monitor in (c for c in trainer.callbacks if isinstance(c, Throughput)):
             monitor.peak_flops = None if peak is None else peak * 1e12  # a given peak: MFU on any device
-        return trainer
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is left alone
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
     # -- after each subcommand: say what happened and where ----------------------------------
@@ -280,6 +283,16 @@ class ForecastCLI(LightningCLI):
 
     def after_test(self) -> None:
         write_metrics(self.trainer, "test", self.config[self.subcommand].ckpt_path)
+
+
+def run_folders(config) -> list[Path]:
+    """The local folders a run will write into: its logger's run folder and a set checkpoint folder
+    (none for a smoke test, which writes no files)."""
+    if config.trainer.get("fast_dev_run"):
+        return []
+    logger, ckpt = config.trainer.get("logger"), config.get("checkpoint")
+    folders = [getattr(logger, "log_dir", None), getattr(ckpt, "dirpath", None)]
+    return [Path(str(f)) for f in folders if f and "://" not in str(f)]
 
 
 def _check_finite(config) -> None:

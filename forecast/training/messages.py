@@ -56,7 +56,25 @@ def check_config_files(args: list[str]) -> None:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as err:
             raise ForecastError(f"config file {value} cannot be read: {err}") from None
-        check_config_text(text, value)  # duplicate keys, alias bombs, inf/NaN, empty: refused with the line
+        doc = check_config_text(text, value)  # duplicate keys, alias bombs, inf/NaN, empty: refused with the line
+        check_blocks(doc, value)
+
+
+# The top-level keys of a run config that hold a block of options (a mapping), never one value.
+# (`optimizer:` and `lr_scheduler:` are null in every saved config: Lightning's "none given".)
+BLOCKS = ("data", "model", "trainer", "checkpoint", "early_stopping", "planner", "throughput")
+
+
+def check_blocks(doc: dict[str, Any], path: str) -> None:
+    """A block left empty (`trainer:` with its options commented out) or set to one value is one line."""
+    for key in BLOCKS:
+        if key not in doc or isinstance(doc[key], dict):
+            continue
+        if doc[key] is None:
+            raise ForecastError(f"config file {path}: `{key}:` is empty (its options commented out?); set "
+                                "options under it or delete the line")
+        raise ForecastError(f"config file {path}: `{key}` is {doc[key]!r}, but it holds a block of options; "
+                            f"set them under it ({key}: {{option: value}}) or delete the line")
 
 
 def parse_error(message: str, parser: LightningArgumentParser, args: list[str], prog: str | None) -> str:

@@ -166,8 +166,12 @@ def check_resumable(ckpt: Mapping[str, Any], config: Any) -> None:
     setting over the run's own.
 
     Raises:
-        ForecastError: the run is finished, or a callback setting differs from the checkpoint's.
+        ForecastError: the checkpoint holds weights only, the run is finished, or a callback setting
+            differs from the checkpoint's.
     """
+    if "optimizer_states" not in ckpt or "loops" not in ckpt:  # Lightning would fail on a KeyError
+        raise ForecastError(f"{config.ckpt_path} holds weights only (saved with --checkpoint.save_weights_only), "
+                            "not a run to resume: resume from the run's last.ckpt, or test or predict with this one")
     done = finished(ckpt, config.trainer.get("max_epochs"), config.trainer.get("max_steps"))
     if done:
         raise ForecastError(f"{config.ckpt_path} is of a finished run: {done}. Nothing to resume; raise "
