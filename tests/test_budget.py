@@ -21,6 +21,7 @@ from forecast.sizing.budget import (
     architectures,
     budget_size,
     count_parameters,
+    head_counts,
     load_grid,
     parse_budget,
     tier_features,
@@ -83,6 +84,43 @@ def test_each_budget_has_20_exact_architectures_from_wide_to_deep(budget, patch_
     assert min(depths) <= 2 and max(depths) >= 32  # wide-and-shallow ... narrow-and-deep
 
 
+SMALL_BUDGETS = {"10K": 10_000, "30K": 30_000, "100K": 100_000, "300K": 300_000, "1M": 1_000_000}
+
+
+@pytest.mark.parametrize("budget", list(SMALL_BUDGETS))
+@pytest.mark.parametrize(("n_features", "patch_mode"), [(25, "mixing"), (25, "independent"), (38, "mixing")])
+def test_small_budgets_have_3_exact_shapes_with_1_or_2_heads_below_64(budget, n_features, patch_mode) -> None:
+    """10K..1M (a25 and tier c's 38 features): at least 3 distinct shapes within +-25%, exact counts;
+    widths below 64 split into 1 or 2 heads (narrow_heads), wider ones into heads of 64."""
+    archs = architectures(budget, n_features, 80, 16, 8, patch_mode)
+    size = SMALL_BUDGETS[budget]
+    assert len({(a.d_model, a.n_layers, a.d_ff) for a in archs}) >= 3
+    shape = {**A25, "n_features": n_features}
+    for a in archs:
+        assert abs(a.params - size) <= 0.25 * size, a.id
+        assert a.params == count_parameters(**shape, **a.model_kwargs(), patch_mode=patch_mode)
+        assert a.n_heads in ((1, 2) if a.d_model < 64 else (a.d_model // 64,)), a.id
+
+
+def test_10k_reaches_one_and_two_layers_of_width_16_and_counts_match_numel() -> None:
+    archs = architectures("10K", 25)
+    assert {"d16-l1-h1-f2", "d16-l1-h2-f4", "d16-l2-h2-f2"} <= {a.id for a in archs}
+    assert min(a.d_model for a in archs) == 8
+    for a in archs:  # small enough to build every one for real
+        assert PatchTST(**A25, **a.model_kwargs()).num_parameters == a.params, a.id
+
+
+def test_head_counts_use_head_dim_and_narrow_heads_only_where_no_head_dim_divides() -> None:
+    grid = {"d_model": [], "n_layers": [], "head_dim": [64, 32], "ffn_ratio": [], "narrow_heads": [1, 2, 3]}
+    assert head_counts(128, grid) == [2, 4]
+    assert head_counts(32, grid) == [1]  # head_dim 32 divides: narrow_heads unused
+    assert head_counts(24, grid) == [1, 2, 3]
+    assert head_counts(8, grid) == [1, 2]  # 3 does not divide 8
+    assert head_counts(24, {**grid, "narrow_heads": []}) == []
+    del grid["narrow_heads"]
+    assert head_counts(24, grid) == []  # an old grid without the key skips narrow widths, as before
+
+
 def test_arch_id_names_width_depth_heads_and_ffn_ratio() -> None:
     assert Arch(512, 8, 8, 2048, 4, 1).id == "d512-l8-h8-f4"
     assert Arch(64, 2, 1, 160, 2.5, 1).id == "d64-l2-h1-f2.5"
@@ -90,14 +128,26 @@ def test_arch_id_names_width_depth_heads_and_ffn_ratio() -> None:
 
 def test_grid_file_has_every_axis() -> None:
     grid = load_grid(GRID_PATH)
-    assert set(grid) == {"d_model", "n_layers", "head_dim", "ffn_ratio"}
+    assert set(grid) == {"d_model", "n_layers", "head_dim", "ffn_ratio", "narrow_heads"}
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("narrow_heads: [1, 0]", "narrow_heads must be a list of positive integers"),
+    ("narrow_heads: 2", "narrow_heads must be a list of positive integers"),
+    ("head_dims: [8]", "unknown keys head_dims"),
+])
+def test_grid_file_refuses_bad_narrow_heads_and_unknown_keys(tmp_path, extra, message) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text(f"d_model: [16]\nn_layers: [1]\nhead_dim: [64]\nffn_ratio: [2]\n{extra}\n")
+    with pytest.raises(ForecastError, match=message):
+        load_grid(path)
 
 
 def test_unknown_budget_and_impossible_shape_raise() -> None:
     with pytest.raises(ForecastError, match="unknown budget '3X'"):
         architectures("3X", 25)
     with pytest.raises(ForecastError, match="no grid architecture lies within"):
-        architectures("2M", 5000)  # the patch embedding alone is over 2.5M
+        architectures("2M", 20_000)  # the patch embedding of d_model 8 alone is over 2.5M
 
 
 @pytest.mark.parametrize("mode", ["mixing", "independent"])
@@ -123,15 +173,16 @@ def test_tier_a25_has_25_features() -> None:
 # ------------------------------------------------------------------------------ configs
 
 
-@pytest.mark.parametrize("name", ["2m", "20m", "200m", "2b"])
+@pytest.mark.parametrize("name", ["10k", "30k", "100k", "300k", "1m", "2m", "20m", "200m", "2b"])
 def test_model_configs_are_within_their_budget(name: str) -> None:
     config = yaml.safe_load((ROOT / "configs" / "model" / f"patchtst_{name}.yaml").read_text())
     net = config["model"]["net"]
     assert net["class_path"] == "forecast.model.PatchTST"
     with torch.device("meta"):
         model = PatchTST(n_features=25, context_length=80, **net["init_args"])
-    size = BUDGETS[name.upper()]
+    size = parse_budget(name).size
     assert abs(model.num_parameters - size) <= 0.25 * size
+    assert f"{model.num_parameters:,} parameters" in (ROOT / "configs" / "model" / f"patchtst_{name}.yaml").read_text()
     assert model.num_parameters == count_parameters(
         25, 80, **{k: net["init_args"][k] for k in ("patch_len", "stride", "d_model",
                                                     "n_layers", "n_heads", "d_ff",

@@ -144,6 +144,10 @@ UnitFraction = _domain("UnitFraction", float, _finite(0, 1, True, False), "a num
 OpenUnitInterval = _domain("OpenUnitInterval", float, _finite(0, 1, True, True), "a number in (0, 1)")
 # the threshold task's rise: a fall below -100% is no price, a rise beyond +1000% in days is none either
 Threshold = _domain("Threshold", float, _finite(-1, 10, True, False), "a number in (-1, 10]")
+# `forecast data synthetic`: calendar years ending 2018 out of its 100-year span, and the planted
+# effect's log volatility ratio (3: the quiet state's volatility is 0.35% of the mean's)
+SyntheticYears = _domain("SyntheticYears", int, lambda v: 1 <= v <= 100, "a number of years in 1..100")
+SignalStrength = _domain("SignalStrength", float, _finite(0, 3, False, False), "a number in [0, 3]")
 Symbol = _domain("Symbol", str, _matches(SYMBOL_PATTERN, SYMBOL_MAX),
                  "a symbol: up to 32 ASCII letters, digits, . _ - (a leading ^ for indices)")
 Name = _domain("Name", str, _matches(NAME_PATTERN),

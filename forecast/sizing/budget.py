@@ -1,6 +1,6 @@
 """Honest parameter budgets: the one budget parser, exact counts and each budget's architecture grid.
 
-A budget (2M, 20M, 200M, 2B) is never a label: its architectures are every grid point of
+A budget (a named one, 2M, 20M, 200M, 2B, or any count such as 10K) is never a label: its architectures are every grid point of
 configs/arch_grid.yaml whose EXACT parameter count, for the data shape at hand (features,
 context, patching), lies within +-25% of the budget. `count_parameters` is a closed formula that
 tests check against `sum(p.numel())` of a real (or meta-device) `PatchTST`.
@@ -29,6 +29,7 @@ BUDGETS: dict[str, int] = {
 TOLERANCE = 0.25  # a budget keeps exact counts within +-25% of its size
 GRID_PATH = configs.path("arch_grid.yaml")
 GRID_KEYS = ("d_model", "n_layers", "head_dim", "ffn_ratio")
+NARROW_KEY = "narrow_heads"  # optional: head counts of the widths that no head_dim divides
 GB = 1e9  # decimal gigabytes, as in --memory-gb and every "GB" column
 
 _SUFFIX = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9}
@@ -170,7 +171,8 @@ class Arch:
 
 
 def load_grid(path: str | Path = GRID_PATH) -> dict[str, list[float]]:
-    """Read the architecture grid: lists of d_model, n_layers, head_dim and ffn_ratio values."""
+    """Read the architecture grid: lists of d_model, n_layers, head_dim and ffn_ratio values, and
+    optionally `narrow_heads` (see `head_counts`)."""
     path = Path(path)
     if not path.is_file():
         raise ForecastError(f"architecture grid {path} not found")
@@ -180,7 +182,29 @@ def load_grid(path: str | Path = GRID_PATH) -> dict[str, list[float]]:
     missing = [key for key in GRID_KEYS if not grid.get(key)]
     if missing:
         raise ForecastError(f"architecture grid {path} lacks {', '.join(missing)}")
-    return {key: list(grid[key]) for key in GRID_KEYS}
+    unknown = sorted(set(grid) - {*GRID_KEYS, NARROW_KEY})
+    if unknown:
+        raise ForecastError(f"architecture grid {path} has unknown keys {', '.join(map(str, unknown))}")
+    narrow = grid.get(NARROW_KEY)
+    if narrow is not None and (not isinstance(narrow, list)
+                               or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in narrow)):
+        raise ForecastError(f"architecture grid {path}: {NARROW_KEY} must be a list of positive integers")
+    keys = GRID_KEYS + ((NARROW_KEY,) if narrow is not None else ())  # absent stays absent (study records)
+    return {key: list(grid[key]) for key in keys}
+
+
+def head_counts(d_model: int, grid: dict[str, list[float]]) -> list[int]:
+    """The head counts a width is split into on the grid.
+
+    Each `head_dim` that divides `d_model` gives `d_model // head_dim` heads. A width that no
+    head_dim divides (one narrower than the heads, e.g. 16 with head_dim 64) takes instead every
+    count of the grid's optional `narrow_heads` that divides it (e.g. 1 or 2 heads of 16 or 8);
+    without that key such a width is skipped.
+    """
+    heads = sorted({d_model // int(h) for h in grid["head_dim"] if d_model % int(h) == 0})
+    if heads:
+        return heads
+    return sorted({int(h) for h in grid.get(NARROW_KEY, []) if d_model % int(h) == 0})
 
 
 def budget_size(budget: str | int) -> int:
@@ -211,10 +235,7 @@ def architectures(budget: str | int, n_features: int, context_length: int = 80,
     grid = load_grid() if grid is None else grid
     found = []
     for d_model in grid["d_model"]:
-        for head_dim in grid["head_dim"]:
-            if d_model % head_dim:
-                continue  # d_model must split into whole heads
-            n_heads = d_model // head_dim
+        for n_heads in head_counts(d_model, grid):  # d_model splits into whole heads
             for ratio in grid["ffn_ratio"]:
                 d_ff = round(ratio * d_model)
                 for n_layers in grid["n_layers"]:
