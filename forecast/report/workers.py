@@ -71,8 +71,8 @@ class Workers:
     """
 
     def __init__(self, argv: Sequence[str], jobs: int, devices: Sequence[str], say: Say,
-                 default_device: str | None) -> None:
-        """`say` gets their lines from a reader thread, also while this process retrains, when
+                 default_device: str | None, command: str = "report") -> None:
+        """`command`: the `forecast` subcommand the workers run (`report`, `isoflop`). `say` gets their lines from a reader thread, also while this process retrains, when
         `quiet_lightning` has swapped `sys.stdout`: `print` is bound to the stream of now; any
         other `say` must not write to `sys.stdout` as it is when called."""
         self.parent_works = parent_works(devices, default_device)
@@ -92,7 +92,7 @@ class Workers:
                 if devices:
                     env["CUDA_VISIBLE_DEVICES"] = devices[k % len(devices)]
                 self.procs.append((k, subprocess.Popen(
-                    [sys.executable, "-m", "forecast", "report", *argv], env=env, text=True, errors="replace",
+                    [sys.executable, "-m", "forecast", command, *argv], env=env, text=True, errors="replace",
                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
         except BaseException:  # a process that could not start (or Ctrl-C): none of them stays
             self.stop()
