@@ -318,6 +318,9 @@ def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Workers | No
             say(f"isoflop: {len(runs)} runs ({sum(not c.skipped for c in cells)} cells x {len(folds)} folds x "
                 f"{len(seeds)} seeds) on {describe(options.storage)} -> {options.out}")
         queue = TaskQueue(options.storage, options.heartbeat)
+        reused = sum(st.status == "done" for st in queue.states([r.key for r in runs]).values())
+        if reused and not worker:
+            say(f"isoflop: {reused} of the {len(runs)} runs finished before (reused)")
         queue.post({r.key: {"label": r.label} for r in runs})
         if workers is None or workers.parent_works:
             ran = work(runs, queue, options.out / "runs", say)
