@@ -1,5 +1,6 @@
-"""`forecast isoflop`: the FLOPs -> steps arithmetic and skip rules (fast), and end to end on a small synthetic
-tier with --jobs 2, a rerun that reuses every finished run, and the schedule ending at the budget (slow)."""
+"""`forecast isoflop`: the FLOPs -> steps arithmetic, the skip rules and one run's planned steps and schedule
+(fast, about 5 s), and end to end on a small synthetic tier with --jobs 2 and a rerun that reuses every finished
+run (slow: about 2.5 minutes on 2 shared cores)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,6 @@ def test_isoflop_end_to_end_with_two_jobs_then_a_rerun_reuses_every_run(data_dir
     assert pd.read_csv(out / "isoflop.csv").equals(frame)
 
 
-@pytest.mark.slow
 def test_a_run_trains_its_planned_steps_and_the_schedule_ends_at_the_budget(data_dir, tmp_path):  # noqa: F811
     from forecast.report.build import ReportOptions, make_folds
     from forecast.report.isoflop import IsoflopOptions, plan_cells, run_args
