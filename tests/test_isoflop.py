@@ -17,6 +17,7 @@ from synthetic_run import SYMBOL, TEST_START, VAL_START, data_dir  # noqa: F401 
 from forecast.core.errors import ForecastError
 from forecast.report.isoflop import MAX_EPOCHS, optimizer_steps, skip_reason
 from forecast.report.isoflop_cli import main
+from forecast.report.isoflop_outputs import compute_part, compute_section, read_law
 from forecast.sizing.budget import training_flops_per_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,17 @@ def test_a_command_without_config_is_one_clear_mistake():
         main(["--flops", "1e9", "--budgets", "10K", "--storage", "sqlite:///none.db"])
 
 
+def test_the_report_keeps_the_compute_axis_of_an_isoflop_in_the_same_out(tmp_path):
+    assert compute_part(tmp_path) == {} and compute_section(tmp_path) == ""
+    (tmp_path / "law.json").write_text(json.dumps({"series": [], "compute": {"axis": "C"}, "skipped": []}))
+    (tmp_path / "isoflop.md").write_text("## Compute\n")
+    assert compute_part(tmp_path) == {"compute": {"axis": "C"}, "skipped": []}
+    assert compute_section(tmp_path) == "\n## Compute\n"
+    (tmp_path / "law.json").write_text("[1, 2]")
+    with pytest.raises(ForecastError, match="not a JSON object"):
+        read_law(tmp_path)
+
+
 def _args(data: Path, storage: str, out: Path, *extra: str) -> list[str]:
     return ["--config", "forecast/configs/demo.yaml", f"--data.data_dir={data}", f"--data.symbol={SYMBOL}",
             "--data.context_length=32", f"--data.val_start={VAL_START}", f"--data.test_start={TEST_START}",
@@ -63,6 +75,8 @@ def test_isoflop_end_to_end_with_two_jobs_then_a_rerun_reuses_every_run(data_dir
     storage, out = f"sqlite:///{tmp_path / 'iso.db'}", tmp_path / "out"
     # 1e6: under one step for every size; 1e13: tens of thousands of epochs at 10K; 1e9: 2 sizes x 2 folds run
     args = _args(data_dir, storage, out, "--flops", "1e6", "1e9", "1e13", "--budgets", "10K", "30K")
+    out.mkdir()
+    (out / "law.json").write_text(json.dumps({"series": ["the report's"]}))  # a report wrote into this --out
     first = _isoflop(*args, "--jobs", "2")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "skipped C=1e+06 10K" in first.stdout and "under one optimizer step" in first.stdout
@@ -74,7 +88,7 @@ def test_isoflop_end_to_end_with_two_jobs_then_a_rerun_reuses_every_run(data_dir
     assert (frame.samples_seen == frame.steps * 32).all() and frame.loss.between(0.3, 1.5).all()
     assert (frame.groupby("budget").steps.nunique() == 1).all()  # the same step budget on every fold
     law = json.loads((out / "law.json").read_text())
-    assert law["compute"]["axis"] == "C" and len(law["skipped"]) == 4
+    assert law["compute"]["axis"] == "C" and len(law["skipped"]) == 4 and law["series"] == ["the report's"]
     assert all((out / f).stat().st_size > 0 for f in ("isoflop.png", "frontier.png", "isoflop.md"))
     assert "## Compute" in (out / "isoflop.md").read_text()
 
@@ -97,7 +111,9 @@ def test_a_run_trains_its_planned_steps_and_the_schedule_ends_at_the_budget(data
     folds = make_folds(config["data"], ReportOptions(storage=options.storage, folds=2))
     cell = plan_cells(options, config, folds)[0]
     assert cell.skipped is None and cell.steps > 1
-    cli = cli_main([*run_args(cell, options, folds[0], 0), "--trainer.logger=false"], run=False)
+    logger = "--trainer.logger.init_args."
+    cli = cli_main([*run_args(cell, options, folds[0], 0), f"{logger}save_dir={tmp_path}", f"{logger}name=t"],
+                   run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
     assert cli.trainer.global_step == cell.steps
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler

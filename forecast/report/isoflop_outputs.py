@@ -8,6 +8,7 @@ date-and-seed draws as every other claim, refitted on each draw (`law.fit_fronti
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,45 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from forecast.core.errors import ForecastError
 from forecast.core.files import atomic_path, write_json_atomic, write_text_atomic
 from forecast.report.isoflop import Isoflop
 from forecast.report.law import Frontier, fit_frontier
 from forecast.report.stats import Arm, paired_bootstrap
+
+SECTION = "isoflop.md"  # the "Compute" section; `forecast report` into the same --out appends it to report.md
+COMPUTE_KEYS = ("compute", "skipped")  # isoflop's part of law.json; "series" is the report's
+
+
+def read_law(out: Path) -> dict[str, Any]:
+    """law.json of `out` as written so far (by `forecast report` or `forecast isoflop`), or {} when there is none.
+
+    Raises:
+        ForecastError: it is not a JSON object.
+    """
+    path = out / "law.json"
+    if not path.is_file():
+        return {}
+    try:
+        law = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ForecastError(f"{path} is not readable JSON ({err}); remove it or choose another --out") from None
+    if not isinstance(law, dict):
+        raise ForecastError(f"{path} is not a JSON object; remove it or choose another --out")
+    return law
+
+
+def compute_part(out: Path) -> dict[str, Any]:
+    """The compute axis a `forecast isoflop` wrote into `out`'s law.json (kept when the report rewrites it)."""
+    law = read_law(out)
+    return {k: law[k] for k in COMPUTE_KEYS if k in law}
+
+
+def compute_section(out: Path) -> str:
+    """The "Compute" section a `forecast isoflop` wrote into `out`, for report.md ("" when none)."""
+    path = out / SECTION
+    return "\n" + path.read_text() if path.is_file() else ""
+
 
 COLUMNS = ("compute", "budget", "params", "lr", "lr_source", "fold", "seed", "steps", "batch", "epochs",
            "samples_seen", "tokens_seen", "flops", "loss", "auroc", "wall_s")
@@ -147,9 +183,9 @@ def write_outputs(iso: Isoflop, out: Path, draws: int) -> Frontier | None:
     record = {"compute": None if front is None else front.record(),
               "skipped": [{"compute": c.compute, "budget": c.size.budget, "reason": c.skipped}
                           for c in iso.cells if c.skipped]}
-    write_json_atomic(out / "law.json", record)
+    write_json_atomic(out / "law.json", {**read_law(out), **record})  # the report's "series" kept
     if front is not None:
         _save(isoflop_figure(front, models, compute, d.loss), out / "isoflop.png")
         _save(frontier_figure(front), out / "frontier.png")
-    write_text_atomic(out / "isoflop.md", section(iso, front, frame))
+    write_text_atomic(out / SECTION, section(iso, front, frame))
     return front
