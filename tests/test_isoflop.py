@@ -119,3 +119,27 @@ def test_a_run_trains_its_planned_steps_and_the_schedule_ends_at_the_budget(data
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
     floor = cli.model.hparams.lr * cli.model.hparams.min_lr_ratio
     assert scheduler.get_last_lr()[0] == pytest.approx(floor, abs=1e-9)  # the cosine ran to its end, no further
+
+
+@pytest.mark.slow
+def test_kill_9_during_isoflop_loses_no_finished_run(data_dir, tmp_path):  # noqa: F811
+    storage, out = f"sqlite:///{tmp_path / 'iso.db'}", tmp_path / "out"
+    args = _args(data_dir, storage, out, "--flops", "1e9", "--budgets", "10K", "30K")
+    proc = subprocess.Popen([sys.executable, "-m", "forecast", "isoflop", *args], env=ENV, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    seen = []
+    for text in proc.stdout:  # until the first run has finished (the second one is then in flight)
+        seen.append(text)
+        if text.startswith("[1/4]"):
+            break
+    proc.kill()  # SIGKILL: no Python cleanup
+    proc.wait(timeout=60)
+    assert any(t.startswith("[1/4]") for t in seen), "".join(seen)
+    assert not (out / "isoflop.csv").exists()
+
+    rerun = _isoflop(*args)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "isoflop: 1 of the 4 runs finished before (reused)" in rerun.stdout
+    assert rerun.stdout.count("test loss") == 3  # the killed one's run in flight is redone, the finished one not
+    assert len(pd.read_csv(out / "isoflop.csv")) == 4

@@ -199,9 +199,10 @@ def run_args(cell: Cell, options: IsoflopOptions, fold: Any, seed: int) -> list[
             "--trainer.enable_checkpointing=false", f"--seed_everything={seed}", *QUIET]
 
 
-def run_key(args: Sequence[str], fingerprint: str) -> str:
-    """md5 of everything that decides a run: its arguments, config files by content, the fold's data."""
-    parts = ["isoflop", fingerprint]
+def run_key(args: Sequence[str], fingerprint: str, cell: Cell) -> str:
+    """md5 of everything that decides a run: its arguments, config files by content, the fold's data, and the
+    cell's compute budget and size name (two budgets of equal steps stay two runs, each with its own record)."""
+    parts = ["isoflop", fingerprint, repr(cell.compute), cell.size.budget]
     for i, arg in enumerate(args):
         parts.append(Path(arg).read_text() if i > 0 and args[i - 1] == "--config" and Path(arg).is_file() else arg)
     return hashlib.md5("\0".join(parts).encode()).hexdigest()
@@ -313,7 +314,7 @@ def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Workers | No
             for fold in folds:
                 for seed in seeds:
                     args = run_args(cell, options, fold, seed)
-                    runs.append(Run(cell, fold, seed, args, run_key(args, fold.fingerprint)))
+                    runs.append(Run(cell, fold, seed, args, run_key(args, fold.fingerprint, cell)))
         if not worker:
             say(f"isoflop: {len(runs)} runs ({sum(not c.skipped for c in cells)} cells x {len(folds)} folds x "
                 f"{len(seeds)} seeds) on {describe(options.storage)} -> {options.out}")
