@@ -24,13 +24,26 @@ LOCK_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 DATA_DIR ?= data
 STAMP    := $(VENV)/.installed-$(TORCH_BUILD)
 
-.PHONY: help install lock demo test test-slow fuzz verify lint bench gpu-wheels gpu-check gpu-rehearsal postgres postgres-stop clean
+# Optional extras of pyproject.toml that `make install` adds when named (EXTRAS="dashboard"): each from its own
+# hashed lock, requirements-<extra>.lock (only the packages the extra adds to requirements.lock; `make lock`
+# writes both). `make test` installs the dashboard extra, so CI runs the `forecast dashboard` tests.
+EXTRAS ?=
+
+.PHONY: help install lock docs demo test test-slow fuzz verify lint bench gpu-wheels gpu-check gpu-rehearsal postgres postgres-stop clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: TORCH_BUILD=$(TORCH_BUILD) (cpu | cu128 | ...), DATA_DIR=$(DATA_DIR)"
+	@echo "  variables: TORCH_BUILD=$(TORCH_BUILD) (cpu | cu128 | ...), DATA_DIR=$(DATA_DIR), EXTRAS=$(EXTRAS) (dashboard)"
 
-install: $(STAMP) ## create .venv/ with torch ($(TORCH_BUILD) build) and the forecast command
+install: $(STAMP) ## create .venv/ with torch ($(TORCH_BUILD) build) and the forecast command (EXTRAS=dashboard adds optuna-dashboard)
+	@for extra in $(EXTRAS); do \
+	  lock=requirements-$$extra.lock; stamp=$(VENV)/.extra-$$extra; \
+	  test -f $$lock || { echo "$$lock is missing: make lock writes it (extras: dashboard)" >&2; exit 2; }; \
+	  test $$stamp -nt $$lock -a $$stamp -nt $(STAMP) && continue; \
+	  echo "$(BIN)/python -m pip install -q --require-hashes --no-deps -r $$lock"; \
+	  $(BIN)/python -m pip install -q --require-hashes --no-deps -r $$lock && $(BIN)/python -m pip check \
+	    && touch $$stamp || exit 1; \
+	done
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +71,18 @@ lock: ## refresh requirements.lock (exact versions + hashes) after changing pypr
 	  awk '/^torch==/ {skip=1; next} skip && /^[ \t]/ {next} {skip=0; print}' $(LOCK); } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)
 	@echo "$(LOCK): $$(grep -c '^[a-z0-9]' $(LOCK)) packages pinned with hashes (torch: TORCH_BUILD)"
+	@# The dashboard extra: resolved with everything above (seeded with $(LOCK), whose pins it keeps),
+	@# then only the packages $(LOCK) lacks are written to its own lock (torch left out as above).
+	cp $(LOCK) $(VENV)/lock-dashboard.txt
+	$(VENV)/lock-tools/bin/pip-compile -q --extra dev --extra dashboard --generate-hashes --allow-unsafe --strip-extras \
+	  --no-emit-index-url --no-emit-find-links $(if $(LOCK_TORCH_INDEX),--extra-index-url $(LOCK_TORCH_INDEX)) \
+	  -c $(VENV)/lock-torch.txt -o $(VENV)/lock-dashboard.txt pyproject.toml
+	{ echo "# the dashboard extra: the packages it adds to $(LOCK) (make install EXTRAS=dashboard; make lock)"; \
+	  awk 'NR == FNR { if (match($$0, /^[A-Za-z0-9][A-Za-z0-9._-]*==/)) seen[tolower(substr($$0, 1, RLENGTH - 2))] = 1; next } \
+	       /^[A-Za-z0-9]/ { name = tolower($$0); sub(/==.*/, "", name); skip = (name in seen) || name == "torch" } \
+	       /^[ \t]/ && skip { next } /^[A-Za-z0-9]/ && skip { next } /^#/ { next } { print }' \
+	    $(LOCK) $(VENV)/lock-dashboard.txt; } > requirements-dashboard.lock
+	@echo "requirements-dashboard.lock: $$(grep -c '^[a-z0-9]' requirements-dashboard.lock) packages pinned with hashes"
 
 LOG_DIR ?= logs
 
@@ -75,11 +100,17 @@ demo: install ## the main job on the offline sample: data, a25 tier, fit, test (
 TEST_JOBS ?= 2
 PYTEST    := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup
 
-test: install ## fast test suite (< 5 min on 2 cores)
+# The tests of `forecast dashboard` need its extra: make test and test-slow install it (CI runs make test).
+test test-slow: EXTRAS += dashboard
+
+test: install ## fast test suite (< 5 min on 2 cores); also parses every command of README.md and docs/
 	$(PYTEST)
 
-test-slow: install ## the slow tests too (real data end to end)
+test-slow: install ## the slow tests too (real data end to end; every unmarked shell block of the manual, run)
 	$(PYTEST) -m "not gpu"
+
+docs: install ## the manual (docs/, mkdocs.yml) built with mkdocs --strict into site/
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
 
 # The fuzzer (tests/test_fuzz_cli.py): `make test` runs 100 derandomized examples (FUZZ_EXAMPLES);
 # this runs FUZZ_N random ones across every subcommand, records each in FUZZ_LOG (its command line

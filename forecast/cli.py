@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from forecast.core.allowlist import add_trusted
 from forecast.core.errors import ForecastError, run_guarded
+from forecast.core.workers import die_with_parent
 
 USAGE = """usage: forecast [--trust PACKAGE ...] <command> [options]
 
@@ -26,6 +27,7 @@ commands:
   sweep      run hpo over budgets x horizons
   report     scaling report from finished studies
   isoflop    iso-FLOP runs (exactly C training FLOPs per size) and the compute frontier N_opt(C)
+  dashboard  the studies of a storage in optuna-dashboard, on this machine (optional extra)
   configs    list the configs that ship with forecast, or copy them (--copy DIR) to edit
   baselines  class prior, logistic regression and HistGB on a run config's samples
 
@@ -96,6 +98,12 @@ def _sweep(argv: list[str]) -> int:
     return sweep_main(argv)
 
 
+def _dashboard(argv: list[str]) -> int:
+    from forecast.hpo.dashboard import main
+
+    return main(argv)
+
+
 def _report(argv: list[str]) -> int:
     from forecast.report.cli import main
 
@@ -125,6 +133,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "sweep": _sweep,
     "report": _report,
     "isoflop": _isoflop,
+    "dashboard": _dashboard,
     "configs": _configs,
     "baselines": _baselines,
     **{name: _lightning for name in LIGHTNING_COMMANDS},
@@ -149,6 +158,7 @@ def take_trust(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()  # a `--jobs` worker ends with the process that started it
     argv = join_dash_values(list(sys.argv[1:] if argv is None else argv))
     try:
         packages, argv = take_trust(argv)

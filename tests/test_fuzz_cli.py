@@ -400,10 +400,10 @@ def _stand_ins(mp: pytest.MonkeyPatch) -> None:
     import forecast.report.outputs as report_outputs
 
     mp.setattr(sources, "fetch_yahoo", lambda symbol, start=None, end=None, **_: synthetic_ohlcv(n=40))
-    mp.setattr(hpo_cli, "run_queue", lambda options, *a, **k: check_handed(options))
-    mp.setattr(hpo_cli, "run_workers", lambda command, argv, options, *a, **k: check_handed(options))
+    mp.setattr(hpo_cli, "run_search", lambda pool, options, *a, **k: check_handed(options))
+    mp.setattr(hpo_cli, "Pool", lambda *a, **k: None)  # --jobs workers are started before the search
     mp.setattr(report_outputs, "make_report", lambda options, *a, **k: check_handed([options]))
-    mp.setattr(report_cli, "Workers", lambda *a, **k: None)  # --jobs workers are started before make_report
+    mp.setattr(report_cli, "Pool", lambda *a, **k: None)  # --jobs workers are started before make_report
 
 
 def test_the_schema_covers_every_subcommand_and_types_every_value_option():

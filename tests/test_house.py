@@ -1,5 +1,5 @@
 """The house holds: no private member of Lightning, jsonargparse or Optuna is used without a comment naming the
-missing public API; a wheel installed outside the source tree runs with its shipped configs; and checkpoints and
+missing public API; no private name of one of our modules is used by another; a wheel installed outside the source tree runs with its shipped configs; and checkpoints and
 studies written before the move to `forecast.training` / `forecast.sizing` still load."""
 
 from __future__ import annotations
@@ -85,6 +85,56 @@ def test_the_private_use_check_catches_a_planted_use(tmp_path):
         planted.write_text("def f(trainer):\n    # private API: no public 'should log now' flag\n"
                            "    return trainer._logger_connector\n")
         assert private_uses(planted, _own_private_names()) == []
+    finally:
+        planted.unlink()
+
+
+def _our_module(name: str) -> bool:
+    """Whether `forecast.a.b` names one of our modules or packages (not a function or class in one)."""
+    parts = name.split(".")
+    return parts[0] == "forecast" and ((ROOT.joinpath(*parts).with_suffix(".py")).is_file()
+                                       or (ROOT.joinpath(*parts) / "__init__.py").is_file())
+
+
+def crossing_privates(path: Path) -> list[str]:
+    """`file:line: what` for each private name (leading underscore, not dunder) of another module of ours
+    that one source file uses: `from forecast.x import _name`, or `module._name` on a module of ours it
+    imported. A module's private names are its own; what others need is public."""
+    tree = ast.parse(path.read_text())
+    modules: set[str] = set()  # local names bound to modules of ours
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {(a.asname or a.name.split(".")[0]) for a in node.names if a.name.startswith("forecast")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("forecast") and not node.level:
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {alias.name}")
+                elif _our_module(f"{node.module}.{alias.name}"):
+                    modules.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules \
+                and node.attr.startswith("_") and not node.attr.startswith("__"):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_name_crosses_a_module_boundary_inside_forecast():
+    found = [use for path in sorted((ROOT / "forecast").rglob("*.py")) for use in crossing_privates(path)]
+    assert found == [], "private names of another module (make them public, or keep the use inside):\n" + \
+        "\n".join(found)
+
+
+def test_the_crossing_check_catches_a_planted_use():
+    planted = ROOT / "forecast" / "_planted_crossing_for_test.py"
+    planted.write_text("import forecast.hpo.study as search\nfrom forecast.hpo import stop\n"
+                       "from forecast.hpo.study import _locked, plan_study\n\n"
+                       "def f():\n    return search._running, stop._terminal_stdin, plan_study, search.__name__\n")
+    try:
+        assert crossing_privates(planted) == [
+            "forecast/_planted_crossing_for_test.py:3: from forecast.hpo.study import _locked",
+            "forecast/_planted_crossing_for_test.py:6: search._running",
+            "forecast/_planted_crossing_for_test.py:6: stop._terminal_stdin"]
     finally:
         planted.unlink()
 

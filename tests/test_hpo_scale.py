@@ -181,7 +181,7 @@ def test_the_panel_shows_every_running_trial_with_its_worker(tmp_path):
     from types import SimpleNamespace
 
     from forecast.hpo.display import Display
-    from forecast.hpo.workers import _panel
+    from forecast.hpo.workers import panel
 
     storage = open_storage(str(tmp_path / "s.journal"), 0)
     study = optuna.create_study(study_name="p", storage=storage)
@@ -194,7 +194,7 @@ def test_the_panel_shows_every_running_trial_with_its_worker(tmp_path):
     study.tell(study.ask(), 0.3)
     plan = SimpleNamespace(name="p", max_epochs=5, options=SimpleNamespace(trials=10))
     display = Display("p", 10, live=False)
-    _panel(display, [plan], [study], {"101": 0, "102": 1})
+    panel(display, [plan], [study], {"101": 0, "102": 1})
     rows = display.status.trial.splitlines()
     assert rows == ["elsewhere:7: #2 d16-l1-h2-f2 epoch 1/5", "w0: #0 d16-l1-h2-f2 epoch 2/5",
                     "w1: #1 d16-l1-h2-f2 starting"]
@@ -217,10 +217,11 @@ def test_jobs_2_share_one_journal_study_with_one_summary(data, space_file, tmp_p
     assert run.returncode == 0, run.stdout + run.stderr
     study = _study(str(tmp_path / "optuna.journal"))  # --jobs without --storage: the journal
     assert len(finished(study)) == 4 and not study.get_trials(states=(TrialState.RUNNING,))
-    assert len(_workers(study)) == 2  # both workers ran trials
+    assert 1 <= len(_workers(study)) <= 2  # this process (worker 0) and w1: which ran how many is timing
     assert_no_duplicates(study)
     out = run.stdout
-    assert "2 workers (w0 on cpu, w1 on cpu)" in out and "[w0] " in out and "[w1] " in out
+    assert "2 workers (w0 this process on cpu, w1 on cpu)" in out and f"[w1] study {STUDY}: " in out
+    assert "[w0] " not in out
     assert out.count(f"study {STUDY} done: 4/4 trials finished") == 1  # one summary, from the parent
     assert "Traceback" not in out + run.stderr
 
@@ -248,7 +249,7 @@ def test_sigterm_stops_every_worker_after_its_trial(data, space_file, tmp_path):
     study = _study(str(journal))
     states = [t.state for t in study.get_trials()]
     assert TrialState.RUNNING not in states and states.count(TrialState.COMPLETE) >= 2  # both trials finished
-    assert out.count("stop requested (SIGTERM)") == 3  # the parent and each worker
+    assert out.count("stop requested (SIGTERM)") == 2  # the parent (worker 0) and its worker
     assert out.count(f"study {STUDY} stopped:") == 1 and "Traceback" not in out
 
 

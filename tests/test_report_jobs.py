@@ -21,11 +21,11 @@ from optuna.trial import TrialState
 from test_hpo_scale import pg_server, pg_url
 from test_report import studies
 
+from forecast.core.workers import PARENT_ENV, WORKER_ENV, parent_works
 from forecast.hpo.claims import KEY, QUEUE_STUDY
 from forecast.hpo.storage import WORKER_ATTR, open_storage
 from forecast.report.build import ReportOptions
 from forecast.report.outputs import make_report
-from forecast.report.workers import parent_works
 
 __all__ = ["pg_server", "pg_url", "studies"]  # fixtures shared with test_report / test_hpo_scale
 
@@ -117,11 +117,11 @@ def test_jobs_2_shares_the_retrains_and_equals_a_serial_run(studies, tmp_path, m
         assert (tmp_path / out / "report.md").is_file()
 
 
-def test_the_report_command_starts_its_workers_before_loading_lightning_optuna_or_pandas():
-    """`forecast report` parses and starts its --jobs workers with the light modules only, so the
-    workers' start-up runs beside this process's own (5 s of imports on 2 cores)."""
-    check = ("import sys, forecast.report.cli; heavy = [m for m in ('lightning', 'optuna', 'pandas', 'scipy') "
-             "if m in sys.modules]; print(heavy)")
+def test_the_jobs_commands_start_their_workers_before_loading_lightning_optuna_or_pandas():
+    """`forecast report` and `forecast hpo|sweep` parse and start their --jobs workers with the light
+    modules only, so the workers' start-up runs beside this process's own (5 s of imports on 2 cores)."""
+    check = ("import sys, forecast.report.cli, forecast.hpo.cli; "
+             "heavy = [m for m in ('lightning', 'optuna', 'pandas', 'scipy') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, env=ENV, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
@@ -140,7 +140,7 @@ def test_a_worker_takes_its_device_from_its_parent_not_from_devices(studies, tmp
 
     monkeypatch.setattr(outputs, "make_report", stand_in)
     monkeypatch.setattr("forecast.report.cli.device_ids", lambda _: pytest.fail("a worker read --devices"))
-    monkeypatch.setenv("FORECAST_REPORT_WORKER", "1")
+    monkeypatch.setenv(WORKER_ENV, "1/2")
     url, _ = studies
     assert forecast_main(["report", "--storage", url, "--out", str(tmp_path / "out"), "--jobs", "2",
                           "--devices", "0,1"]) == 0
@@ -151,11 +151,11 @@ def test_a_worker_ends_when_its_parent_is_killed(tmp_path):
     """Linux: a worker gets SIGTERM when the report process that started it dies (here by SIGKILL)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("PR_SET_PDEATHSIG is Linux's")
-    worker = ("import os, time; from forecast.report.workers import die_with_parent; die_with_parent(); "
+    worker = ("import os, time; from forecast.core.workers import die_with_parent; die_with_parent(); "
               "print(os.getpid(), flush=True); time.sleep(120)")
     parent = ("import os, subprocess, sys, time; "
-              f"subprocess.Popen([sys.executable, '-c', {worker!r}], env={{**os.environ, 'FORECAST_REPORT_PARENT': "
-              "str(os.getpid())}); time.sleep(120)")
+              f"subprocess.Popen([sys.executable, '-c', {worker!r}], env={{**os.environ, {WORKER_ENV!r}: '1/2', "
+              f"{PARENT_ENV!r}: str(os.getpid())}}); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     pid = int(proc.stdout.readline())

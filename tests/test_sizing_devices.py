@@ -76,7 +76,7 @@ def test_device_ids_and_the_default_device_where_cuda_is_visible(monkeypatch):
     """The CUDA answers of `device_ids`/`default_device`, forced on the CPU: ids count among the visible
     devices and come back as CUDA_VISIBLE_DEVICES names (numbers or UUIDs); a report parent retrains
     beside its workers exactly when worker 0's device is its own default one."""
-    from forecast.report.workers import parent_works
+    from forecast.core.workers import parent_works
     from forecast.sizing.devices import default_device, device_ids
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

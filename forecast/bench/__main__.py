@@ -11,7 +11,7 @@ Entries:
            (`forecast.bench.build`): the network is built on `meta`, materialised where it runs
   hpo      trial overhead and the pruning saving (`forecast.bench.hpo`)
   scale    storage overhead per trial on SQLite, journal and PostgreSQL (4 workers), trials per
-           hour with `--jobs 1` and `--jobs 2` (`forecast.bench.scale`)
+           hour with `--jobs 1` and `--jobs 2` and their ratio (`forecast.bench.scale`)
 
 Benchmarks report; no test asserts a timing (shared machines are noisy).
 """
@@ -172,7 +172,7 @@ def sections() -> dict[str, tuple[Callable[..., dict], dict]]:
         "build": (bench_build, {"model": MODEL_2M}),
         "hpo": (bench_hpo, {"trials": 2, "epochs": 1}),
         "storage": (bench_storage, {"workers": 2, "trials": 4}),
-        "throughput": (bench_throughput, {"trials": 1, "epochs": 1}),
+        "throughput": (bench_throughput, {"trials": 1, "epochs": 1, "repeats": 1}),
         "threads": (bench_threads, {"models": ("100K",), "seconds": 0.2, "search_trials": 0, "repeats": 1}),
         "efficiency": (bench_efficiency, {"models": ("100K",), "seconds": 0.2, "probe_runs": 2,
                                           "compile_net": False}),

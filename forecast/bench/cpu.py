@@ -1,7 +1,9 @@
 """`make bench` entries for the CPU: the thread policy against fixed choices, and training efficiency.
 
   threads      samples/s of short fits (100K demo, 2M, 20M) and trials/hour of a small search with
-               the tool's default threads (`forecast.core.threads`) against 1 thread and all cores, on
+               the tool's default threads (`forecast.core.threads`: 1 thread and all cores timed on the
+               fit's first steps, the faster kept; those steps' seconds are the row's `trial_s`, not
+               in its rate) against 1 thread and all cores, on
                the machine as it is and beside one busy process (a CPU-bound loop); each choice 3
                times, interleaved in a rotating order; per row the default's median over the better
                fixed choice's median (goal: >= 0.90 in every row), and the runs' spread.
@@ -101,6 +103,13 @@ def train_rate(model: str, batch: int, seconds: float, compile_net: bool = False
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
 
+    trial = None if compile_net else POLICY.trial(params)  # the default's measured choice, as `forecast fit`
+    trial_s, started = 0.0, time.perf_counter()
+    while trial is not None and not trial.done:  # a fit's first steps: timed apart, as `trial_s`
+        trial.before_step()
+        step()
+        trial.after_step()
+    threads, trial_s = (trial.choice.threads, time.perf_counter() - started) if trial is not None else (threads, 0.0)
     for _ in range(3):  # warm-up (and compilation)
         step()
     steps, start = 0, time.perf_counter()
@@ -112,7 +121,7 @@ def train_rate(model: str, batch: int, seconds: float, compile_net: bool = False
                                       arch["n_layers"], arch["d_ff"], arch["patch_mode"])
     rate = steps * batch / wall
     return {"samples_per_s": round(rate, 1), "gflops": round(rate * flops / 1e9, 2), "threads": threads,
-            "params": params, "probe_gflops": round(probe() / 1e9, 1)}
+            "params": params, "probe_gflops": round(probe() / 1e9, 1), "trial_s": round(trial_s, 2)}
 
 
 def run_child(spec: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -146,11 +155,11 @@ def busy_neighbour(on: bool) -> Iterator[None]:
 
 def _search_rate(threads: int | None, trials: int, epochs: int, root: Path) -> dict[str, Any]:
     """Trials/hour of `forecast hpo` on the hpo bench's tiny study (command wall time)."""
-    from forecast.bench.hpo import SPACE, TEST_START, VAL_START, _tier
+    from forecast.bench.hpo import SPACE, TEST_START, VAL_START, search_tier
 
     data = root / "data"
     if not data.exists():
-        _tier(data)
+        search_tier(data)
         (root / "space.yaml").write_text(SPACE)
     logs = Path(tempfile.mkdtemp(prefix="search_", dir=root))
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FORECAST_THREADS")}
@@ -221,6 +230,8 @@ def _row(what: str, busy: bool, runs: dict[str, list[dict[str, Any]]], key: str,
            **{k: round(v, 1) for k, v in rates.items()}, "runs": {k: [r[key] for r in v] for k, v in runs.items()},
            "default_threads": ",".join(chosen), "spread": round(spread, 3),
            "default_over_best": round(rates["default"] / max(fixed), 3)}
+    if any("trial_s" in r for r in runs["default"]):  # the default's first steps, timing 1 thread against all
+        row["default_trial_s"] = statistics.median(r.get("trial_s", 0.0) for r in runs["default"])
     print(f"   {what:12s} {row['beside']:9s} " + "  ".join(f"{k}: {v:,.0f}" for k, v in rates.items())
           + f"  default ({row['default_threads']})/best {row['default_over_best']:.2f}  spread {spread:.0%}", flush=True)
     return row

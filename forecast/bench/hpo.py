@@ -39,7 +39,7 @@ params:
 """
 
 
-def _tier(root: Path) -> Path:
+def search_tier(root: Path) -> Path:
     from forecast.data.raw import write_raw
     from forecast.data.synthetic import synthetic_ohlcv
     from forecast.data.tiers import build_and_write
@@ -88,7 +88,7 @@ def bench_hpo(trials: int = 12, epochs: int = 10) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="bench_hpo_") as tmp:
             root = Path(tmp)
-            data = _tier(root / "data")
+            data = search_tier(root / "data")
             space = root / "space.yaml"
             space.write_text(SPACE)
             pruned = _study(data, space, root / "pruned", "median", trials, epochs)

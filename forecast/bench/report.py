@@ -22,7 +22,7 @@ from typing import Any
 
 from forecast import configs
 from forecast.bench import publish
-from forecast.bench.hpo import SYMBOL, TEST_START, VAL_START, _tier
+from forecast.bench.hpo import SYMBOL, TEST_START, VAL_START, search_tier
 
 SPACE = """\
 architecture:
@@ -35,7 +35,7 @@ params:
 def _studies(root: Path, budgets: tuple[str, ...], epochs: int) -> str:
     from forecast.hpo.study import HpoOptions, run_study
 
-    data = _tier(root / "data")
+    data = search_tier(root / "data")
     space = root / "space.yaml"
     space.write_text(SPACE)
     logs = root / "logs"

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from typing import Any
 
 from forecast import configs
 from forecast.bench import publish
-from forecast.bench.hpo import SPACE, SYMBOL, TEST_START, VAL_START, _tier
+from forecast.bench.hpo import SPACE, SYMBOL, TEST_START, VAL_START, search_tier
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_EPOCHS = 5  # intermediate values each trivial trial reports, as a 5-epoch trial would
@@ -61,7 +62,7 @@ def _trivial_worker(data: str, space: str, logs: str, storage: str, trials: int,
         return opened
 
     search.open_study = open_then_wait
-    search._write = lambda study, plan: None  # trials.csv / summary.md cost the same on every storage
+    search.write_outputs = lambda study, plan: None  # trials.csv / summary.md cost the same on every storage
     objective.release_memory = lambda: None  # a trial that trained nothing has nothing to give back
 
     def fit(self, trial, args, monitor, shown):  # noqa: ANN001 - Objective._fit's signature
@@ -132,7 +133,7 @@ def bench_storage(workers: int = 4, trials: int = 100) -> dict[str, Any]:
                                        f"({FAKE_EPOCHS} reports each; no output files, no garbage collection); worker_s_per_trial = {workers} x wall / trials"}
     with tempfile.TemporaryDirectory(prefix="bench_storage_") as tmp, _pg_database() as pg:
         root = Path(tmp)
-        data = _tier(root / "data")
+        data = search_tier(root / "data")
         space = root / "space.yaml"
         space.write_text(SPACE)
         storages = {"sqlite": f"sqlite:///{root / 'sqlite' / 'optuna.db'}",
@@ -146,36 +147,50 @@ def bench_storage(workers: int = 4, trials: int = 100) -> dict[str, Any]:
     return results
 
 
-def bench_throughput(trials: int = 8, epochs: int = 10) -> dict[str, Any]:
+def bench_throughput(trials: int = 8, epochs: int = 10, repeats: int = 3) -> dict[str, Any]:
     """Trials per hour of `forecast hpo --jobs J` on a small real study (command wall time).
 
-    `jobs_1` runs with torch's default threads (all cores), `jobs_1_one_thread` with
-    OMP_NUM_THREADS=1, `jobs_2` with the workers' own split (cores / 2 threads each).
+    `jobs_1` runs with the tool's default threads, `jobs_1_one_thread` with OMP_NUM_THREADS=1,
+    `jobs_2` with this process as worker 0 beside one more (the cores split between them). Each
+    `repeats` times, interleaved in a rotating order; the figures are medians.
     """
     results: dict[str, Any] = {"what": f"{trials} trials of {epochs} epochs (20K-parameter models), "
-                                       f"{os.cpu_count()} CPUs; wall time of the whole command, start-up included"}
+                                       f"{os.cpu_count()} CPUs; wall time of the whole command, start-up included; "
+                                       f"median of {repeats} interleaved runs"}
     runs = {"jobs_1": (1, None), "jobs_1_one_thread": (1, "1"), "jobs_2": (2, None)}
+    walls: dict[str, list[float]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory(prefix="bench_jobs_") as tmp:
         root = Path(tmp)
-        data = _tier(root / "data")
+        data = search_tier(root / "data")
         space = root / "space.yaml"
         space.write_text(SPACE)
-        for name, (jobs, threads) in runs.items():
-            logs = root / name
-            args = ["hpo", "--budget", "20K", "--trials", str(trials), "--jobs", str(jobs), "--no-live",
-                    "--config", str(configs.path("demo.yaml")), "--search-space", str(space),
-                    "--log-dir", str(logs), "--pruner", "none", "--storage", str(logs / "optuna.journal"),
-                    *_flags(data, epochs)]
-            env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-            if threads:
-                env["OMP_NUM_THREADS"] = threads
-            start = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "forecast", *args], env=env, capture_output=True, text=True)
-            wall = time.perf_counter() - start
-            if run.returncode != 0:
-                raise RuntimeError(f"forecast hpo --jobs {jobs} failed: {run.stderr.strip().splitlines()[-1:]}")
-            results[name] = {"wall_s": round(wall, 1), "trials_per_hour": round(3600 * trials / wall)}
+        names = list(runs)
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                walls[name].append(_hpo_wall(root / f"{name}_{r}", data, space, trials, epochs, *runs[name]))
+    for name, wall in walls.items():
+        results[name] = {"wall_s": [round(w, 1) for w in wall],
+                         "trials_per_hour": round(3600 * trials / statistics.median(wall))}
+    results["jobs_2_over_jobs_1"] = round(results["jobs_2"]["trials_per_hour"] / results["jobs_1"]["trials_per_hour"], 2)
+    results["goal"] = "jobs_2_over_jobs_1 >= 1.3 on 2 cores"
     return results
+
+
+def _hpo_wall(logs: Path, data: Path, space: Path, trials: int, epochs: int, jobs: int, threads: str | None) -> float:
+    """Seconds of one `forecast hpo --jobs JOBS` command, start to exit."""
+    args = ["hpo", "--budget", "20K", "--trials", str(trials), "--jobs", str(jobs), "--no-live",
+            "--config", str(configs.path("demo.yaml")), "--search-space", str(space),
+            "--log-dir", str(logs), "--pruner", "none", "--storage", str(logs / "optuna.journal"),
+            *_flags(data, epochs)]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FORECAST_THREADS")}
+    if threads:
+        env["OMP_NUM_THREADS"] = threads
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "forecast", *args], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if run.returncode != 0:
+        raise RuntimeError(f"forecast hpo --jobs {jobs} failed: {run.stderr.strip().splitlines()[-1:]}")
+    return wall
 
 
 def bench_scale() -> dict[str, Any]:

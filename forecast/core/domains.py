@@ -164,6 +164,9 @@ CheckpointName = _domain("CheckpointName", str, _matches(CHECKPOINT_PATTERN),
                          f"a checkpoint name: {BEST_PREFIX}- then up to {NAME_MAX} ASCII letters, digits, . _ = - "
                          "and {epoch} or {step} fields")
 NonEmptyStr = _domain("NonEmptyStr", str, lambda v: v.strip() != "" and "\x00" not in v, "a non-empty text")
+# where a server listens (`forecast dashboard`): a TCP port (0: the system picks a free one), a host name or address
+Port = _domain("Port", int, lambda v: 0 <= v <= 65535, "a port number in 0..65535 (0: any free port)")
+Host = _domain("Host", str, _matches(r"^[A-Za-z0-9.:_-]+$", 253), "a host name or IP address")
 
 
 def _compile_backend(v: str) -> bool:

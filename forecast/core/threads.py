@@ -6,9 +6,15 @@ at barriers while the core they wait on is taken. So the tool decides from what 
 
 - the cores it may use: the CPU affinity mask, capped by a cgroup CPU quota;
 - the work beside it: the other processes' CPU use on those cores, sampled once from /proc/stat
-  over `SAMPLE_S` (this process's own use subtracted); the processes of its own `--jobs` workers
-  (`FORECAST_WORKERS`) are counted as its own, never as a neighbour's load;
+  over `SAMPLE_S` (this process's own use subtracted); the processes of its own `--jobs` pool
+  (`forecast.core.workers.sharing`) are counted as its own, never as a neighbour's load;
 - the model's size: a model under `TINY_PARAMS` runs matmuls too small to split across threads.
+
+A rule fixed in code is right in one environment and wrong in the next (issue #26: beside one busy
+process, 2 threads ran 1.2x faster than the 1 the rule chose on one machine, 2.2-3.6x slower on
+another). So the rule only sets the threads a run starts with: a training run on the CPU times 1
+thread against its share of the cores on its own first steps (`ThreadTrial`) and keeps the faster,
+for the rest of the run and for the process's later runs of a model of that size.
 
 The user decides instead with `OMP_NUM_THREADS` (OpenMP's own variable; also read by torch) or
 `FORECAST_THREADS` (this tool's option; wins over OMP_NUM_THREADS). A command sets its threads at
@@ -20,13 +26,16 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from forecast.core.workers import sharing, usable_cores
+
 THREADS_ENV = "FORECAST_THREADS"  # the documented option: threads per process, wins over OMP_NUM_THREADS
-WORKERS_ENV = "FORECAST_WORKERS"  # set by `--jobs N` parents for their N workers
 SAMPLE_S = 0.25  # how long the neighbours' CPU use is sampled (once per process)
 TINY_PARAMS = 30_000  # below this a model's matmuls are too small to split across threads
 BUSY_CORE = 0.5  # a neighbour using more than half a core takes that core
@@ -42,18 +51,6 @@ class Choice:
     @property
     def line(self) -> str:
         return f"threads: {self.threads} ({self.why})"
-
-
-def usable_cores() -> list[int]:
-    """The CPU ids this process may run on, cut to a cgroup v2 quota (`cpu.max`) if there is one."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = cpus[: max(1, math.ceil(int(quota) / int(period)))]
-    except (OSError, ValueError):
-        pass
-    return cpus
 
 
 def _busy_ticks(cpus: list[int]) -> int | None:
@@ -111,29 +108,6 @@ def choose(cores: int, neighbours: float, workers: int = 1, params: int | None =
     return Choice(share, where)
 
 
-def jobs_limit(devices: int = 0) -> int:
-    """The most `--jobs` workers one machine runs at once: one per usable core, or per distinct device
-    where there are more devices (a GPU worker mostly waits on its device)."""
-    return max(len(usable_cores()), devices)
-
-
-def check_jobs(jobs: int, devices: int = 0) -> None:
-    """Refuse more `--jobs` workers than `jobs_limit`: each one loads torch and Lightning (about
-    0.5 GB), so `--jobs 10000` would exhaust memory before any work, and past one per core they only
-    contend.
-
-    Raises:
-        ForecastError: too many.
-    """
-    from forecast.core.errors import ForecastError
-
-    limit = jobs_limit(devices)
-    if jobs > limit:
-        where = f"{len(usable_cores())} usable cores" + (f" and {devices} distinct devices" if devices else "")
-        raise ForecastError(f"--jobs {jobs}: at most {limit} here ({where}); more workers than can run at once "
-                            "only contend (another machine joins through the same --storage)")
-
-
 def user_choice(env: dict[str, str] | None = None) -> Choice | None:
     """The user's own setting (`FORECAST_THREADS`, else `OMP_NUM_THREADS`), or None.
 
@@ -150,23 +124,99 @@ def user_choice(env: dict[str, str] | None = None) -> Choice | None:
     return None
 
 
+TRIAL_WARMUP = 2  # steps at the rule's choice before any is timed (allocator, caches, first-call costs)
+TRIAL_BLOCK = 3  # steps in a row at one candidate; the first after a switch is not timed
+TRIAL_ROUNDS = 2  # blocks per candidate, the order reversed each round (a drifting load hits both alike)
+
+
+@dataclass
+class ThreadTrial:
+    """Times the candidate thread counts on a run's own first steps and keeps the faster.
+
+    After `warmup` steps, `rounds` blocks of `block` steps per candidate (order A B, then B A, ...);
+    each block's first step is not timed (the thread pool resizes), the rest are. The candidate
+    with the lower median step time is kept (`keep`). The caller wraps each step in `before_step`
+    and `after_step` (a Lightning callback, `forecast.training.callbacks.MeasuredThreads`, or a
+    plain loop) until `done`.
+
+    Args:
+        candidates: thread counts to try (1 and all the cores this process may use).
+        keep: receives the choice once measured (the policy applies and prints it).
+        set_threads: sets the threads of the next steps (torch.set_num_threads).
+        clock: seconds (a test injects its own).
+    """
+
+    candidates: tuple[int, ...]
+    keep: Callable[[Choice], None]
+    set_threads: Callable[[int], None]
+    clock: Callable[[], float] = time.perf_counter
+    warmup: int = TRIAL_WARMUP
+    block: int = TRIAL_BLOCK
+    rounds: int = TRIAL_ROUNDS
+    choice: Choice | None = None
+
+    def __post_init__(self) -> None:
+        order = [list(self.candidates) if r % 2 == 0 else list(reversed(self.candidates)) for r in range(self.rounds)]
+        self.plan = [(c, i > 0) for round_ in order for c in round_ for i in range(self.block)]  # (threads, timed)
+        self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self.step, self._started, self._threads = 0, 0.0, 0
+
+    @property
+    def done(self) -> bool:
+        return self.choice is not None
+
+    def before_step(self) -> None:
+        i = self.step - self.warmup
+        if self.done or not 0 <= i < len(self.plan):
+            return
+        threads = self.plan[i][0]
+        if threads != self._threads:
+            self.set_threads(threads)
+            self._threads = threads
+        self._started = self.clock()
+
+    def after_step(self) -> None:
+        i = self.step - self.warmup
+        self.step += 1
+        if self.done or not 0 <= i < len(self.plan):
+            return
+        threads, timed = self.plan[i]
+        if timed:
+            self.times[threads].append(self.clock() - self._started)
+        if i == len(self.plan) - 1:
+            medians = {c: statistics.median(t) for c, t in self.times.items()}
+            best = min(self.candidates, key=lambda c: (medians[c], c))  # a tie: fewer threads
+            shown = ", ".join(f"{c} thread{'s' if c > 1 else ''} {1000 * m:.1f} ms/step" for c, m in medians.items())
+            self.choice = Choice(best, f"measured on the first steps: {shown}")
+            self.keep(self.choice)
+
+
+def size_class(params: int | None) -> int | None:
+    """Models within one power of ten share a measured choice (a search's trials, a report's retrains)."""
+    return None if params is None else int(math.log10(max(1, params)))
+
+
 class ThreadPolicy:
-    """Decides once per process (the load sample is taken once), applies, prints on change."""
+    """Decides per process: the user's setting; else the choice measured on a run's first steps for
+    a model of this size (`trial`); else, until one is measured, the rule on the machine's state
+    (the load sample is taken once). Applies, prints on change."""
 
     def __init__(self) -> None:
         self._neighbours: float | None = None
         self._printed: str | None = None
+        self._measured: dict[int | None, Choice] = {}
 
     def decide(self, params: int | None = None) -> Choice:
-        """The user's setting, else the rule on this machine's measured state."""
+        """The user's setting, else the measured choice, else the rule on this machine's measured state."""
         mine = user_choice()
         if mine is not None:
             return mine
+        if size_class(params) in self._measured:
+            return self._measured[size_class(params)]
         cpus = usable_cores()
         if self._neighbours is None:
             self._neighbours = neighbours_load(cpus)
-        workers = int(os.environ.get(WORKERS_ENV, "1") or 1)
-        return choose(len(cpus), self._neighbours, workers, params)
+        return choose(len(cpus), self._neighbours, sharing(), params)
 
     def apply(self, params: int | None = None, say: bool = True) -> Choice:
         """Set torch's intra-op (OpenMP) threads to the decision; print it when it is new (and `say`:
@@ -177,10 +227,32 @@ class ThreadPolicy:
         choice = self.decide(params)
         if torch.get_num_threads() != choice.threads:
             torch.set_num_threads(choice.threads)
-        if say and choice.line != self._printed:
+        if say:
+            self._say(choice)
+        return choice
+
+    def trial(self, params: int | None, clock: Callable[[], float] = time.perf_counter) -> ThreadTrial | None:
+        """A trial of 1 thread against this process's share of the cores on the run's first steps,
+        or None: the user set the threads, a model of this size was measured already, or there is
+        one candidate only (one core, or `--jobs` workers holding one core each)."""
+        import torch
+
+        if user_choice() is not None or size_class(params) in self._measured:
+            return None
+        share = max(1, len(usable_cores()) // sharing())
+        if share == 1:
+            return None
+
+        def keep(choice: Choice) -> None:
+            self._measured[size_class(params)] = choice
+            self.apply(params)
+
+        return ThreadTrial((1, share), keep, torch.set_num_threads, clock)
+
+    def _say(self, choice: Choice) -> None:
+        if choice.line != self._printed:
             print(choice.line, file=sys.stderr, flush=True)
             self._printed = choice.line
-        return choice
 
 
 POLICY = ThreadPolicy()

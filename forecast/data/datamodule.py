@@ -11,6 +11,10 @@ training sample whose target days reach into validation is purged, and likewise 
 test. Walk-forward folds (`folds`, `fold`) cut the test period into consecutive blocks; fold k
 tests on block k, validates on the validation length right before it and trains on everything
 earlier. The scaler is fitted on training rows only.
+
+Training years (`train_years`, `train_design`, `train_draw`; `forecast.data.selection`): the training
+samples may be thinned to the Y years before the (fold's) validation period or to Y whole calendar
+years drawn at random; validation and test never move, and the scaler is fitted on the kept rows.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from forecast.core.domains import (
     Date,
     NonNegativeInt,
     NonNegativeSize,
+    PositiveFiniteFloat,
     PositiveInt,
     Size,
     Symbol,
@@ -40,6 +45,13 @@ from forecast.core.errors import ForecastError
 from forecast.data.manifest import read_verified
 from forecast.data.paths import raw_path, resolve_data_dir, tier_path
 from forecast.data.raw import forward_adjust, read_raw
+from forecast.data.selection import (
+    TrainDesign,
+    TrainSelection,
+    check_selection,
+    select_training,
+    selection_summary,
+)
 from forecast.data.stationary import INPUTS, Inputs, stationary_features, stationary_names
 from forecast.data.targets import Task, make_targets
 from forecast.data.tiers import TIERS
@@ -158,6 +170,13 @@ class ForecastDataModule(L.LightningDataModule):
         num_workers: DataLoader workers (0 is fastest here: a batch is one tensor gather).
         min_windows: Fewest samples a split may have before it is refused as too small.
         predict_split: The split `forecast predict` writes probabilities for.
+        train_years: Train only on this many years of history (null = every training year): the
+            years right before the (fold's) validation period (`trailing`), or as many whole
+            calendar years drawn at random from the training span (`blocks`). Validation and test
+            dates do not move; the scaler is fitted on the kept rows.
+        train_design: `trailing` (the most recent years) or `blocks` (random whole calendar years,
+            the same amount of history, to tell more data from more recent data).
+        train_draw: Seed of the `blocks` draw (another draw, other years).
     """
 
     def __init__(
@@ -182,9 +201,14 @@ class ForecastDataModule(L.LightningDataModule):
         num_workers: NonNegativeInt = 0,
         min_windows: PositiveInt = 100,
         predict_split: Literal["train", "val", "test"] = "test",
+        train_years: PositiveFiniteFloat | None = None,
+        train_design: TrainDesign = "trailing",
+        train_draw: NonNegativeInt = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_selection(train_years, train_design, train_draw)
+        self.train_years, self.train_design, self.train_draw = train_years, train_design, train_draw
         _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows,
                     task, batch_size, eval_batch_size)
         _check_folds(folds, fold, test_start, test_end)
@@ -215,6 +239,9 @@ class ForecastDataModule(L.LightningDataModule):
         y = make_targets(prices["High"].to_numpy(), prices["Close"].to_numpy(), self.task, self.horizon, self.threshold)
         self.bounds = split_bounds(self.dates, val_start, test_start, test_end, self.folds, self.fold)
         ends = split_samples(self.bounds, y, self.context_length, self.horizon, gap)
+        self.selection: TrainSelection = select_training(self.dates, self.bounds["train"], self.context_length - 1,
+                                                         self.train_years, self.train_design, self.train_draw)
+        ends["train"] = ends["train"][self.selection.kept[ends["train"]]]  # the kept years' samples only
         self.splits = {name: Split(name, ends[name], self.dates[ends[name]]) for name in SPLITS}
         for split in self.splits.values():
             if split.size < min_windows:
@@ -228,8 +255,7 @@ class ForecastDataModule(L.LightningDataModule):
         if self.inputs == "stationary":
             seen, names = stationary_features(self.raw_features, self.feature_names)  # [rows, G]
             assert names == self.input_names, "stationary_names and stationary_features disagree"
-        train_rows = np.arange(len(self.dates)) < self.bounds["train"][1]
-        self.scale_mean, self.scale_std = _fit_scaler(seen, train_rows, scaler)
+        self.scale_mean, self.scale_std = _fit_scaler(seen, self.selection.kept, scaler)  # kept training rows
         scaled = (seen - self.scale_mean) / self.scale_std
         self.features = torch.from_numpy(scaled.astype(np.float32))  # [rows, F]
         self.targets = torch.from_numpy(np.nan_to_num(y, nan=-1.0).astype(np.float32))  # [rows]; -1 never sampled
@@ -248,6 +274,19 @@ class ForecastDataModule(L.LightningDataModule):
                 f"{name:>5}: {split.size:5d} samples {split.dates[0].date()}..{split.dates[-1].date()}, "
                 f"{100 * self.balance[name]:.1f}% positive{self._fold_text()}"
             )
+        if self.train_years is not None:
+            rank_zero_info(self.selection_line())
+
+    def selection_line(self) -> str:
+        """`train years: trailing 4 years = 2014..2017, 1006 samples`: what the training selection kept."""
+        years = self.selection.calendar_years
+        shown = f"{years[0]}..{years[-1]}" if self.train_design == "trailing" or len(years) < 2 else \
+            ", ".join(map(str, years))
+        return f"train years: {self.selection.describe()} = {shown}, {self.splits['train'].size} samples"
+
+    def selection_summary(self) -> dict[str, object]:
+        """The training selection as fit_summary.json records it (`forecast.data.selection`)."""
+        return selection_summary(self.selection, self.splits["train"].dates)
 
     def split_summary(self) -> dict[str, float]:
         """Size and class balance of each split, as loggable numbers."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from jsonargparse import ArgumentParser, Namespace
 
@@ -26,19 +26,18 @@ from forecast.core.domains import (
 )
 from forecast.core.errors import ForecastError
 from forecast.core.parsers import RunArgs, command_parser, parse, split_run_args
-from forecast.hpo.stop import STOP_FILE, StopControl
-from forecast.hpo.study import (
-    DEFAULT_SPACE,
-    PRUNERS,
-    HpoOptions,
-    Outcome,
-    run_queue,
-)
-from forecast.hpo.workers import run_workers, worker_number
-from forecast.sizing.budget import parse_budget
+from forecast.core.workers import Pool, check_jobs, this_worker
+from forecast.hpo.config import DEFAULT_SPACE, PRUNERS
+from forecast.hpo.stop import ABORTED_EXIT, STOP_FILE, StopControl
+from forecast.hpo.years import TrainYears, check_no_selection_flags, selection_flags
+from forecast.sizing.devices import default_device, device_ids
 from forecast.training.config import flag_keys
 
-ABORTED_EXIT = 130  # a second Ctrl-C ended a trial: like any interrupted command
+if TYPE_CHECKING:
+    from forecast.hpo.study import HpoOptions, Outcome
+
+# Light at import (no Lightning, Optuna or pandas): with --jobs N the workers start before this process
+# loads them (about 5 s on 2 cores), so that their start-up runs beside its own.
 
 EPILOG = """\
 --config FILE (repeatable) and any --data.*, --model.*, --trainer.*, --early_stopping.*,
@@ -97,45 +96,73 @@ def hpo_parser() -> ArgumentParser:
 
 def sweep_parser() -> ArgumentParser:
     """The `forecast sweep` parser."""
-    p = command_parser("forecast sweep", "Run `forecast hpo` over budgets x horizons as one queue: each trial "
+    p = command_parser("forecast sweep", "Run `forecast hpo` over budgets x horizons (x training years: "
+                       "--train-years) as one queue: each trial "
                        "goes to the study furthest from --trials; any number of machines may run it on one "
                        "--storage URL.", EPILOG)
     p.add_argument("--budgets", nargs="+", type=NonEmptyStr, required=True, metavar="BUDGET",
                    help="e.g. 2M 20M 200M 2B")
     p.add_argument("--horizons", nargs="+", type=PositiveInt, required=True, metavar="H", help="e.g. 1 3 5")
+    p.add_argument("--train-years", nargs="+", type=TrainYears, default=None, metavar="Y",
+                   help="the training-years axis: a study per number of years before validation, or all "
+                        "(e.g. 2 4 8 16 all; default: none, every study trains on all years)")
+    p.add_argument("--designs", nargs="+", type=Literal["trailing", "blocks"], default=["trailing"],
+                   metavar="DESIGN", help="with --train-years: trailing (the most recent years) and/or blocks "
+                                          "(as many random whole calendar years; default: trailing)")
+    p.add_argument("--draws", type=PositiveInt, default=1, metavar="K",
+                   help="with --designs blocks: draws of random years per number of years (default: 1)")
     _common(p)
     return p
 
 
 def _options(args: Namespace, run: RunArgs, budget: str, study_name: str | None) -> HpoOptions:
-    storage = args.storage
-    if storage is None and args.jobs > 1:
-        storage = str(args.log_dir / "optuna.journal")  # SQLite locks up under several writers
+    from forecast.hpo.study import HpoOptions
+
     return HpoOptions(
         budget=budget, trials=args.trials, configs=list(run.configs), overrides=list(run.flags),
-        search_space=args.search_space, storage=storage, study_name=study_name, pruner=args.pruner,
+        search_space=args.search_space, storage=_storage(args), study_name=study_name, pruner=args.pruner,
         seed=args.seed, timeout=args.timeout, log_dir=args.log_dir, heartbeat=args.heartbeat,
         keep_checkpoints=args.keep_checkpoints,
-        live=False if args.no_live or worker_number() is not None else None)
+        live=False if args.no_live or this_worker() is not None else None)
+
+
+def _storage(args: Namespace) -> str | None:
+    if args.storage is None and args.jobs > 1:
+        return str(args.log_dir / "optuna.journal")  # SQLite locks up under several writers
+    return args.storage
 
 
 def exit_code(outcome: Outcome) -> int:
     return ABORTED_EXIT if outcome.ending == "aborted" else 0
 
 
-def _run(command: str, argv: list[str], args: Namespace, all_options: list[HpoOptions],
-         stop: StopControl | None = None) -> list[Outcome]:
-    """In this process, or (--jobs N) in N worker processes running this same command."""
-    if args.jobs > 1 and str(all_options[0].storage).startswith("sqlite"):
+def start_pool(command: str, argv: list[str], args: Namespace) -> Pool | None:
+    """The `--jobs` workers, started before this process loads its libraries (None in a worker or
+    without `--jobs`); the flags that need no library checked first."""
+    if args.jobs > 1 and str(_storage(args)).startswith("sqlite"):
         # measured (make bench): two of 4 SQLite workers took the same queued trial, one crashed
         raise ForecastError("--jobs on SQLite: its writers are not isolated enough for several workers; "
                             "use a journal file (the default with --jobs) or PostgreSQL (`make postgres`)")
-    worker = worker_number()
-    if args.jobs == 1 or worker is not None:
-        if args.devices is not None and worker is None:
-            raise ForecastError("--devices needs --jobs N (one process uses the device its config names)")
-        return run_queue(all_options, stop, summary=worker is None)
-    return run_workers(command, argv, all_options, args.jobs, args.devices, stop)
+    if this_worker() is not None:
+        return None  # its device is its parent's choice (CUDA_VISIBLE_DEVICES); --devices is not read again
+    if args.devices is not None and args.jobs == 1:
+        raise ForecastError("--devices needs --jobs N (one process uses the device its config names)")
+    if args.jobs == 1:
+        return None
+    ids = device_ids(args.devices)
+    check_jobs(args.jobs, len(set(ids)))
+    return Pool([command, *argv], args.jobs, ids, default_device())
+
+
+def run_search(pool: Pool | None, all_options: list[HpoOptions], stop: StopControl | None = None) -> list[Outcome]:
+    """In this process alone (a worker, or without --jobs), or with the pool's workers."""
+    if pool is None:
+        from forecast.hpo.study import run_queue
+
+        return run_queue(all_options, stop, summary=this_worker() is None)
+    from forecast.hpo.workers import run_with
+
+    return run_with(pool, all_options, stop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,25 +170,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(argv or [])
     own, run = split_run_args(argv)
     args = parse(hpo_parser(), own)
-    outcome, = _run("hpo", argv, args, [_options(args, run, args.budget, args.study_name)])
+    pool = start_pool("hpo", argv, args)
+    try:
+        outcome, = run_search(pool, [_options(args, run, args.budget, args.study_name)])
+    except BaseException:  # a mistake in the command (one line, ours), an error or Ctrl-C: theirs end too
+        if pool is not None:
+            pool.stop()
+        raise
     return exit_code(outcome)
 
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
-    """`forecast sweep`: budgets x horizons as one queue, with one stop control for all."""
+    """`forecast sweep`: budgets x horizons (x training years) as one queue, with one stop control for all."""
     argv = list(argv or [])
     own, run = split_run_args(argv)
     args = parse(sweep_parser(), own)
-    for budget in args.budgets:
-        parse_budget(budget)  # an unknown budget fails before the first study starts
     if "data.horizon" in flag_keys(run.flags):
         raise ForecastError("--data.horizon is set by --horizons in a sweep")
-    all_options = [_options(args, RunArgs(run.configs, [*run.flags, f"--data.horizon={h}"]), b, None)
-                   for b in args.budgets for h in args.horizons]
-    with StopControl(args.log_dir / STOP_FILE, started=time.time()) as stop:
-        outcomes = _run("sweep", argv, args, all_options, stop)
+    pool = start_pool("sweep", argv, args)
+    try:
+        from forecast.sizing.budget import parse_budget
+
+        for budget in args.budgets:
+            parse_budget(budget)  # an unknown budget fails before the first study starts
+        selections: list[list[str]] = [[]]
+        if args.train_years is not None:
+            check_no_selection_flags(run.flags)
+            selections = selection_flags(args.train_years, args.designs, args.draws)
+        all_options = [_options(args, RunArgs(run.configs, [*run.flags, f"--data.horizon={h}", *sel]), b, None)
+                       for b in args.budgets for h in args.horizons for sel in selections]
+        with StopControl(args.log_dir / STOP_FILE, started=time.time()) as stop:
+            outcomes = run_search(pool, all_options, stop)
+    except BaseException:
+        if pool is not None:
+            pool.stop()
+        raise
     left = [o for o in outcomes if o.ending != "done"]
-    if worker_number() is None:
+    if this_worker() is None:
         print(f"sweep done: {len(outcomes)} studies" if not left else
               f"sweep {left[0].ending}: {len(outcomes) - len(left)}/{len(outcomes)} studies done; "
               "rerun the same command to continue", flush=True)

@@ -7,7 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from forecast import configs
 from forecast.training.config import measured_settings, recorded_data
+
+DEFAULT_SPACE = configs.path("hpo/search_space.yaml")
+PRUNERS = ("median", "hyperband", "none")
 
 MEASURED = "measured"  # key of the study fingerprint: the trainer, model and callback settings trials share
 
@@ -24,12 +28,23 @@ TRIAL_DEFAULTS = (
 
 
 def study_name(config: Mapping[str, Any], budget: str) -> str:
-    """`SPY-a25-threshold0.01-h1-2M`: everything that tells two studies' targets apart, and
-    `SPY-a25-stationary-threshold0.01-h1-2M` when the network sees the stationary inputs."""
+    """`SPY-a25-threshold0.01-h1-2M`: everything that tells two studies' targets apart,
+    `SPY-a25-stationary-threshold0.01-h1-2M` when the network sees the stationary inputs and
+    `SPY-a25-threshold0.01-h1-y4-2M` when it trains on the 4 years before validation (`train_tag`)."""
     data = config["data"]
     task = data["task"] + (f"{data['threshold']:g}" if data["task"] == "threshold" else "")
     inputs = "" if data.get("inputs", "tier") == "tier" else f"-{data['inputs']}"
-    return f"{data['symbol']}-{data['tier']}{inputs}-{task}-h{data['horizon']}-{budget}"
+    return f"{data['symbol']}-{data['tier']}{inputs}-{task}-h{data['horizon']}{train_tag(data)}-{budget}"
+
+
+def train_tag(data: Mapping[str, Any]) -> str:
+    """The training selection in a study name: `` (every year), `-y4` (the 4 trailing years) or
+    `-y4b1` (4 calendar years of blocks draw 1)."""
+    years = data.get("train_years")
+    if years is None:
+        return ""
+    tag = f"-y{float(years):g}"
+    return tag + (f"b{int(data.get('train_draw', 0))}" if data.get("train_design") == "blocks" else "")
 
 
 def fingerprint(config: Mapping[str, Any], budget: str, space: Mapping[str, Any],

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 STOP_FILE = "STOP"
+ABORTED_EXIT = 130  # a second stop aborted a trial: the process exits as an interrupted command
 POLL_S = 0.5  # how often the STOP file and the keyboard are looked at
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 CLOCK_SLACK_S = 0.05  # file times come from the kernel's coarse clock, a few ms behind time.time()

@@ -32,12 +32,14 @@ from forecast import configs
 from forecast.core.domains import check_name
 from forecast.core.errors import ForecastError
 from forecast.core.metric_names import MONITOR, MONITOR_MODE
+from forecast.core.workers import Pool
 from forecast.hpo import config as cfg
+from forecast.hpo.config import DEFAULT_SPACE, PRUNERS
 from forecast.hpo.display import Display
 from forecast.hpo.objective import ExtraCallbacks, Objective, TrialFailed, TrialSetup
 from forecast.hpo.outputs import StudyInfo, best_trial, counts, is_finished, n_finished, write_all
 from forecast.hpo.space import ARCH_ARGS, NET_PREFIX, SearchSpace, bind, load_space
-from forecast.hpo.stop import STOP_FILE, AbortTrial, StopControl
+from forecast.hpo.stop import ABORTED_EXIT, STOP_FILE, AbortTrial, StopControl
 from forecast.hpo.storage import (
     default_url,
     describe,
@@ -52,8 +54,6 @@ from forecast.sizing.machine import check_search
 from forecast.training.config import differences, flag_keys, lookup, resolve
 
 DEFAULT_CONFIG = configs.path("spy.yaml")
-DEFAULT_SPACE = configs.path("hpo/search_space.yaml")
-PRUNERS = ("median", "hyperband", "none")
 DATA_FINGERPRINT = "data_fingerprint"  # key of the study fingerprint: md5 of what the trials train on
 WAIT_S = 2.0  # how often a process waiting for other workers' trials looks again
 Ending = Literal["done", "stopped", "timeout", "aborted"]
@@ -318,13 +318,16 @@ def run_study(options: HpoOptions, stop: StopControl | None = None,
 
 
 def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
-              extra_callbacks: ExtraCallbacks | None = None, summary: bool = True) -> list[Outcome]:
+              extra_callbacks: ExtraCallbacks | None = None, summary: bool = True,
+              pool: Pool | None = None) -> list[Outcome]:
     """Run several studies as one queue: each trial goes to the study furthest from its N.
 
     Every study is checked and opened before the first trial. Any number of processes, on any
     number of machines sharing the storage, may run the same queue: each picks by what the storage
     holds, so the studies fill evenly and none runs past its N. `--timeout` of the first options
     bounds the whole queue. A storage lost mid-run ends it with one line; rerunning resumes.
+    `pool`: the `--jobs` workers beside this process (worker 0): their lines are shown once the
+    studies are checked and opened, and the outputs are written once they have ended too.
     """
     plans = [plan_study(o, extra_callbacks) for o in all_options]
     first = plans[0].options
@@ -332,20 +335,28 @@ def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
     own = stop is None
     stop = stop or StopControl(plans[0].folder / STOP_FILE)
     try:
-        with _quiet_search():  # Optuna's "created / using an existing study" lines: said below
+        with quiet_search():  # Optuna's "created / using an existing study" lines: said below
             queue = [(plan, open_study(plan)) for plan in plans]
         for plan in plans:
             stop.watch(plan.folder / STOP_FILE)
         hint = f"q, Ctrl-C or `touch {plans[0].folder / STOP_FILE}` stops after the running trial"
-        with _quiet_search(), Display(plans[0].name, first.trials, first.live, hint) as display, \
+        with quiet_search(), Display(plans[0].name, first.trials, first.live, hint) as display, \
                 (stop if own else contextlib.nullcontext(stop)):
             stop.notify = display.say
             for plan in plans:
                 display.say(f"study {plan.name}: {len(plan.space.tree.archs)} architectures of budget "
                             f"{plan.options.budget}, storage {describe(plan.url)}, logs {plan.folder}")
+            if pool is not None:
+                pool.route(display.say)
+                pool.release()  # the studies checked out: the workers' lines from now on
             ending = _optimize(queue, stop, display, deadline)
+            if pool is not None:  # their last trials, then the outputs over every worker's trials
+                if pool.running():
+                    display.say("waiting for the other workers' running trials")
+                if ABORTED_EXIT in pool.wait(ok=(0, ABORTED_EXIT)).values():
+                    ending = "aborted"
             for plan, study in queue:
-                _write(study, plan)
+                write_outputs(study, plan)
     except Exception as err:
         lost = _storage_error(err)
         if lost is None:
@@ -353,14 +364,14 @@ def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
         why = _first_line(getattr(lost, "orig", None) or lost)  # the driver's words, not SQLAlchemy's wrapper
         raise ForecastError(f"lost the storage {describe(plans[0].url)} ({why}); the studies are kept: "
                             "rerun the same command to resume") from None
-    outcomes = [_outcome(plan, study, ending) for plan, study in queue]
+    outcomes = [study_outcome(plan, study, ending) for plan, study in queue]
     if summary:
         for outcome, (_, study) in zip(outcomes, queue, strict=True):
-            print(_closing_line(outcome, study), flush=True)
+            print(closing_line(outcome, study), flush=True)
     return outcomes
 
 
-def _outcome(plan: StudyPlan, study: optuna.Study, ending: Ending) -> Outcome:
+def study_outcome(plan: StudyPlan, study: optuna.Study, ending: Ending) -> Outcome:
     finished = n_finished(study.get_trials(deepcopy=False))
     done = finished >= plan.options.trials
     return Outcome(plan.name, "done" if done else ending, finished, plan.options.trials, plan.folder)
@@ -439,7 +450,7 @@ class _AfterTrial:
         self.stop.flush()
         self.display.say(_trial_line(trial))
         _recover(study, self.plan, self.display)
-        _write(study, self.plan)
+        write_outputs(study, self.plan)
         _show(self.display, self.plan, study, study.get_trials(deepcopy=False))
 
 
@@ -455,7 +466,7 @@ def _running(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.RUNNING]
 
 
-def _write(study: optuna.Study, plan: StudyPlan) -> None:
+def write_outputs(study: optuna.Study, plan: StudyPlan) -> None:
     info = StudyInfo(plan.name, plan.folder, describe(plan.url), plan.options.budget, plan.options.trials,
                      len(plan.space.tree.archs), plan.prior)
     write_all(study, info, keep_checkpoints=plan.options.keep_checkpoints)
@@ -479,7 +490,7 @@ def _trial_line(t: FrozenTrial) -> str:
             f"{a.get('wall_s', 0):.0f} s){message}")
 
 
-def _closing_line(outcome: Outcome, study: optuna.Study) -> str:
+def closing_line(outcome: Outcome, study: optuna.Study) -> str:
     best = best_trial(study)
     best_text = "no complete trial" if best is None else f"best {MONITOR} {best.value:.5g} (trial {best.number})"
     verb = {"done": "done", "stopped": "stopped", "timeout": "timed out", "aborted": "aborted"}[outcome.ending]
@@ -515,7 +526,7 @@ def _first_line(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_search() -> Iterator[None]:
+def quiet_search() -> Iterator[None]:
     """Lightning's per-trial lines and Optuna's own log stay out: the search prints one line per trial."""
     from forecast.training.messages import quiet_lightning
 

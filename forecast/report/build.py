@@ -27,8 +27,10 @@ import numpy as np
 import pandas as pd
 
 from forecast.core.errors import ForecastError
+from forecast.core.workers import Pool, this_worker
 from forecast.hpo.api import TaskQueue, describe
 from forecast.report.collect import Series, StudyEntry, collect
+from forecast.report.data_scaling import DataResult, judge_data
 from forecast.report.equivalence import DEFAULT_MARGINS, Margins
 from forecast.report.jobs import Task, line, seed_run, verdict_key, work
 from forecast.report.law import AxisLaw, axis_law
@@ -43,7 +45,6 @@ from forecast.report.stats import (
     scaling_verdict,
 )
 from forecast.report.sufficiency import Sufficiency, sufficiency, unconverged_budgets
-from forecast.report.workers import Workers, worker_number
 from forecast.sizing.devices import default_device
 from forecast.training.baselines import BASELINES, fit_baselines, labels
 
@@ -164,6 +165,7 @@ class Report:
     wall_s: float
     seeds: list[int]
     pending: str | None = None  # why this process writes no report (a worker; others still retraining)
+    data: list[DataResult] = field(default_factory=list)  # training-years families (`report.data_scaling`)
 
     @property
     def problems(self) -> list[tuple[str, str]]:
@@ -177,11 +179,11 @@ class Report:
 Say = Callable[[str], None]
 
 
-def build_report(options: ReportOptions, say: Say = print, workers: Workers | None = None) -> Report:
+def build_report(options: ReportOptions, say: Say = print, workers: Pool | None = None) -> Report:
     """Collect, retrain per fold x seed (claimed through the storage), compare by date and judge
     (`outputs.make_report` also writes). `workers`: the `--jobs` workers the command started
     already (else they are started here, with `say`); stopped if the command turns out to be a
-    mistake. With workers, every line goes through `Workers.say`.
+    mistake. With workers, every line goes through `Pool.say`.
 
     Raises:
         ForecastError: a mistake in the command (storage, study names, flags, seeds, folds, jobs).
@@ -198,9 +200,9 @@ def build_report(options: ReportOptions, say: Say = print, workers: Workers | No
     check_overrides(options.overrides)
     entries = collect(options.storage, options.studies)
     seeds = list(range(options.seeds))
-    worker = worker_number() is not None
+    worker = this_worker() is not None
     if workers is None and options.jobs > 1 and not worker:
-        workers = Workers(options.argv, options.jobs, options.devices, say, default_device())
+        workers = Pool(["report", *options.argv], options.jobs, options.devices, default_device(), say)
     if workers is not None:
         say = workers.say
     try:
@@ -231,13 +233,14 @@ def build_report(options: ReportOptions, say: Say = print, workers: Workers | No
     for t in tasks:
         _record(t, states[t.key], t.key in reused, tasks, say)
     series = [_judge(s, results, folds, seeds, options.bootstrap, options.margins) for s, results, folds, _ in plans]
+    data = judge_data(series, seeds, options.bootstrap, options.margins)  # studies on fewer training years
     if claim is not None:
         work_queue.finish(claim, 0.0, {"verdicts": [r.verdict for r in series]})
-    return Report(options, series, round(time.time() - started, 1), seeds)
+    return Report(options, series, round(time.time() - started, 1), seeds, data=data)
 
 
 def _retrain_all(entries: Sequence[StudyEntry], seeds: list[int], options: ReportOptions, say: Say, worker: bool,
-                 workers: Workers | None) -> tuple[list, list[Task], TaskQueue, set[str]]:
+                 workers: Pool | None) -> tuple[list, list[Task], TaskQueue, set[str]]:
     """Plan every series (folds built once), post its retrains to the storage and run them with the
     other processes; the plans, the tasks, the queue and the keys already done before this report."""
     if not worker:

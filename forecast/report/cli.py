@@ -19,9 +19,8 @@ from forecast.core.domains import (
 )
 from forecast.core.errors import ForecastError
 from forecast.core.parsers import command_parser, parse, split_run_args
-from forecast.core.threads import check_jobs
+from forecast.core.workers import Pool, check_jobs, this_worker
 from forecast.report.equivalence import DEFAULT_MARGINS
-from forecast.report.workers import Workers, die_with_parent, worker_number
 from forecast.sizing.devices import default_device, device_ids
 
 # Light at import (no Lightning, Optuna or pandas): with --jobs N the workers start before this process
@@ -95,15 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run.configs:
         raise ForecastError("forecast report: --config is not an option of report (a study's best config is "
                             "what each retrain runs)")
-    if worker_number() is not None:
-        die_with_parent()
     args = parse(parser(), own)
-    parent = args.jobs > 1 and worker_number() is None
+    worker = this_worker()
+    parent = args.jobs > 1 and worker is None
     # the parent's choice: a worker pinned by CUDA_VISIBLE_DEVICES sees one device, where `--devices 1` is no id
     devices = device_ids(args.devices) if parent else []
     if parent:
         check_jobs(args.jobs, len(set(devices)))
-    workers = Workers(argv, args.jobs, devices, print, default_device()) if parent else None
+    workers = Pool(["report", *argv], args.jobs, devices, default_device()) if parent else None
     try:
         from forecast.report.build import ReportOptions
         from forecast.report.outputs import make_report
@@ -120,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers.stop()
         raise
     if report.pending is not None:
-        if worker_number() is None:
+        if worker is None:
             print(f"report: not written by this process: {report.pending}")
         return 0
     for r in report.series:

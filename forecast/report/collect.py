@@ -16,7 +16,7 @@ import math
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +43,48 @@ MIN_CHOICES_FOR_EDGE = 3  # with two choices every pick is an "edge": that says 
 
 @dataclass(frozen=True)
 class Series:
-    """What a scaling curve holds fixed: the data, the network's inputs, the target and the horizon."""
+    """What a scaling curve holds fixed: the data, the network's inputs, the target, the horizon and the
+    training years (a study trained on fewer years is its own curve; `forecast.report.data_scaling`
+    compares the curves of one `family`)."""
 
     symbol: str
     tier: str
     task: str  # "threshold0.01" or "direction"
     horizon: int
     inputs: str = "tier"  # the tier's columns, or "stationary" (the baselines' inputs)
+    train_years: float | None = None  # the training selection (`forecast.data.selection`); None: all years
+    train_design: str = "trailing"
+    train_draw: int = 0
 
     @property
     def label(self) -> str:
+        return f"{self.family_label}{self.train_text}"
+
+    @property
+    def family_label(self) -> str:
+        """The label without the training selection: what a data-scaling curve holds fixed."""
         inputs = "" if self.inputs == "tier" else f" ({self.inputs} inputs)"
         return f"{self.symbol} {self.tier}{inputs} {self.task} h={self.horizon}"
+
+    @property
+    def train(self) -> str:
+        """`all`, `y4` (4 trailing years) or `y4b1` (4 random calendar years, draw 1): as in study names."""
+        if self.train_years is None:
+            return "all"
+        return f"y{self.train_years:g}" + (f"b{self.train_draw}" if self.train_design == "blocks" else "")
+
+    @property
+    def train_text(self) -> str:
+        if self.train_years is None:
+            return ""
+        if self.train_design == "blocks":
+            return f", {self.train_years:g} random years (draw {self.train_draw})"
+        return f", {self.train_years:g} trailing years"
+
+    @property
+    def family(self) -> Series:
+        """This series on every training year: the series its training-years variants share."""
+        return replace(self, train_years=None, train_design="trailing", train_draw=0)
 
 
 @dataclass(frozen=True)
@@ -176,8 +206,10 @@ def series_of(data: dict[str, Any]) -> Series:
     task = str(data.get("task", "threshold"))
     if task == "threshold":
         task += f"{float(data.get('threshold', 0.01)):g}"
+    years = data.get("train_years")
     return Series(str(data.get("symbol")), str(data.get("tier")), task, int(data.get("horizon", 1)),
-                  str(data.get("inputs", "tier")))
+                  str(data.get("inputs", "tier")), None if years is None else float(years),
+                  str(data.get("train_design", "trailing")), int(data.get("train_draw", 0)))
 
 
 def _best(t: FrozenTrial) -> BestTrial:

@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from forecast.core.errors import ForecastError
+from forecast.core.workers import Pool, this_worker
 from forecast.hpo.api import TaskQueue, describe, study_names
 from forecast.report.build import ReportOptions, make_folds
 from forecast.report.collect import collect, load_storage
 from forecast.report.retrain import QUIET
-from forecast.report.workers import Workers, worker_number
 from forecast.sizing.budget import (
     architectures,
     budget_size,
@@ -282,16 +282,16 @@ class Isoflop:
     wall_s: float = 0.0
 
 
-def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Workers | None = None) -> Isoflop:
+def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Pool | None = None) -> Isoflop:
     """Plan the cells, post their runs to the storage, run them with the other processes, gather the results.
 
     Raises:
         ForecastError: a mistake in the command (config, budgets, storage, folds).
     """
     started = time.time()
-    worker = worker_number() is not None
+    worker = this_worker() is not None
     if workers is None and options.jobs > 1 and not worker:
-        workers = Workers(options.argv, options.jobs, options.devices, say, default_device(), command="isoflop")
+        workers = Pool(["isoflop", *options.argv], options.jobs, options.devices, default_device(), say)
     if workers is not None:
         say = workers.say
     try:

@@ -21,8 +21,7 @@ from forecast.core.domains import (
 )
 from forecast.core.errors import ForecastError
 from forecast.core.parsers import command_parser, parse, split_run_args
-from forecast.core.threads import check_jobs
-from forecast.report.workers import Workers, die_with_parent, worker_number
+from forecast.core.workers import Pool, check_jobs, this_worker
 from forecast.sizing.devices import default_device, device_ids
 
 EPILOG = """\
@@ -74,14 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     own, run = split_run_args(argv)
     if not run.configs:
         raise ForecastError("forecast isoflop: --config FILE is required (the data and model every run starts from)")
-    if worker_number() is not None:
-        die_with_parent()
     args = parse(parser(), own)
-    parent = args.jobs > 1 and worker_number() is None
+    worker = this_worker()
+    parent = args.jobs > 1 and worker is None
     devices = device_ids(args.devices) if parent else []
     if parent:
         check_jobs(args.jobs, len(set(devices)))
-    workers = Workers(argv, args.jobs, devices, print, default_device(), command="isoflop") if parent else None
+    workers = Pool(["isoflop", *argv], args.jobs, devices, default_device()) if parent else None
     try:
         from forecast.report.isoflop import IsoflopOptions, run_isoflop
 
@@ -96,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers.stop()
         raise
     if iso.pending is not None:
-        if worker_number() is None:
+        if worker is None:
             print(f"isoflop: outputs not written by this process: {iso.pending}")
         return 0
     from forecast.report.isoflop_outputs import write_outputs

@@ -3,7 +3,7 @@
 Every (study, fold, seed) retrain is one task of the storage's task queue (`forecast.hpo.api.TaskQueue`),
 keyed by `retrain.run_key` (config, flags, fold, seed, data fingerprint). A report process posts
 its tasks, then claims and runs them one at a time until none is left to claim; with `--jobs N` it
-does so beside N-1 worker processes of the same command (`forecast.report.workers`), and any other `forecast report`
+does so beside N-1 worker processes of the same command (`forecast.core.workers`), and any other `forecast report`
 on the same storage URL (another machine) joins in. A finished retrain's result lives in the storage, so the
 process that writes the report reads every retrain's predictions from there, whoever ran it.
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from forecast.report.build import Report, SeriesResult
+from forecast.report.data_scaling import DataResult
 from forecast.report.equivalence import verdict_text
 from forecast.report.law import EXPONENTS, HUBER_DELTA, MIN_POINTS, AxisLaw, HeldOut
 from forecast.report.limits import MIN_PER_CLASS, TOO_FEW, enough, too_few_text
@@ -25,6 +26,8 @@ def render(report: Report, files: Sequence[str]) -> str:
     lines = _header(report) + _answer(report) + _how_to_read(report)
     for r in report.series:
         lines += _series(r)
+    for res in report.data:
+        lines += _data_section(res)
     lines += _problems(report) + _files(files)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -263,6 +266,35 @@ def _notes(r: SeriesResult) -> list[str]:
     chosen = {b: sorted({f.chosen.get(b, "") for f in r.folds}) for b in ("logistic", "hist_gb")}
     notes += [f"- {BASELINE_NAMES[b]} chose per fold: {'; '.join(v)}" for b, v in chosen.items() if any(v)]
     return (["Notes:", "", *notes, ""]) if notes else []
+
+
+def _data_section(res: DataResult) -> list[str]:
+    """Scaling in data: each cell's pooled test loss and AUROC, then the doubling and recency claims."""
+    lines = [f"## {res.family.family_label}: scaling in training years", ""]
+    if res.problem is not None:
+        return [*lines, f"Not compared: {res.problem}.", ""]
+    head = ["model", "design", "years", "draws", "train samples", "test loss [95% CI]", "test AUROC [95% CI]"]
+    rows = []
+    for c in res.cells:
+        loss, auroc = res.interval(c, "loss"), res.interval(c, "auroc")
+        rows.append([c.model, c.design if c.years is not None else "all", c.years_text, str(c.draws),
+                     f"{c.samples:.0f}", _interval(loss), _interval(auroc, 3)])
+    claims = [[c.comparison, c.metric, _claim(c), _number(c.mde), _verdict(c), res.search_note(c) or "converged"]
+              for c in res.comparisons]
+    return [*lines, "Every training selection is tested on the same dates; the baselines are fitted on the same "
+            "kept years. Blocks draws are pooled as seeds.", "", *_table(head, rows), "",
+            "Claims: per doubling of training years (OLS slope of the metric on log2 of the kept training samples), "
+            "and trailing minus blocks at equal years (negative loss = the recent years train better).", "",
+            *_table(["claim", "metric", "estimate [95% CI]", "MDE", "verdict", "search"], claims), "",
+            f"Method: {res.comparisons[0].method}." if res.comparisons else "", "`data_scaling.png`, `data_scaling.csv`.",
+            ""]
+
+
+def _interval(found: tuple[float, float, float], digits: int = 4) -> str:
+    est, lo, hi = found
+    if not math.isfinite(est):
+        return "n/a"
+    return f"{est:.{digits}f}" + (f" [{lo:.{digits}f}, {hi:.{digits}f}]" if math.isfinite(lo) else "")
 
 
 def _problems(report: Report) -> list[str]:

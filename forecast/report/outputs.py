@@ -5,17 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from forecast.core.files import atomic_path, write_json_atomic, write_text_atomic
+from forecast.core.workers import Pool
 from forecast.report.build import Report, ReportOptions, Say, build_report
 from forecast.report.isoflop_outputs import compute_part, compute_section
 from forecast.report.markdown import render
-from forecast.report.plots import folds_figure, save_png, scaling_figure, search_figure
+from forecast.report.plots import (
+    data_scaling_figure,
+    folds_figure,
+    save_png,
+    scaling_figure,
+    search_figure,
+)
 from forecast.report.tables import TABLES
-from forecast.report.workers import Workers
 
 TENSORBOARD = "tensorboard"
 
 
-def make_report(options: ReportOptions, say: Say = print, workers: Workers | None = None) -> Report:
+def make_report(options: ReportOptions, say: Say = print, workers: Pool | None = None) -> Report:
     """`forecast report`: build the report (`build.build_report`) and write every file under `options.out`."""
     report = build_report(options, say, workers)
     if report.pending is None:  # a worker, or a process whose last retrains others still run, writes nothing
@@ -24,7 +30,8 @@ def make_report(options: ReportOptions, say: Say = print, workers: Workers | Non
 
 
 def write_outputs(report: Report, out: Path) -> list[Path]:
-    """report.md, the CSVs, law.json, folds.png, scaling.png, search.png and TensorBoard figures.
+    """report.md, the CSVs, law.json, folds.png, scaling.png, search.png, data_scaling.png (studies trained on
+    fewer years) and TensorBoard figures.
 
     Returns:
         The files written, report.md last (it lists the others).
@@ -41,6 +48,10 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
     write_json_atomic(out / "law.json", {**law_record(report), **compute_part(out)})  # `forecast isoflop`'s kept
     written.append(out / "law.json")
     figures = {"folds": folds_figure(report), "scaling": scaling_figure(report), "search": search_figure(report)}
+    if report.data:  # studies trained on fewer years: the data section's figure
+        figures["data_scaling"] = data_scaling_figure(report)
+    else:
+        (out / "data_scaling.png").unlink(missing_ok=True)  # no stale one from an earlier report
     for name, fig in figures.items():
         save_png(fig, out / f"{name}.png")
         written.append(out / f"{name}.png")

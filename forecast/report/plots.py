@@ -5,6 +5,8 @@
 - `scaling_figure`: pooled test loss and AUROC against exact parameter count (log axis), one line
   per series, error bars = the joint block-bootstrap interval; the baselines as horizontal lines; the fitted
   law L(N) dotted on the loss panel, with its band over the draws (where at least 4 budgets were fitted).
+- `data_scaling_figure`: pooled test loss and AUROC against training years per budget and design,
+  with the baselines fitted on the same years (studies trained on fewer years only).
 - `search_figure`: one panel per study: every finished trial's validation loss (pruned ones at
   their last reported epoch) and the best-so-far curve, titled with the sufficiency verdict.
 """
@@ -20,6 +22,7 @@ from matplotlib.figure import Figure
 
 from forecast.core.files import atomic_path
 from forecast.report.build import Report, SeriesResult
+from forecast.report.data_scaling import curve
 from forecast.report.tables import folds_frame
 from forecast.training.baselines import BASELINES
 
@@ -45,7 +48,7 @@ def folds_figure(report: Report) -> Figure:
             continue
         rows = frame[(frame["horizon"] == r.series.horizon) & (frame["task"] == r.series.task)
                      & (frame["tier"] == r.series.tier) & (frame["symbol"] == r.series.symbol)
-                     & (frame["inputs"] == r.series.inputs)]
+                     & (frame["inputs"] == r.series.inputs) & (frame["train"] == r.series.train)]
         models = [s.entry.budget for s in r.reported]
         for i, budget in enumerate(models):
             own = rows[rows["budget"] == budget]
@@ -106,6 +109,37 @@ def _law_curve(ax: Any, r: SeriesResult, color: str) -> None:
     if len(fit.draws):
         drawn = fit.predict(n, draws=True)  # [B, 50]
         ax.fill_between(n[:, 0], *np.quantile(drawn, [0.025, 0.975], axis=0), color=color, alpha=0.12, lw=0)
+
+
+def data_scaling_figure(report: Report) -> Figure:
+    """Pooled test loss and AUROC against training years (log2 axis), one row per family: a line per
+    budget and design (trailing solid, blocks dashed), the baselines in grey, 95% joint intervals."""
+    fig = Figure(figsize=(12, 4.6 * max(len(report.data), 1)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(max(len(report.data), 1), len(PANELS), squeeze=False)
+    for row, res in zip(axes, report.data, strict=False):
+        models = list(dict.fromkeys(c.model for c in res.cells))
+        for i, model in enumerate(models):
+            color = "tab:gray" if model in BASELINES else COLORS[i % len(COLORS)]
+            for design, ls in (("trailing", "-"), ("blocks", "--")):
+                points = curve(res.cells, model, design)
+                if not points:
+                    continue
+                for ax, (metric, _) in zip(row, PANELS, strict=True):
+                    found = np.array([res.interval(c, metric) for c in points])  # [P, 3]
+                    err = np.nan_to_num(np.stack([found[:, 0] - found[:, 1], found[:, 2] - found[:, 0]]))
+                    ax.errorbar([c.span for c in points], found[:, 0], yerr=err, color=color, ls=ls, marker="o",
+                                capsize=3, lw=1 if model in BASELINES else 1.6, label=f"{model} {design}")
+        for ax, (_, title) in zip(row, PANELS, strict=True):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("training years (kept span; blocks: years drawn)")
+            ax.set_title(f"{res.family.family_label}: {title}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+        if row[0].get_legend_handles_labels()[0]:
+            row[0].legend(fontsize=7)
+    fig.suptitle("Scaling in data: fixed test dates, training years before validation (trailing) or drawn at "
+                 "random (blocks, draws pooled)", fontsize=10)
+    return fig
 
 
 def search_figure(report: Report) -> Figure:

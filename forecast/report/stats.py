@@ -191,7 +191,7 @@ class Comparison:
     """One claim with its interval: `estimate` of `comparison` on `metric`, and the verdict."""
 
     comparison: str
-    kind: str  # "scaling" (slope or larger-smaller) or "baseline"
+    kind: str  # "scaling" (slope or larger-smaller), "baseline", or "data" (training years)
     metric: str
     estimate: float
     lo: float
@@ -228,6 +228,23 @@ def slope(log_params: np.ndarray, values: np.ndarray) -> np.ndarray:
     return ((values - values.mean(axis=-1, keepdims=True)) * x).sum(axis=-1) / (x**2).sum()
 
 
+def bootstrap_method(d: Draws, level: float = LEVEL) -> str:
+    """How a claim's interval was made, as verdicts.csv and report.md say it."""
+    return (f"stationary block bootstrap over {d.dates} test dates (mean block {d.block} days) x seeds "
+            f"resampled within each budget, {len(d.loss_draws)} draws, {level:.0%} percentile interval")
+
+
+def judged(name: str, kind: str, metric: str, estimate: float, drawn: np.ndarray, seeds_ok: bool,
+           words: tuple[str, str], method: str, margins: Margins, level: float = LEVEL) -> Comparison:
+    """One claim from its full-sample `estimate` and its joint bootstrap draws: the percentile
+    interval, its MDE and the three-way verdict with the metric's margin."""
+    lo, hi = _percentiles(np.asarray(drawn, dtype=float), level)
+    delta = margins.of(metric)
+    return Comparison(name, kind, metric, float(estimate), lo, hi,
+                      decide(lo, hi, seeds_ok, LOWER_IS_BETTER[metric], words, delta), method,
+                      mde(lo, hi, level), delta)
+
+
 def compare(d: Draws, models: Sequence[Arm], baselines: Sequence[Arm], metrics: Sequence[str] = ("loss", "auroc"),
             level: float = LEVEL, margins: Margins | None = None) -> list[Comparison]:
     """Every claim the report makes for one series, from one set of joint draws.
@@ -241,17 +258,12 @@ def compare(d: Draws, models: Sequence[Arm], baselines: Sequence[Arm], metrics: 
     """
     margins = margins or Margins()
     models = sorted(models, key=lambda a: a.params)
-    method = (f"stationary block bootstrap over {d.dates} test dates (mean block {d.block} days) x seeds "
-              f"resampled within each budget, {len(d.loss_draws)} draws, {level:.0%} percentile interval")
+    method = bootstrap_method(d, level)
     out = []
 
     def claim(name: str, kind: str, metric: str, estimate: float, drawn: np.ndarray, seeds_ok: bool,
               words: tuple[str, str]) -> Comparison:
-        lo, hi = _percentiles(drawn, level)
-        delta = margins.of(metric)
-        return Comparison(name, kind, metric, float(estimate), lo, hi,
-                          decide(lo, hi, seeds_ok, LOWER_IS_BETTER[metric], words, delta), method,
-                          mde(lo, hi, level), delta)
+        return judged(name, kind, metric, estimate, drawn, seeds_ok, words, method, margins, level)
 
     for metric in metrics:
         if metric == "auroc" and not np.isfinite(d.auroc_draws).any():

@@ -9,6 +9,8 @@
   predictions.csv  one row per test sample x model seed or baseline: date, probability, label
   regimes.csv      one row per study x VIX level (tiers with VIX only)
   search.csv       one row per study: its trials, where the best was found, unconverged or not and why
+  data_scaling.csv one row per model (budget or baseline) x design x training years: pooled test loss
+                   and AUROC with intervals (studies trained on fewer years only)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pandas as pd
 from forecast.core.metric_names import MONITOR
 from forecast.report.build import Report, SeriesResult
 from forecast.report.collect import Series
+from forecast.report.data_scaling import data_frame_rows
 from forecast.report.equivalence import not_excluded
 from forecast.report.limits import enough
 from forecast.report.stats import LEVEL
@@ -29,7 +32,8 @@ from forecast.training.baselines import BASELINES, scores
 
 
 def _series_cols(s: Series) -> dict[str, Any]:
-    return {"symbol": s.symbol, "tier": s.tier, "inputs": s.inputs, "task": s.task, "horizon": s.horizon}
+    return {"symbol": s.symbol, "tier": s.tier, "inputs": s.inputs, "task": s.task, "horizon": s.horizon,
+            "train": s.train}
 
 
 def verdicts_frame(report: Report) -> pd.DataFrame:
@@ -40,7 +44,18 @@ def verdicts_frame(report: Report) -> pd.DataFrame:
              "not_excluded": not_excluded(c.lo, c.hi), "verdict": c.verdict,
              "search": r.search_note(c), "method": c.method}
             for r in report.series for c in r.comparisons]
+    rows += [{**_series_cols(res.family), "train": "by years", "comparison": c.comparison, "kind": c.kind,
+              "metric": c.metric, "estimate": c.estimate, "lo": c.lo, "hi": c.hi, "mde": c.mde, "margin": c.delta,
+              "not_excluded": not_excluded(c.lo, c.hi), "verdict": c.verdict, "search": res.search_note(c),
+              "method": c.method}
+             for res in report.data for c in res.comparisons]  # the training-years claims
     return pd.DataFrame(rows)
+
+
+def data_scaling_frame(report: Report) -> pd.DataFrame:
+    """data_scaling.csv: test loss and AUROC per (model, design, training years), with intervals
+    (`forecast.report.data_scaling`); empty when no study trained on fewer years."""
+    return pd.DataFrame(data_frame_rows(report.data, _series_cols))
 
 
 def _scored(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -172,4 +187,5 @@ TABLES = {
     "predictions.csv": predictions_frame,
     "regimes.csv": regimes_frame,
     "search.csv": search_frame,
+    "data_scaling.csv": data_scaling_frame,
 }

@@ -1,5 +1,5 @@
 """Callbacks every `forecast fit|predict` run gets besides Lightning's own: the predictions CSV and a line
-per epoch when the progress bar is off."""
+per epoch when the progress bar is off, and the thread trial of a fit on the CPU."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from forecast.core.files import atomic_path
 from forecast.core.metric_names import MONITOR
+from forecast.core.threads import POLICY, ThreadTrial
 from forecast.data.datamodule import ForecastDataModule
 from forecast.training.runs import evaluation_path
 
@@ -47,3 +48,22 @@ class EpochLine(Callback):
         logged = trainer.callback_metrics
         shown = "  ".join(f"{k} {float(logged[k]):.4f}" for k in ("train/loss", MONITOR, "val/auroc") if k in logged)
         rank_zero_info(f"epoch {trainer.current_epoch}: {shown}")
+
+
+class MeasuredThreads(Callback):
+    """Runs the thread policy's trial (`forecast.core.threads.ThreadTrial`) on the fit's first training
+    steps: 1 thread against all this process's cores, the faster kept. A fit that ends before the
+    trial does goes back to the rule's choice."""
+
+    def __init__(self, trial: ThreadTrial, params: int) -> None:
+        self.trial, self.params = trial, params
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.trial.before_step()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.trial.after_step()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.trial.done:
+            POLICY.apply(self.params)

@@ -42,7 +42,7 @@ from forecast.sizing.devices import (
 )
 from forecast.sizing.machine import check_fit_disk, check_memory, epoch_estimate, memory_bytes
 from forecast.sizing.throughput import Throughput
-from forecast.training.callbacks import EpochLine, PredictionCSV
+from forecast.training.callbacks import EpochLine, MeasuredThreads, PredictionCSV
 from forecast.training.checkpoints import BEST_PREFIX, check_checkpoint
 from forecast.training.messages import (
     check_config_files,
@@ -205,7 +205,11 @@ class ForecastCLI(LightningCLI):
         note = check_fit_disk(self.trainer, self.model.num_parameters, self.model.hparams.get("weights_dtype", "float32"))
         if note:
             rank_zero_info(note)
-        POLICY.apply(self.model.num_parameters)  # a tiny model gains nothing from more threads
+        POLICY.apply(self.model.num_parameters)  # the threads it starts with (the rule's, or measured before)
+        trial = POLICY.trial(self.model.num_parameters) if device == "cpu" and not self.model.hparams.get("compile") \
+            else None  # compile on the CPU trains on one thread (`one_thread_for_cpu_inductor`)
+        if trial is not None:
+            self.trainer.callbacks.append(MeasuredThreads(trial, self.model.num_parameters))
         if self.subcommand == "fit" and device == "cpu" and arch is not None:
             rank_zero_info(epoch_estimate(arch, self.datamodule.splits["train"].size))
 
@@ -259,6 +263,8 @@ class ForecastCLI(LightningCLI):
             **{k: v for k, v in best.items() if k != "epoch"},
             **_throughput(self.trainer),
         }
+        if isinstance(self.datamodule, ForecastDataModule):  # the training years it kept, and their samples
+            summary["train_selection"] = self.datamodule.selection_summary()
         if self.trainer.log_dir is None or self.trainer.fast_dev_run:  # a smoke test writes no files (also without a logger)
             rank_zero_info("fast_dev_run: fit ran; no run folder, checkpoint or summary written")
             return
