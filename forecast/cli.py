@@ -26,6 +26,7 @@ commands:
   hpo        Optuna search over one budget
   sweep      run hpo over budgets x horizons
   report     scaling report from finished studies
+  isoflop    iso-FLOP runs (exactly C training FLOPs per size) and the compute frontier N_opt(C)
   dashboard  the studies of a storage in optuna-dashboard, on this machine (optional extra)
   configs    list the configs that ship with forecast, or copy them (--copy DIR) to edit
   baselines  class prior, logistic regression and HistGB on a run config's samples
@@ -38,7 +39,7 @@ lets them name your own installed package too.
 """
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-TRAINING_COMMANDS = (*LIGHTNING_COMMANDS, "hpo", "sweep", "report")  # the thread policy applies to these
+TRAINING_COMMANDS = (*LIGHTNING_COMMANDS, "hpo", "sweep", "report", "isoflop")  # the thread policy applies to these
 DASH_VALUE_FLAGS = ("--budget",)  # values that may start with "-" (a mistyped "-2M")
 
 
@@ -109,6 +110,12 @@ def _report(argv: list[str]) -> int:
     return main(argv)
 
 
+def _isoflop(argv: list[str]) -> int:
+    from forecast.report.isoflop_cli import main
+
+    return main(argv)
+
+
 def _threads() -> None:
     """torch's threads from the thread policy (`forecast.core.threads`); said once a model is built."""
     from forecast.core.threads import POLICY
@@ -125,6 +132,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "hpo": _hpo,
     "sweep": _sweep,
     "report": _report,
+    "isoflop": _isoflop,
     "dashboard": _dashboard,
     "configs": _configs,
     "baselines": _baselines,

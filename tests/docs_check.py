@@ -275,6 +275,16 @@ def _baselines(argv: list[str], root: Path) -> None:
     check_run(run.configs, run.flags, root)
 
 
+def _isoflop(argv: list[str], root: Path) -> None:
+    from forecast.report.isoflop_cli import parser
+
+    own, run = _split(argv)
+    if not run.configs:
+        raise DocError("forecast isoflop needs --config")
+    _own(parser, own)
+    check_run(run.configs, run.flags, root)
+
+
 def _plain(module: str, name: str) -> Callable[[list[str], Path], None]:
     def check(argv: list[str], root: Path) -> None:
         _own(getattr(importlib.import_module(module), name), argv)
@@ -290,6 +300,7 @@ CHECKS: dict[str, Callable[[list[str], Path], None]] = {
     "hpo": _search("hpo_parser"),
     "sweep": _search("sweep_parser"),
     "report": _report,
+    "isoflop": _isoflop,
     "baselines": _baselines,
     **{name: _lightning for name in ("fit", "validate", "test", "predict")},
 }

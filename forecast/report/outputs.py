@@ -7,6 +7,7 @@ from pathlib import Path
 from forecast.core.files import atomic_path, write_json_atomic, write_text_atomic
 from forecast.core.workers import Pool
 from forecast.report.build import Report, ReportOptions, Say, build_report
+from forecast.report.isoflop_outputs import compute_part, compute_section
 from forecast.report.markdown import render
 from forecast.report.plots import (
     data_scaling_figure,
@@ -44,7 +45,7 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
         written.append(out / name)
-    write_json_atomic(out / "law.json", law_record(report))
+    write_json_atomic(out / "law.json", {**law_record(report), **compute_part(out)})  # `forecast isoflop`'s kept
     written.append(out / "law.json")
     figures = {"folds": folds_figure(report), "scaling": scaling_figure(report), "search": search_figure(report)}
     if report.data:  # studies trained on fewer years: the data section's figure
@@ -55,6 +56,7 @@ def write_outputs(report: Report, out: Path) -> list[Path]:
         save_png(fig, out / f"{name}.png")
         written.append(out / f"{name}.png")
     text = render(report, [p.name for p in written] + [f"{TENSORBOARD}/", "runs/<study>/fold<k>-seed<s>/"])
+    text += compute_section(out)  # the iso-FLOP runs' section, when `forecast isoflop` wrote into this --out
     _tensorboard(out / TENSORBOARD, figures, text)
     write_text_atomic(out / "report.md", text)
     return [*written, out / "report.md"]

@@ -1,0 +1,346 @@
+"""`forecast isoflop`: the compute axis. Runs of exactly C training FLOPs per (compute budget, size, fold, seed).
+
+A cell is one (compute budget C, parameter budget) pair. Its architecture and learning rate come from that
+budget's search when the storage holds one for the same series (the best trial's d_model, n_layers, n_heads, d_ff
+and `model.lr`), else from the grid (`forecast arch`: the shape whose exact count is closest to the budget) with
+the config's `model.lr`. Its optimizer steps are
+
+    steps = floor(C / (F * B)),  F = `training_flops_per_sample` (forward + backward, head included),
+                                 B = samples per optimizer step (data.batch_size, or planner.effective_batch)
+
+so every run of the cell trains on steps * B samples, early stopping off, with the warmup + cosine schedule
+ending at `trainer.max_steps = steps` (the module's schedule spans `estimated_stepping_batches`, which is
+max_steps here). A cell under one optimizer step, or over 1,000 epochs on the smallest training split of the
+folds, is skipped with a line. Each run is tested once, with its FINAL weights (the compute is the budget, not
+a best epoch), on the report's walk-forward fold (`build.make_folds`).
+
+Every (cell, fold, seed) run is a task of the storage's task queue (`forecast.hpo.api.TaskQueue`, as the
+report's retrains), keyed by everything that decides it, so `--jobs N` workers, other machines on the same
+`--storage` and a rerun share them; a finished run's record lives in the storage, so a kill -9 loses only the
+runs in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forecast.core.errors import ForecastError
+from forecast.core.workers import Pool, this_worker
+from forecast.hpo.api import TaskQueue, describe, study_names
+from forecast.report.build import ReportOptions, make_folds
+from forecast.report.collect import collect, load_storage
+from forecast.report.retrain import QUIET
+from forecast.sizing.budget import (
+    architectures,
+    budget_size,
+    count_parameters,
+    num_patches,
+    parse_budget,
+    training_flops_per_sample,
+)
+from forecast.sizing.devices import default_device, release_memory
+from forecast.training.config import resolve
+
+Say = Callable[[str], None]
+MAX_EPOCHS = 1000  # a cell that would pass over its training data more often than this is skipped
+# early stopping off: the budget decides the end (never patient out; a run shorter than an epoch has no
+# val/loss at all, which a strict EarlyStopping would refuse)
+NO_EARLY_STOP = ("--early_stopping.patience=1000000000", "--early_stopping.strict=false")
+ARCH_KEYS = ("d_model", "n_layers", "n_heads", "d_ff")
+
+
+@dataclass
+class IsoflopOptions:
+    """What `forecast isoflop` takes (see `forecast isoflop --help`)."""
+
+    storage: str
+    flops: list[float]
+    budgets: list[str]
+    run_args: list[str]  # --config FILE and --key=value flags of every run
+    seeds: int = 2
+    folds: int = 4
+    test_start: str | None = None
+    test_end: str | None = None
+    out: Path = Path("logs/isoflop")
+    bootstrap: int = 1000
+    jobs: int = 1
+    devices: list[str] = field(default_factory=list)
+    heartbeat: int = 60
+    argv: list[str] = field(default_factory=list)
+
+
+def optimizer_steps(compute: float, flops_per_sample: int, batch: int) -> int:
+    """Whole optimizer steps that spend at most `compute` training FLOPs: floor(C / (F * B))."""
+    return int(compute // (flops_per_sample * batch))
+
+
+def skip_reason(steps: int, epochs: float) -> str | None:
+    """Why a cell is not run: under one optimizer step, or over `MAX_EPOCHS` epochs; else None."""
+    if steps < 1:
+        return "under one optimizer step"
+    if epochs > MAX_EPOCHS:
+        return f"{epochs:,.0f} epochs (over {MAX_EPOCHS:,})"
+    return None
+
+
+@dataclass
+class Size:
+    """One parameter budget's model: its architecture, exact count and learning rate, and where they came from."""
+
+    budget: str
+    arch: dict[str, int]
+    params: int
+    lr: float
+    source: str  # "study NAME" or "grid + config lr"
+    flops_per_sample: int
+
+
+@dataclass
+class Cell:
+    """One (compute budget, size): its steps and epochs, or why it is skipped."""
+
+    compute: float
+    size: Size
+    batch: int
+    steps: int
+    epochs: list[float]  # per fold: steps * batch / training samples
+    skipped: str | None
+
+
+@dataclass
+class Run:
+    """One task: a cell on one fold with one seed."""
+
+    cell: Cell
+    fold: Any  # build.Fold
+    seed: int
+    args: list[str]
+    key: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"C={self.cell.compute:.3g} {self.cell.size.budget} fold {self.fold.index} seed {self.seed}"
+
+
+def _model_args(config: dict[str, Any]) -> dict[str, Any]:
+    return config["model"]["net"]["init_args"]
+
+
+def _size(budget: str, config: dict[str, Any], n_features: int, studies: dict[int, Any]) -> Size:
+    """The budget's architecture and lr: from its study's best config if the storage has one, else the grid."""
+    net = _model_args(config)
+    shape = dict(context_length=int(config["data"]["context_length"]), patch_len=int(net["patch_len"]),
+                 stride=int(net["stride"]), patch_mode=str(net.get("patch_mode", "mixing")))
+    entry = studies.get(budget_size(budget))
+    if entry is not None:
+        best = resolve(entry.config_args)
+        arch = {k: int(_model_args(best)[k]) for k in ARCH_KEYS}
+        lr, source = float(best["model"]["lr"]), f"study {entry.name}"
+    else:
+        size = budget_size(budget)
+        found = architectures(budget, n_features, **shape)
+        pick = min(found, key=lambda a: (abs(a.params - size), -a.d_model))
+        arch, lr, source = pick.model_kwargs(), float(config["model"]["lr"]), "grid + config lr"
+    params = count_parameters(n_features, shape["context_length"], shape["patch_len"], shape["stride"],
+                              arch["d_model"], arch["n_layers"], arch["n_heads"], arch["d_ff"], shape["patch_mode"])
+    fps = training_flops_per_sample(n_features, shape["context_length"], shape["patch_len"], shape["stride"],
+                                    arch["d_model"], arch["n_layers"], arch["d_ff"], shape["patch_mode"])
+    return Size(budget, arch, params, lr, source, fps)
+
+
+def samples_per_step(config: dict[str, Any]) -> int:
+    """B: data.batch_size, or with 'auto' the planner's effective batch (micro-batch x accumulation)."""
+    batch = config["data"]["batch_size"]
+    if isinstance(batch, int):
+        return batch * int(config["trainer"].get("accumulate_grad_batches") or 1)
+    return int(config["planner"]["effective_batch"])
+
+
+def _studies(url: str, config: dict[str, Any]) -> dict[int, Any]:
+    """Searched studies of the config's series in the storage, by budget size (none: a storage of claims only)."""
+    try:
+        names = study_names(load_storage(url))
+    except ForecastError:
+        return {}
+    data = config["data"]
+    same = ("symbol", "tier", "task", "horizon")
+    return {e.budget_size: e for e in (collect(url) if names else [])
+            if all(str(e.data.get(k)) == str(data.get(k)) for k in same)}
+
+
+def plan_cells(options: IsoflopOptions, config: dict[str, Any], folds: Sequence[Any]) -> list[Cell]:
+    """Every (compute budget, size) cell with its steps, epochs per fold and skip reason."""
+    n_features = int(folds[0].module.n_features)
+    studies = _studies(options.storage, config)
+    sizes = [_size(b, config, n_features, studies) for b in options.budgets]
+    batch = samples_per_step(config)
+    train = [f.module.splits["train"].size for f in folds]
+    cells = []
+    for c in sorted(options.flops):
+        for s in sizes:
+            steps = optimizer_steps(c, s.flops_per_sample, batch)
+            epochs = [steps * batch / n for n in train]
+            cells.append(Cell(c, s, batch, steps, epochs, skip_reason(steps, max(epochs))))
+    return cells
+
+
+def run_args(cell: Cell, options: IsoflopOptions, fold: Any, seed: int) -> list[str]:
+    """The LightningCLI arguments of one run (without logger location)."""
+    s = cell.size
+    return [*options.run_args, *fold.args(), *(f"--model.net.init_args.{k}={v}" for k, v in s.arch.items()),
+            f"--model.lr={s.lr!r}", f"--trainer.max_steps={cell.steps}",
+            f"--trainer.max_epochs={math.ceil(max(cell.epochs)) + 1}", *NO_EARLY_STOP,
+            "--trainer.enable_checkpointing=false", f"--seed_everything={seed}", *QUIET]
+
+
+def run_key(args: Sequence[str], fingerprint: str, cell: Cell) -> str:
+    """md5 of everything that decides a run: its arguments, config files by content, the fold's data, and the
+    cell's compute budget and size name (two budgets of equal steps stay two runs, each with its own record)."""
+    parts = ["isoflop", fingerprint, repr(cell.compute), cell.size.budget]
+    for i, arg in enumerate(args):
+        parts.append(Path(arg).read_text() if i > 0 and args[i - 1] == "--config" and Path(arg).is_file() else arg)
+    return hashlib.md5("\0".join(parts).encode()).hexdigest()
+
+
+def fit_and_test(run: Run, root: Path) -> dict[str, Any]:
+    """Train one run to its step budget and test its final weights once on its fold's test block."""
+    import torch
+
+    from forecast.training.cli import cli_main
+    from forecast.training.messages import quiet_lightning
+
+    started = time.time()
+    logger = "--trainer.logger.init_args."
+    version = f"C{run.cell.compute:.3g}-{run.cell.size.budget}-fold{run.fold.index}-seed{run.seed}"
+    args = [*run.args, f"{logger}save_dir={root}", f"{logger}name=isoflop", f"{logger}version={version}"]
+    with quiet_lightning(stdout=True):
+        cli = cli_main(args, run=False)
+        if cli.datamodule.fingerprint() != run.fold.fingerprint:
+            raise ForecastError("the data changed on disk since isoflop began (rebuilt tier?); rerun it")
+        cli.trainer.fit(cli.model, cli.datamodule)
+        test = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
+        probs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
+    cell, dm = run.cell, cli.datamodule
+    steps = int(cli.trainer.global_step)
+    samples = steps * cell.batch
+    tokens = num_patches(dm.context_length, int(cli.model.net.patch_len), int(cli.model.net.stride))
+    return {"compute": cell.compute, "budget": cell.size.budget, "params": int(cli.model.num_parameters),
+            "lr": cell.size.lr, "lr_source": cell.size.source, "fold": run.fold.index, "seed": run.seed,
+            "steps": steps, "batch": cell.batch, "epochs": round(samples / dm.splits["train"].size, 4),
+            "samples_seen": samples, "tokens_seen": samples * tokens,
+            "flops": samples * cell.size.flops_per_sample,
+            "loss": float(test.get("test/loss", math.nan)), "auroc": float(test.get("test/auroc", math.nan)),
+            "wall_s": round(time.time() - started, 3),
+            "probs": [round(float(p), 6) for p in torch.cat(probs).float()]}
+
+
+def work(runs: Sequence[Run], queue: TaskQueue, root: Path, say: Say) -> int:
+    """Claim and run tasks until none is left to claim (as `forecast.report.jobs.work`); how many ran here."""
+    by_key = {r.key: r for r in runs}
+    ran = 0
+    while True:
+        open_keys = [k for k, s in queue.states(list(by_key)).items() if s.status == "waiting"]
+        if not open_keys:
+            return ran
+        claim = queue.claim(open_keys)
+        if claim is None:
+            continue
+        run = by_key[claim.key]
+        with queue.beating(claim):
+            try:
+                result = fit_and_test(run, root)
+            except Exception as err:  # a failed run is a finding, recorded for all
+                first = (str(err).strip().splitlines() or [""])[0]
+                kind = "" if isinstance(err, ForecastError) else f"{type(err).__name__}: "
+                queue.fail(claim, f"{kind}{first}")
+                say(f"[-/{len(by_key)}] {run.label}: failed: {kind}{first}")
+                release_memory()
+                continue
+        queue.finish(claim, result["loss"], result)
+        ran += 1
+        done = sum(st.status == "done" for st in queue.states(list(by_key)).values())
+        say(f"[{done}/{len(by_key)}] {run.label}: {result['steps']} steps, {result['epochs']:.2f} epochs, "
+            f"test loss {result['loss']:.4f}, AUROC {result['auroc']:.3f} ({result['wall_s']:.0f} s)")
+
+
+@dataclass
+class Isoflop:
+    """What `forecast isoflop` found: the cells, the finished runs' records, the folds and why none is written."""
+
+    cells: list[Cell]
+    results: list[dict[str, Any]]
+    folds: list[Any]
+    seeds: list[int]
+    failed: list[str]
+    pending: str | None = None
+    wall_s: float = 0.0
+
+
+def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Pool | None = None) -> Isoflop:
+    """Plan the cells, post their runs to the storage, run them with the other processes, gather the results.
+
+    Raises:
+        ForecastError: a mistake in the command (config, budgets, storage, folds).
+    """
+    started = time.time()
+    worker = this_worker() is not None
+    if workers is None and options.jobs > 1 and not worker:
+        workers = Pool(["isoflop", *options.argv], options.jobs, options.devices, default_device(), say)
+    if workers is not None:
+        say = workers.say
+    try:
+        for b in options.budgets:
+            parse_budget(b)
+        config = resolve(options.run_args)
+        folds = make_folds(config["data"], ReportOptions(storage=options.storage, folds=options.folds,
+                                                         test_start=options.test_start, test_end=options.test_end))
+        cells = plan_cells(options, config, folds)
+        if workers is not None:
+            workers.release()
+        seeds = list(range(options.seeds))
+        runs = []
+        for cell in cells:
+            if cell.skipped:
+                if not worker:
+                    say(f"skipped C={cell.compute:.3g} {cell.size.budget} ({cell.size.params:,} parameters): "
+                        f"{cell.skipped}")
+                continue
+            for fold in folds:
+                for seed in seeds:
+                    args = run_args(cell, options, fold, seed)
+                    runs.append(Run(cell, fold, seed, args, run_key(args, fold.fingerprint, cell)))
+        if not worker:
+            say(f"isoflop: {len(runs)} runs ({sum(not c.skipped for c in cells)} cells x {len(folds)} folds x "
+                f"{len(seeds)} seeds) on {describe(options.storage)} -> {options.out}")
+        queue = TaskQueue(options.storage, options.heartbeat)
+        reused = sum(st.status == "done" for st in queue.states([r.key for r in runs]).values())
+        if reused and not worker:
+            say(f"isoflop: {reused} of the {len(runs)} runs finished before (reused)")
+        queue.post({r.key: {"label": r.label} for r in runs})
+        if workers is None or workers.parent_works:
+            ran = work(runs, queue, options.out / "runs", say)
+            if worker:
+                say(f"this worker ran {ran} of the {len(runs)} runs")
+        if workers is not None:
+            workers.wait()
+    except BaseException:
+        if workers is not None:
+            workers.stop()
+        raise
+    wall = round(time.time() - started, 1)
+    if worker:
+        return Isoflop(cells, [], folds, seeds, [], pending="a --jobs worker", wall_s=wall)
+    states = queue.states([r.key for r in runs])
+    failed = [f"{r.label}: {states[r.key].reason}" for r in runs if states[r.key].status == "failed"]
+    left = [r for r in runs if states[r.key].status not in ("done", "failed")]
+    if left:
+        return Isoflop(cells, [], folds, seeds, failed, pending=(
+            f"{len(left)} runs still run in other processes; rerun this command when they are done"), wall_s=wall)
+    results = [states[r.key].result for r in runs if states[r.key].status == "done"]
+    return Isoflop(cells, results, folds, seeds, failed, wall_s=wall)
