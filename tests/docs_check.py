@@ -32,7 +32,7 @@ FENCE = re.compile(r"^(\s*)```\s*(\w+)?")
 SHELL = ("bash", "sh", "shell")
 # programs a block may call besides forecast, make and python (checked to exist where they are ours)
 KNOWN_PROGRAMS = {"cd", "ls", "cat", "head", "tail", "mkdir", "rm", "cp", "mv", "echo", "export", "source", "touch",
-                  "tensorboard", "optuna", "pip", "git"}
+                  "tensorboard", "optuna", "pip", "git", "printf", "true", "test", "grep", "wc"}
 FORECAST = ("forecast", ".venv/bin/forecast")
 
 

@@ -28,7 +28,7 @@ from forecast.core.domains import Host, NonEmptyStr, Port
 from forecast.core.errors import ForecastError
 from forecast.core.parsers import command_parser, parse
 from forecast.hpo.claims import QUEUE_STUDY
-from forecast.hpo.storage import _missing_module, describe, journal_path, rdb_url
+from forecast.hpo.storage import describe, journal_path, missing_module, rdb_url
 
 EXTRA_HINT = "make install EXTRAS=dashboard (or pip install 'optuna-dashboard==0.21.0')"
 DEFAULT_STORAGES = (Path("logs/hpo/optuna.db"), Path("logs/hpo/optuna.journal"))  # `forecast hpo`'s defaults
@@ -115,7 +115,7 @@ def open_for_reading(url: str) -> BaseStorage:
         storage.get_all_studies()  # an empty file, a server that is down, a wrong password: said here
         return storage
     except Exception as err:  # sqlalchemy/driver errors have many types; all mean "cannot read"
-        missing = _missing_module(err)
+        missing = missing_module(err)
         first = f"its database driver {missing!r} is not installed" if missing else _first_cause(err)
         raise ForecastError(f"cannot read storage {describe(url)}: {first}") from None
 

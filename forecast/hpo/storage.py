@@ -110,7 +110,7 @@ def open_storage(url: str, heartbeat: int) -> BaseStorage:
         raise
     except Exception as err:  # sqlalchemy/driver errors have many types; all mean "cannot open"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        missing = _missing_module(err)
+        missing = missing_module(err)
         if missing is not None:
             first = f"its database driver {missing!r} is not installed"
             if url.startswith("postgresql"):  # SQLAlchemy 2.1's default PostgreSQL driver is psycopg 3
@@ -189,7 +189,7 @@ def _mend_locked(path: Path) -> str:
     return said
 
 
-def _missing_module(err: BaseException) -> str | None:
+def missing_module(err: BaseException) -> str | None:
     """The module whose import failed somewhere in `err`'s chain (Optuna re-raises it vaguely)."""
     while err is not None:
         if isinstance(err, ModuleNotFoundError) and err.name:
