@@ -10,7 +10,7 @@ import torch
 from synthetic_run import SYMBOL, TEST_START, VAL_START, data_dir, dm_kwargs, synthetic_raw  # noqa: F401  (fixtures)
 
 from forecast.data.datamodule import ForecastDataModule
-from forecast.data.manifest import write_tracked
+from forecast.data.manifest import load_manifest, write_tracked
 from forecast.data.raw import forward_adjust, read_raw, write_raw
 from forecast.data.targets import threshold_targets
 from forecast.data.tiers import build_and_write
@@ -119,7 +119,9 @@ def test_scaler_never_sees_validation_or_test_rows(data_dir, tmp_path):
     later = frame["Date"] >= pd.Timestamp(VAL_START)
     cols = [c for c in frame.columns if c != "Date"]
     frame.loc[later, cols] = frame.loc[later, cols] * 1000 + 7
-    write_tracked(other, "processed", other / "processed" / tier_file.name, frame)  # the manifest vouches for it
+    built = load_manifest(data_dir, "processed")[f"processed/{tier_file.name}"]
+    tier_fields = {k: built[k] for k in ("tier", "tier_version", "sources")}
+    write_tracked(other, "processed", other / "processed" / tier_file.name, frame, **tier_fields)  # vouched for
     moved = ForecastDataModule(**dm_kwargs(other))
     np.testing.assert_array_equal(base.scale_mean, moved.scale_mean)
     np.testing.assert_array_equal(base.scale_std, moved.scale_std)

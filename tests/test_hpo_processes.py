@@ -88,7 +88,9 @@ def test_sigint_stops_cleanly_a_second_one_aborts_and_a_rerun_finishes(data, spa
 def test_kill_9_mid_trial_then_a_rerun_finishes_without_losing_a_trial(data, space_file, tmp_path):
     args = cli_args(data, space_file, tmp_path, 3, epochs=6)
     proc = _spawn(args)
-    wait_for(lambda: _storage_states(tmp_path)[:2] == [TrialState.COMPLETE, TrialState.RUNNING], proc=proc)
+    # mid trial: RUNNING with its start recorded (on a loaded machine the kill could land between the two)
+    wait_for(lambda: _storage_states(tmp_path)[:2] == [TrialState.COMPLETE, TrialState.RUNNING]
+             and "reason" in load(tmp_path).get_trials()[1].user_attrs, proc=proc)
     proc.kill()
     proc.communicate(timeout=30)
     before = load(tmp_path).get_trials()

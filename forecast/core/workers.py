@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,7 @@ class Pool:
                  say: Say = print) -> None:
         self.parent_works = parent_works(devices, default_device)
         self.jobs, self.devices = jobs, list(devices)
+        self.started = time.time()  # before any worker: what the storage finished earlier is not theirs
         self._lock = threading.Lock()
         self._say = _bound(say)
         self._held: list[str] | None = []  # their lines until `release`

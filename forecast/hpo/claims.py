@@ -56,6 +56,7 @@ class TaskState:
     reason: str = ""
     worker: str = ""
     killed: int = 0
+    finished: float | None = None  # when a `done` task finished (seconds since the epoch)
 
 
 @dataclass
@@ -79,7 +80,8 @@ def task_state(trials: Sequence[FrozenTrial]) -> TaskState:
     for t in trials:
         if t.state == TrialState.COMPLETE:
             return TaskState("done", result=json.loads(str(t.user_attrs.get(RESULT, "{}"))),
-                             worker=str(t.user_attrs.get(WORKER_ATTR, "")))
+                             worker=str(t.user_attrs.get(WORKER_ATTR, "")),
+                             finished=t.datetime_complete.timestamp() if t.datetime_complete else None)
     killed = sum(_killed(t) for t in trials)
     for t in trials:
         reason = str(t.user_attrs.get(REASON, ""))

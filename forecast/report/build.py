@@ -255,7 +255,10 @@ def _retrain_all(entries: Sequence[StudyEntry], seeds: list[int], options: Repor
              for f in folds for seed in seeds]
     work_queue = TaskQueue(options.storage, options.heartbeat)
     keys = [t.key for t in tasks]
-    reused = {k for k, st in work_queue.states(keys).items() if st.status == "done"}
+    # done before this report began: not a retrain that one of its own --jobs workers finished meanwhile
+    since = workers.started if workers is not None else None
+    reused = {k for k, st in work_queue.states(keys).items()
+              if st.status == "done" and (since is None or st.finished is None or st.finished < since)}
     work_queue.post({t.key: t.attrs() for t in tasks})
     if workers is None or workers.parent_works:
         ran = work(tasks, work_queue, options.out, options.keep_checkpoints, say)

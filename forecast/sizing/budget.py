@@ -212,7 +212,7 @@ def check_grid(grid: Any, where: str) -> dict[str, list[float]]:
     narrow = grid.get(NARROW_KEY)
     if narrow is not None and (not isinstance(narrow, list) or not all(
             isinstance(h, int) and not isinstance(h, bool) and 0 < h <= MAX_GRID_VALUE for h in narrow)):
-        raise ForecastError(f"{where}: {NARROW_KEY} must be a list of whole numbers >= 1")
+        raise ForecastError(f"{where}: {NARROW_KEY} must be a list of positive integers")
     keys = GRID_KEYS + ((NARROW_KEY,) if narrow is not None else ())  # absent stays absent (study records)
     return {key: list(grid[key]) for key in keys}
 
