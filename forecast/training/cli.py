@@ -207,7 +207,7 @@ class ForecastCLI(LightningCLI):
             rank_zero_info(note)
         POLICY.apply(self.model.num_parameters)  # a tiny model gains nothing from more threads
         if self.subcommand == "fit" and device == "cpu" and arch is not None:
-            rank_zero_info(epoch_estimate(arch, self.datamodule.splits["train"].size))
+            rank_zero_info(epoch_estimate(arch, self.datamodule.epoch_samples))  # a selection: the all-years epoch
 
     def instantiate_classes(self) -> None:
         """As LightningCLI's; settings that Lightning's classes refuse together (a checkpoint every n
