@@ -10,6 +10,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 from search_fixtures import data, flags, options, space_file  # noqa: F401  (fixtures)
 
 from forecast.cli import main as forecast_main
@@ -139,8 +140,50 @@ def test_fit_says_and_records_the_kept_years(long_dir, tmp_path, caplog):
     kept = summary["train_selection"]
     assert kept["calendar_years"] == [2012, 2013, 2014, 2015] and kept["years"] == 4
     assert kept["samples"] > 900 and kept["first"].startswith("2012-01")
+    assert kept["samples_all_years"] > 1.5 * kept["samples"] and kept["epoch_samples"] == kept["samples_all_years"]
+    assert f"epochs of {kept['epoch_samples']} samples drawn from them" in caplog.text
     config = next(tmp_path.rglob("config.yaml")).read_text()
     assert "train_years: 4" in config and "train_design: trailing" in config
+
+
+def _steps(long_dir: Path, save: Path, *flags: str) -> tuple[int, int]:
+    """(optimizer steps, kept training samples) of a 1-epoch fit of a tiny model (no checkpoints)."""
+    args = ["--config", "configs/demo.yaml", f"--data.data_dir={long_dir}", f"--data.symbol={SYMBOL}",
+            "--data.context_length=8", f"--data.val_start={VAL_START}", f"--data.test_start={TEST_START}",
+            "--data.min_windows=20", "--data.batch_size=64", "--model.net.init_args.patch_len=8",
+            "--model.net.init_args.stride=8", "--model.net.init_args.d_model=8", "--model.net.init_args.n_heads=1",
+            "--model.net.init_args.d_ff=8", "--model.net.init_args.n_layers=1", "--trainer.max_epochs=1",
+            "--trainer.limit_val_batches=1", f"--trainer.logger.init_args.save_dir={save}",
+            "--trainer.enable_checkpointing=false", "--trainer.logger.init_args.name=" + "-".join(flags or ["all"]),
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *flags]
+    cli = cli_main(["fit", *args])
+    return cli.trainer.global_step, cli.datamodule.splits["train"].size
+
+
+def test_fewer_years_get_the_optimizer_steps_of_all_years(long_dir, tmp_path):
+    """The step confound: in one epoch, 1 trailing year takes exactly the optimizer steps of all ~8
+    years (each epoch draws the all-years epoch's samples from the kept ones), and so do drawn
+    blocks; `--data.train_epoch kept` is one pass over the kept samples, ~1/8 of the steps (~4 s)."""
+    every, n_all = _steps(long_dir, tmp_path)
+    assert every == -(-n_all // 64)  # one epoch of the all-years batches
+    one, n_one = _steps(long_dir, tmp_path, "--data.train_years=1")
+    assert n_one < n_all / 5 and one == every
+    blocks = dm(long_dir, context_length=8, horizon=1, batch_size=64, train_years=2, train_design="blocks", train_draw=1)
+    assert len(blocks.train_dataloader()) == every and blocks.epoch_samples == n_all
+    kept = dm(long_dir, context_length=8, horizon=1, batch_size=64, train_years=1, train_epoch="kept")
+    assert kept.epoch_samples == n_one and len(kept.train_dataloader()) == -(-n_one // 64) < every / 5
+
+
+def test_an_epoch_of_a_selection_draws_each_kept_sample_equally_often():
+    from forecast.data.selection import RepeatedPermutations
+    torch.manual_seed(0)
+    drawn = list(RepeatedPermutations(7, 30))
+    assert len(drawn) == 30 and len(RepeatedPermutations(7, 30)) == 30
+    counts = np.bincount(drawn, minlength=7)
+    assert counts.min() >= 4 and counts.max() <= 5  # 4 whole permutations, then 2 of the fifth
+    assert sorted(drawn[:7]) == list(range(7)) and drawn[:7] != drawn[7:14]  # whole and reshuffled
+    torch.manual_seed(0)
+    assert list(RepeatedPermutations(7, 30)) == drawn  # seeded by torch (seed_everything)
 
 
 def test_sweep_selections_cover_years_designs_and_draws():

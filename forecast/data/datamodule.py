@@ -46,9 +46,12 @@ from forecast.data.manifest import read_verified
 from forecast.data.paths import raw_path, resolve_data_dir, tier_path
 from forecast.data.raw import forward_adjust, read_raw
 from forecast.data.selection import (
+    RepeatedPermutations,
     TrainDesign,
+    TrainEpoch,
     TrainSelection,
     check_selection,
+    epoch_samples,
     select_training,
     selection_summary,
 )
@@ -177,6 +180,10 @@ class ForecastDataModule(L.LightningDataModule):
         train_design: `trailing` (the most recent years) or `blocks` (random whole calendar years,
             the same amount of history, to tell more data from more recent data).
         train_draw: Seed of the `blocks` draw (another draw, other years).
+        train_epoch: What one training epoch is when `train_years` thins the data: `all_years` =
+            as many samples as every training year holds, drawn from the kept ones in repeated
+            random permutations, so every selection gets the all-years run's optimizer steps
+            (max_epochs and patience mean the same training); `kept` = one pass over the kept samples.
     """
 
     def __init__(
@@ -204,11 +211,13 @@ class ForecastDataModule(L.LightningDataModule):
         train_years: PositiveFiniteFloat | None = None,
         train_design: TrainDesign = "trailing",
         train_draw: NonNegativeInt = 0,
+        train_epoch: TrainEpoch = "all_years",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         check_selection(train_years, train_design, train_draw)
         self.train_years, self.train_design, self.train_draw = train_years, train_design, train_draw
+        self.train_epoch = train_epoch
         _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows,
                     task, batch_size, eval_batch_size)
         _check_folds(folds, fold, test_start, test_end)
@@ -241,6 +250,7 @@ class ForecastDataModule(L.LightningDataModule):
         ends = split_samples(self.bounds, y, self.context_length, self.horizon, gap)
         self.selection: TrainSelection = select_training(self.dates, self.bounds["train"], self.context_length - 1,
                                                          self.train_years, self.train_design, self.train_draw)
+        self.samples_all_years = len(ends["train"])  # the all-years run's training samples
         ends["train"] = ends["train"][self.selection.kept[ends["train"]]]  # the kept years' samples only
         self.splits = {name: Split(name, ends[name], self.dates[ends[name]]) for name in SPLITS}
         for split in self.splits.values():
@@ -282,11 +292,20 @@ class ForecastDataModule(L.LightningDataModule):
         years = self.selection.calendar_years
         shown = f"{years[0]}..{years[-1]}" if self.train_design == "trailing" or len(years) < 2 else \
             ", ".join(map(str, years))
-        return f"train years: {self.selection.describe()} = {shown}, {self.splits['train'].size} samples"
+        kept, epoch = self.splits["train"].size, self.epoch_samples
+        steps = (f"; epochs of {epoch} samples drawn from them (the all-years epoch: its optimizer steps)"
+                 if epoch > kept else "")
+        return f"train years: {self.selection.describe()} = {shown}, {kept} samples{steps}"
+
+    @property
+    def epoch_samples(self) -> int:
+        """Samples one training epoch draws (`train_epoch`; `forecast.data.selection.epoch_samples`)."""
+        return epoch_samples(self.splits["train"].size, self.samples_all_years, self.train_epoch)
 
     def selection_summary(self) -> dict[str, object]:
         """The training selection as fit_summary.json records it (`forecast.data.selection`)."""
-        return selection_summary(self.selection, self.splits["train"].dates)
+        return selection_summary(self.selection, self.splits["train"].dates, self.samples_all_years,
+                                 self.epoch_samples)
 
     def split_summary(self) -> dict[str, float]:
         """Size and class balance of each split, as loggable numbers."""
@@ -346,7 +365,12 @@ class ForecastDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not isinstance(self.batch_size, int):
             raise ForecastError("data.batch_size is 'auto' but no memory plan was applied (use `forecast fit`)")
-        return batch_loader(self.dataset("train", self._loader_device()), self.batch_size, shuffle=True, num_workers=self.num_workers)
+        dataset = self.dataset("train", self._loader_device())
+        if self.epoch_samples == len(dataset):
+            return batch_loader(dataset, self.batch_size, shuffle=True, num_workers=self.num_workers)
+        # a thinned selection: the all-years epoch's samples, drawn from the kept ones (equal steps)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=RepeatedPermutations(len(dataset), self.epoch_samples),
+                          num_workers=self.num_workers, collate_fn=_as_is)
 
     def val_dataloader(self) -> DataLoader:
         return batch_loader(self.dataset("val", self._loader_device()), self._eval_batch(), shuffle=False, num_workers=self.num_workers)

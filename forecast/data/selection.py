@@ -11,6 +11,15 @@ years of history" can be measured on fixed test days:
   amounts, paired comparisons). Holding the amount of history fixed while moving it away from the
   validation period tells "more data" apart from "more recent data".
 
+Equal optimizer steps: at a fixed number of epochs, fewer kept samples would mean fewer optimizer
+steps (1 year of ~15: ~1/15 of the steps), and a small-data run would lose by under-training rather
+than by data (it did, on data with no signal at all). So by default (`train_epoch: all_years`) one
+training epoch of a selection draws as many samples as every training year holds: the kept samples
+in successive random permutations (`RepeatedPermutations`), each seen equally often. Every
+selection then takes the all-years run's steps per epoch: max_epochs, early stopping's patience and
+the best-epoch checkpoint mean the same amount of training whatever the years (`kept`: one pass over
+the kept samples per epoch, as before).
+
 A kept sample's context may reach back before its window or block (the past is known at t), as a
 first training sample's context does today; training samples whose targets reach into validation
 stay purged (`split_samples`). The scaler is fitted on the kept rows only.
@@ -23,10 +32,13 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
+from torch.utils.data import Sampler
 
 from forecast.core.errors import ForecastError
 
 TrainDesign = Literal["trailing", "blocks"]
+TrainEpoch = Literal["all_years", "kept"]
 DAYS_PER_YEAR = 365.25  # a fractional `train_years` counts calendar days
 FIRST_WEEK = 7  # a calendar year is whole when the data's first sample is no later than its Jan 7th
 # (the first trading day of a year falls on Jan 2..Jan 4; a week leaves room for any holiday)
@@ -133,10 +145,41 @@ def drawn_years(candidates: list[int], n: int, draw: int) -> list[int]:
     return sorted(candidates[i] for i in order[:n])
 
 
-def selection_summary(selection: TrainSelection, train_dates: pd.DatetimeIndex) -> dict[str, Any]:
+def epoch_samples(kept: int, every_year: int, train_epoch: str) -> int:
+    """Samples one training epoch draws: `every_year` (the all-years run's epoch, so equal
+    optimizer steps per epoch) under `all_years`, else the `kept` samples once."""
+    return max(kept, every_year) if train_epoch == "all_years" else kept
+
+
+class RepeatedPermutations(Sampler[int]):
+    """`num_samples` indices of a dataset of `n`: whole random permutations of range(n) one after
+    another, the last one cut (each sample drawn equally often, +-1). Seeded like torch's
+    RandomSampler (from torch's global generator, so `seed_everything` fixes it). Not a
+    RandomSampler: under DDP, Lightning wraps it (DistributedSamplerWrapper) and keeps its length."""
+
+    def __init__(self, n: int, num_samples: int) -> None:
+        self.n, self.num_samples = n, num_samples
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        left = self.num_samples
+        while left > 0:
+            order = torch.randperm(self.n, generator=generator)[:left].tolist()
+            left -= len(order)
+            yield from order
+
+
+def selection_summary(selection: TrainSelection, train_dates: pd.DatetimeIndex, every_year: int,
+                      epoch: int) -> dict[str, Any]:
     """What fit_summary.json records of the selection: design, years, draw, kept calendar years,
-    the first and last training sample and the number of samples."""
+    the first and last training sample, the number of samples, the all-years run's samples and
+    how many samples one epoch draws (`epoch_samples`)."""
     return {"design": selection.design, "years": selection.years, "draw": selection.draw,
             "calendar_years": selection.calendar_years, "samples": len(train_dates),
+            "samples_all_years": every_year, "epoch_samples": epoch,
             "first": str(train_dates[0].date()) if len(train_dates) else None,
             "last": str(train_dates[-1].date()) if len(train_dates) else None}

@@ -212,7 +212,7 @@ class ForecastCLI(LightningCLI):
         if trial is not None:
             self.trainer.callbacks.append(MeasuredThreads(trial, self.model.num_parameters))
         if self.subcommand == "fit" and device == "cpu" and arch is not None:
-            rank_zero_info(epoch_estimate(arch, self.datamodule.splits["train"].size))
+            rank_zero_info(epoch_estimate(arch, self.datamodule.epoch_samples))  # a selection: the all-years epoch
 
     def instantiate_classes(self) -> None:
         """As LightningCLI's; settings that Lightning's classes refuse together (a checkpoint every n
