@@ -16,7 +16,8 @@ from forecast.core.errors import ForecastError
 OPERATIONAL_DATA_KEYS = ("data_dir", "num_workers", "eval_batch_size", "batch_size", "predict_split")
 # Data settings left out of a study's record while at these defaults: settings added after studies
 # were recorded, so that those studies still resume and their best configs still match.
-DEFAULT_DATA = {"inputs": "tier", "train_years": None, "train_design": "trailing", "train_draw": 0}
+DEFAULT_DATA = {"inputs": "tier", "train_years": None, "train_design": "trailing", "train_draw": 0,
+                "train_epoch": "all_years"}
 
 
 def recorded_data(data: Mapping[str, Any]) -> dict[str, Any]:

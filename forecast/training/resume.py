@@ -23,7 +23,7 @@ from forecast.training.checkpoints import check_checkpoint
 IDENTITY_DATA_KEYS = ("task", "horizon", "tier", "context_length", "scaler")
 # A resumed fit must also train on the same samples (splits, folds, purge gap) in the same batches.
 RESUME_DATA_KEYS = (*IDENTITY_DATA_KEYS, "symbol", "val_start", "test_start", "test_end", "folds", "fold", "gap",
-                    "batch_size", "train_years", "train_design", "train_draw")
+                    "batch_size", "train_years", "train_design", "train_draw", "train_epoch")
 DATA_STATE = "ForecastDataModule"  # where Lightning keeps the data module's `state_dict()` in a checkpoint
 LIGHTNING_DEFAULT_EPOCHS = 1000  # Trainer(max_epochs=None, max_steps=-1) trains this many
 
