@@ -164,6 +164,7 @@ def _fresh_venv_with_the_wheel(tmp_path: Path) -> Path:
     return env_dir
 
 
+@pytest.mark.slow  # 20-50 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_a_wheel_installed_elsewhere_has_its_configs(tmp_path):
     env_dir = _fresh_venv_with_the_wheel(tmp_path)
     work = tmp_path / "elsewhere"  # no configs/ here, no source tree above

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from search_fixtures import (  # noqa: F401  (fixtures; _one_thread is autouse)
     ENV,
@@ -50,6 +51,7 @@ def _storage_states(logs: Path, storage: str | None = None) -> list[TrialState]:
         return []
 
 
+@pytest.mark.slow  # 20-50 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_sigint_stops_cleanly_a_second_one_aborts_and_a_rerun_finishes(data, space_file, tmp_path):
     args = cli_args(data, space_file, tmp_path, 3, epochs=30)
     folder = tmp_path / "SYN-a25-threshold0.01-h1-20K"
@@ -107,6 +109,7 @@ def test_kill_9_mid_trial_then_a_rerun_finishes_without_losing_a_trial(data, spa
     assert_no_duplicates(study)
 
 
+@pytest.mark.slow  # 20-50 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_two_processes_on_one_journal_reach_n_together(data, space_file, tmp_path):
     journal = str(tmp_path / "study.journal")
     args = cli_args(data, space_file, tmp_path, 4, "--storage", journal, epochs=1)

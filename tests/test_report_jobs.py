@@ -183,6 +183,7 @@ def test_a_jobs_parent_retrains_where_worker_0_would_run():
     assert not parent_works(["0"], None)
 
 
+@pytest.mark.slow  # 20-50 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_two_report_processes_on_postgresql_split_the_retrains(studies, tmp_path, pg_url):
     """A second report started while the first one runs claims the retrains left; no retrain runs
     twice; the one that finishes the last retrain writes the report, the other says so."""
@@ -207,6 +208,7 @@ def test_two_report_processes_on_postgresql_split_the_retrains(studies, tmp_path
     assert "not written by this process" in outs[written.index(False)]
 
 
+@pytest.mark.slow  # 20-50 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_a_killed_report_is_resumed_and_its_retrain_redone_once(studies, tmp_path):
     url, _ = studies
     storage = _copy(url, tmp_path / "killed.db")
