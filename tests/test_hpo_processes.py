@@ -87,6 +87,7 @@ def test_sigint_stops_cleanly_a_second_one_aborts_and_a_rerun_finishes(data, spa
     assert_no_duplicates(study)
 
 
+@pytest.mark.slow  # 10-60 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_kill_9_mid_trial_then_a_rerun_finishes_without_losing_a_trial(data, space_file, tmp_path):
     args = cli_args(data, space_file, tmp_path, 3, epochs=6)
     proc = _spawn(args)

@@ -107,6 +107,7 @@ def _optuna_cli(*calls: list[str]) -> list[str]:
 
 
 # -- one process on PostgreSQL; the optuna CLI on every storage ----------------------------------
+@pytest.mark.slow  # 10-60 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_hpo_on_postgresql_and_the_optuna_cli_reads_every_storage(data, space_file, tmp_path, pg_url):
     """`forecast hpo` with a plain postgresql:// URL; the optuna CLI reads each storage as
     written (the journal with its storage-class hint, PostgreSQL with SQLAlchemy's +psycopg)."""

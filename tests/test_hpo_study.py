@@ -147,6 +147,7 @@ class _TouchStop(L.Callback):
         self.path.touch()
 
 
+@pytest.mark.slow  # 10-60 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_stop_then_rerun_reaches_n_without_duplicates(data, space_file, tmp_path):
     opts = options(data, space_file, tmp_path, trials=3)
     stop_file = tmp_path / "SYN-a25-threshold0.01-h1-20K" / "STOP"

@@ -85,6 +85,7 @@ def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # 10-60 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_jobs_2_shares_the_retrains_and_equals_a_serial_run(studies, tmp_path, monkeypatch):
     """`--jobs 2` on a machine without CUDA: this process is worker 0 and starts one more; with a
     device list whose first id is not this process's own device it starts 2 and only coordinates.

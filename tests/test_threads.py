@@ -100,6 +100,7 @@ def test_a_bad_thread_setting_is_one_line(bad, capsys, monkeypatch):
     assert len(err) == 1 and "FORECAST_THREADS" in err[0], err
 
 
+@pytest.mark.slow  # 10-60 s of subprocesses: make test-slow (make test's 5-minute budget)
 def test_fit_prints_its_choice_once_and_uses_it(tmp_path):
     """A real `forecast fit --trainer.fast_dev_run` on the synthetic tier, with the user's setting."""
     from conftest import synthetic_raw
