@@ -147,6 +147,8 @@ Threshold = _domain("Threshold", float, _finite(-1, 10, True, False), "a number 
 # `forecast data synthetic`: calendar years ending 2018 out of its 100-year span, and the planted
 # effect's log volatility ratio (3: the quiet state's volatility is 0.35% of the mean's)
 SyntheticYears = _domain("SyntheticYears", int, lambda v: 1 <= v <= 100, "a number of years in 1..100")
+# A training span in years: more than any market's daily history (and years * 366 days fits every date type)
+Years = _domain("Years", float, _finite(0, 1000, True, False), "a number of years in (0, 1000]")
 SignalStrength = _domain("SignalStrength", float, _finite(0, 3, False, False), "a number in [0, 3]")
 Symbol = _domain("Symbol", str, _matches(SYMBOL_PATTERN, SYMBOL_MAX),
                  "a symbol: up to 32 ASCII letters, digits, . _ - (a leading ^ for indices)")

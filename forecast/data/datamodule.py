@@ -35,11 +35,11 @@ from forecast.core.domains import (
     Date,
     NonNegativeInt,
     NonNegativeSize,
-    PositiveFiniteFloat,
     PositiveInt,
     Size,
     Symbol,
     Threshold,
+    Years,
 )
 from forecast.core.errors import ForecastError
 from forecast.data.manifest import read_verified
@@ -208,7 +208,7 @@ class ForecastDataModule(L.LightningDataModule):
         num_workers: NonNegativeInt = 0,
         min_windows: PositiveInt = 100,
         predict_split: Literal["train", "val", "test"] = "test",
-        train_years: PositiveFiniteFloat | None = None,
+        train_years: Years | None = None,
         train_design: TrainDesign = "trailing",
         train_draw: NonNegativeInt = 0,
         train_epoch: TrainEpoch = "all_years",

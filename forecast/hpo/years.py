@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from forecast.core.domains import PositiveFiniteFloat
+from forecast.core.domains import Years
 from forecast.core.errors import ForecastError
 from forecast.training.config import flag_keys
 
 ALL = "all"
-TrainYears = PositiveFiniteFloat | Literal["all"]  # a number of years, or every training year
+TrainYears = Years | Literal["all"]  # a number of years, or every training year
 SELECTION_KEYS = ("data.train_years", "data.train_design", "data.train_draw")
 
 
