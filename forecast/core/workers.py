@@ -129,6 +129,25 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def start_pool(argv: Sequence[str], jobs: int, device_ids: Callable[[], list[str]],
+               default_device: Callable[[], str | None]) -> tuple[Pool | None, list[str]]:
+    """A command's `--jobs` workers, started right after parsing: (the pool, the device ids in turn).
+
+    (None, []) in a worker (its device is its parent's choice, `CUDA_VISIBLE_DEVICES`; `--devices` is
+    not read again) and with `--jobs 1`. `device_ids` resolves the command's `--devices` (every
+    visible device by default), `default_device` names the one this process would use; both are
+    called only here, by the parent.
+
+    Raises:
+        ForecastError: more workers than `check_jobs` allows.
+    """
+    if jobs == 1 or this_worker() is not None:
+        return None, []
+    ids = device_ids()
+    check_jobs(jobs, len(set(ids)))
+    return Pool(argv, jobs, ids, default_device()), ids
+
+
 class Pool:
     """The other workers of `forecast ARGV --jobs N`, started at once.
 

@@ -26,7 +26,7 @@ from forecast.core.domains import (
 )
 from forecast.core.errors import ForecastError
 from forecast.core.parsers import RunArgs, command_parser, parse, split_run_args
-from forecast.core.workers import Pool, check_jobs, this_worker
+from forecast.core.workers import Pool, start_pool, this_worker
 from forecast.hpo.config import DEFAULT_SPACE, PRUNERS
 from forecast.hpo.stop import ABORTED_EXIT, STOP_FILE, StopControl
 from forecast.hpo.years import TrainYears, check_no_selection_flags, selection_flags
@@ -136,22 +136,17 @@ def exit_code(outcome: Outcome) -> int:
     return ABORTED_EXIT if outcome.ending == "aborted" else 0
 
 
-def start_pool(command: str, argv: list[str], args: Namespace) -> Pool | None:
+def start_workers(command: str, argv: list[str], args: Namespace) -> Pool | None:
     """The `--jobs` workers, started before this process loads its libraries (None in a worker or
     without `--jobs`); the flags that need no library checked first."""
     if args.jobs > 1 and str(_storage(args)).startswith("sqlite"):
         # measured (make bench): two of 4 SQLite workers took the same queued trial, one crashed
         raise ForecastError("--jobs on SQLite: its writers are not isolated enough for several workers; "
                             "use a journal file (the default with --jobs) or PostgreSQL (`make postgres`)")
-    if this_worker() is not None:
-        return None  # its device is its parent's choice (CUDA_VISIBLE_DEVICES); --devices is not read again
-    if args.devices is not None and args.jobs == 1:
+    if args.devices is not None and args.jobs == 1 and this_worker() is None:
         raise ForecastError("--devices needs --jobs N (one process uses the device its config names)")
-    if args.jobs == 1:
-        return None
-    ids = device_ids(args.devices)
-    check_jobs(args.jobs, len(set(ids)))
-    return Pool([command, *argv], args.jobs, ids, default_device())
+    pool, _ = start_pool([command, *argv], args.jobs, lambda: device_ids(args.devices), default_device)
+    return pool
 
 
 def run_search(pool: Pool | None, all_options: list[HpoOptions], stop: StopControl | None = None) -> list[Outcome]:
@@ -170,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(argv or [])
     own, run = split_run_args(argv)
     args = parse(hpo_parser(), own)
-    pool = start_pool("hpo", argv, args)
+    pool = start_workers("hpo", argv, args)
     try:
         outcome, = run_search(pool, [_options(args, run, args.budget, args.study_name)])
     except BaseException:  # a mistake in the command (one line, ours), an error or Ctrl-C: theirs end too
@@ -187,7 +182,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     args = parse(sweep_parser(), own)
     if "data.horizon" in flag_keys(run.flags):
         raise ForecastError("--data.horizon is set by --horizons in a sweep")
-    pool = start_pool("sweep", argv, args)
+    pool = start_workers("sweep", argv, args)
     try:
         from forecast.sizing.budget import parse_budget
 

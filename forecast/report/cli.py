@@ -19,7 +19,7 @@ from forecast.core.domains import (
 )
 from forecast.core.errors import ForecastError
 from forecast.core.parsers import command_parser, parse, split_run_args
-from forecast.core.workers import Pool, check_jobs, this_worker
+from forecast.core.workers import start_pool, this_worker
 from forecast.report.equivalence import DEFAULT_MARGINS
 from forecast.sizing.devices import default_device, device_ids
 
@@ -96,12 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "what each retrain runs)")
     args = parse(parser(), own)
     worker = this_worker()
-    parent = args.jobs > 1 and worker is None
-    # the parent's choice: a worker pinned by CUDA_VISIBLE_DEVICES sees one device, where `--devices 1` is no id
-    devices = device_ids(args.devices) if parent else []
-    if parent:
-        check_jobs(args.jobs, len(set(devices)))
-    workers = Pool(["report", *argv], args.jobs, devices, default_device()) if parent else None
+    workers, devices = start_pool(["report", *argv], args.jobs, lambda: device_ids(args.devices), default_device)
     try:
         from forecast.report.build import ReportOptions
         from forecast.report.outputs import make_report

@@ -21,7 +21,7 @@ from forecast.core.domains import (
 )
 from forecast.core.errors import ForecastError
 from forecast.core.parsers import command_parser, parse, split_run_args
-from forecast.core.workers import Pool, check_jobs, this_worker
+from forecast.core.workers import start_pool, this_worker
 from forecast.sizing.devices import default_device, device_ids
 
 EPILOG = """\
@@ -75,11 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ForecastError("forecast isoflop: --config FILE is required (the data and model every run starts from)")
     args = parse(parser(), own)
     worker = this_worker()
-    parent = args.jobs > 1 and worker is None
-    devices = device_ids(args.devices) if parent else []
-    if parent:
-        check_jobs(args.jobs, len(set(devices)))
-    workers = Pool(["isoflop", *argv], args.jobs, devices, default_device()) if parent else None
+    workers, devices = start_pool(["isoflop", *argv], args.jobs, lambda: device_ids(args.devices), default_device)
     try:
         from forecast.report.isoflop import IsoflopOptions, run_isoflop
 
