@@ -135,3 +135,18 @@ def test_series_of_fewer_years_share_a_family_and_keep_their_own_label():
     assert a.family == b.family == Series("SPY", "c", "threshold0.01", 1)
     assert (a.train, b.train, a.family.train) == ("y4", "y4b2", "all")
     assert a.label == "SPY c threshold0.01 h=1, 4 trailing years" and a.family.train_years is None
+
+
+def test_each_baseline_has_its_own_colour_marker_and_legend_entry(planted, tmp_path):
+    series, data = planted
+    report = Report(ReportOptions(storage="sqlite:///x.db", out=tmp_path), series, 1.0, SEEDS, data=data)
+    ax = data_scaling_figure(report).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {f"{b} {d}" for b in BASELINES for d in ("trailing", "blocks")} | {"10K trailing", "10K blocks"} \
+        <= set(labels)
+    handles, names = ax.get_legend_handles_labels()
+    look = {name: (h.lines[0].get_color(), h.lines[0].get_marker()) for h, name in zip(handles, names, strict=True)}
+    baselines = {look[f"{b} trailing"] for b in BASELINES}
+    assert len(baselines) == len(BASELINES)  # no two baselines look alike
+    assert look["10K trailing"] not in baselines and all(look[f"{b} blocks"][0] == look[f"{b} trailing"][0]
+                                                         for b in BASELINES)

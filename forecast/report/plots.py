@@ -29,6 +29,8 @@ from forecast.training.baselines import BASELINES
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
           "tab:olive", "tab:cyan", "tab:gray")
 BASELINE_STYLE = {"prior": ":", "logistic": "--", "hist_gb": "-."}
+# data_scaling.png: each baseline its own colour (none of COLORS, which the budgets take) and marker
+BASELINE_LOOK = {"prior": ("black", "s"), "logistic": ("dimgray", "^"), "hist_gb": ("darkgoldenrod", "D")}
 PANELS = (("loss", "pooled test loss (BCE, lower is better)"), ("auroc", "pooled test AUROC (higher is better)"))
 
 
@@ -113,14 +115,15 @@ def _law_curve(ax: Any, r: SeriesResult, color: str) -> None:
 
 def data_scaling_figure(report: Report) -> Figure:
     """Pooled test loss and AUROC against training years (log2 axis), one row per family: a line per
-    budget and design (trailing solid, blocks dashed), the baselines in grey, 95% joint intervals."""
+    budget and design (trailing solid, blocks dashed), each baseline in its own colour and marker
+    (`BASELINE_LOOK`), 95% joint intervals; every curve has a legend entry."""
     fig = Figure(figsize=(12, 4.6 * max(len(report.data), 1)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(max(len(report.data), 1), len(PANELS), squeeze=False)
     for row, res in zip(axes, report.data, strict=False):
         models = list(dict.fromkeys(c.model for c in res.cells))
         for i, model in enumerate(models):
-            color = "tab:gray" if model in BASELINES else COLORS[i % len(COLORS)]
+            color, marker = BASELINE_LOOK[model] if model in BASELINES else (COLORS[i % len(COLORS)], "o")
             for design, ls in (("trailing", "-"), ("blocks", "--")):
                 points = curve(res.cells, model, design)
                 if not points:
@@ -128,7 +131,7 @@ def data_scaling_figure(report: Report) -> Figure:
                 for ax, (metric, _) in zip(row, PANELS, strict=True):
                     found = np.array([res.interval(c, metric) for c in points])  # [P, 3]
                     err = np.nan_to_num(np.stack([found[:, 0] - found[:, 1], found[:, 2] - found[:, 0]]))
-                    ax.errorbar([c.span for c in points], found[:, 0], yerr=err, color=color, ls=ls, marker="o",
+                    ax.errorbar([c.span for c in points], found[:, 0], yerr=err, color=color, ls=ls, marker=marker,
                                 capsize=3, lw=1 if model in BASELINES else 1.6, label=f"{model} {design}")
         for ax, (_, title) in zip(row, PANELS, strict=True):
             ax.set_xscale("log", base=2)
