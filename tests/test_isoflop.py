@@ -100,16 +100,17 @@ def test_isoflop_end_to_end_with_two_jobs_then_a_rerun_reuses_every_run(data_dir
 
 
 def test_a_run_trains_its_planned_steps_and_the_schedule_ends_at_the_budget(data_dir, tmp_path):  # noqa: F811
-    from forecast.report.build import ReportOptions, make_folds
-    from forecast.report.isoflop import IsoflopOptions, plan_cells, run_args
+    from forecast.report.isoflop import IsoflopOptions, plan_cells, plan_sizes, run_args, selections
     from forecast.training.cli import cli_main
     from forecast.training.config import resolve
 
     own = _args(data_dir, "sqlite:///" + str(tmp_path / "s.db"), tmp_path)[:12]
     options = IsoflopOptions(storage=f"sqlite:///{tmp_path / 's.db'}", flops=[3e8], budgets=["10K"], run_args=own)
+    options.folds = 2
     config = resolve(own)
-    folds = make_folds(config["data"], ReportOptions(storage=options.storage, folds=2))
-    cell = plan_cells(options, config, folds)[0]
+    sels = selections(options, config)
+    folds = sels[0].folds
+    cell = plan_cells(options, config, sels, plan_sizes(options, config, folds[0].module.n_features))[0]
     assert cell.skipped is None and cell.steps > 1
     logger = "--trainer.logger.init_args."
     cli = cli_main([*run_args(cell, options, folds[0], 0), f"{logger}save_dir={tmp_path}", f"{logger}name=t"],

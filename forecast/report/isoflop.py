@@ -26,15 +26,18 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from forecast.core.errors import ForecastError
+from forecast.core.metric_names import MONITOR
 from forecast.core.workers import Pool, this_worker
 from forecast.hpo.api import TaskQueue, describe, study_names
+from forecast.hpo.years import ALL, check_no_selection_flags, selection_flags
 from forecast.report.build import ReportOptions, make_folds
 from forecast.report.collect import collect, load_storage
+from forecast.report.isoflop_options import LR_STEP_DECADES, IsoflopOptions, years_label
 from forecast.report.retrain import QUIET
 from forecast.sizing.budget import (
     architectures,
@@ -55,26 +58,6 @@ NO_EARLY_STOP = ("--early_stopping.patience=1000000000", "--early_stopping.stric
 ARCH_KEYS = ("d_model", "n_layers", "n_heads", "d_ff")
 
 
-@dataclass
-class IsoflopOptions:
-    """What `forecast isoflop` takes (see `forecast isoflop --help`)."""
-
-    storage: str
-    flops: list[float]
-    budgets: list[str]
-    run_args: list[str]  # --config FILE and --key=value flags of every run
-    seeds: int = 2
-    folds: int = 4
-    test_start: str | None = None
-    test_end: str | None = None
-    out: Path = Path("logs/isoflop")
-    bootstrap: int = 1000
-    jobs: int = 1
-    devices: list[str] = field(default_factory=list)
-    heartbeat: int = 60
-    argv: list[str] = field(default_factory=list)
-
-
 def optimizer_steps(compute: float, flops_per_sample: int, batch: int) -> int:
     """Whole optimizer steps that spend at most `compute` training FLOPs: floor(C / (F * B))."""
     return int(compute // (flops_per_sample * batch))
@@ -89,6 +72,10 @@ def skip_reason(steps: int, epochs: float) -> str | None:
     return None
 
 
+CONFIG, SWEEP = "config", "sweep"  # lr sources besides "study NAME"
+POLL_S = 2.0  # seconds between looks at lr-sweep runs that other processes still run
+
+
 @dataclass
 class Size:
     """One parameter budget's model: its architecture, exact count and learning rate, and where they came from."""
@@ -97,25 +84,44 @@ class Size:
     arch: dict[str, int]
     params: int
     lr: float
-    source: str  # "study NAME" or "grid + config lr"
+    source: str  # "study NAME", "config" (the config's model.lr) or "sweep" (--lr-sweep's best)
     flops_per_sample: int
 
 
 @dataclass
+class Selection:
+    """One training-years value of the cells: its label, its data flags and the folds built with them."""
+
+    years: str  # "all", "4", "2.5" (`years_label`)
+    flags: list[str]  # --data.train_years/train_design/train_draw (none without --train-years: the config's)
+    folds: list[Any]  # build.Fold, tested on the same dates whatever the years
+
+    @property
+    def amount(self) -> float:
+        """How much history it keeps (inf: every year), to order selections."""
+        return math.inf if self.years == ALL else float(self.years)
+
+
+@dataclass
 class Cell:
-    """One (compute budget, size): its steps and epochs, or why it is skipped."""
+    """One (compute budget, training years, size): its steps and epochs, or why it is skipped."""
 
     compute: float
     size: Size
     batch: int
     steps: int
-    epochs: list[float]  # per fold: steps * batch / training samples
+    epochs: list[float]  # per fold: steps * batch / kept training samples
     skipped: str | None
+    selection: Selection
+
+    @property
+    def years(self) -> str:
+        return self.selection.years
 
 
 @dataclass
 class Run:
-    """One task: a cell on one fold with one seed."""
+    """One task: a cell on one fold with one seed (an lr-sweep run: its cell at one candidate lr)."""
 
     cell: Cell
     fold: Any  # build.Fold
@@ -125,7 +131,9 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"C={self.cell.compute:.3g} {self.cell.size.budget} fold {self.fold.index} seed {self.seed}"
+        years = "" if self.cell.years == ALL else f" {self.cell.years} years"
+        lr = f" lr {self.cell.size.lr:.3g}" if self.cell.size.source == SWEEP else ""
+        return f"C={self.cell.compute:.3g} {self.cell.size.budget}{years} fold {self.fold.index} seed {self.seed}{lr}"
 
 
 def _model_args(config: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +154,7 @@ def _size(budget: str, config: dict[str, Any], n_features: int, studies: dict[in
         size = budget_size(budget)
         found = architectures(budget, n_features, **shape)
         pick = min(found, key=lambda a: (abs(a.params - size), -a.d_model))
-        arch, lr, source = pick.model_kwargs(), float(config["model"]["lr"]), "grid + config lr"
+        arch, lr, source = pick.model_kwargs(), float(config["model"]["lr"]), CONFIG
     params = count_parameters(n_features, shape["context_length"], shape["patch_len"], shape["stride"],
                               arch["d_model"], arch["n_layers"], arch["n_heads"], arch["d_ff"], shape["patch_mode"])
     fps = training_flops_per_sample(n_features, shape["context_length"], shape["patch_len"], shape["stride"],
@@ -174,26 +182,53 @@ def _studies(url: str, config: dict[str, Any]) -> dict[int, Any]:
             if all(str(e.data.get(k)) == str(data.get(k)) for k in same)}
 
 
-def plan_cells(options: IsoflopOptions, config: dict[str, Any], folds: Sequence[Any]) -> list[Cell]:
-    """Every (compute budget, size) cell with its steps, epochs per fold and skip reason."""
-    n_features = int(folds[0].module.n_features)
+def selections(options: IsoflopOptions, config: dict[str, Any]) -> list[Selection]:
+    """The training-years values (--train-years, trailing design; without it the config's selection), each with
+    the walk-forward folds built on it (the same test dates for all: only the training rows are thinned).
+
+    Raises:
+        ForecastError: --train-years beside a --data.train_years/design/draw flag, a value listed twice, or
+            folds the data cannot make.
+    """
+    report = ReportOptions(storage=options.storage, folds=options.folds, test_start=options.test_start,
+                           test_end=options.test_end)
+    data = config["data"]
+    if options.train_years is None:
+        return [Selection(years_label(data.get("train_years")), [], make_folds(data, report))]
+    check_no_selection_flags(options.run_args)
+    out = []
+    for years, flags in zip(options.train_years, selection_flags(options.train_years, ["trailing"], 1), strict=True):
+        kept = {"train_years": None if years == ALL else float(years), "train_design": "trailing", "train_draw": 0}
+        out.append(Selection(years_label(years), flags, make_folds({**data, **kept}, report)))
+    return out
+
+
+def plan_sizes(options: IsoflopOptions, config: dict[str, Any], n_features: int) -> list[Size]:
+    """Each --budgets size: its study's architecture and lr when --storage holds one, else the grid's and the config's."""
     studies = _studies(options.storage, config)
-    sizes = [_size(b, config, n_features, studies) for b in options.budgets]
+    return [_size(b, config, n_features, studies) for b in options.budgets]
+
+
+def plan_cells(options: IsoflopOptions, config: dict[str, Any], sels: Sequence[Selection],
+               sizes: Sequence[Size]) -> list[Cell]:
+    """Every (compute budget, training years, size) cell with its steps, epochs per fold and skip reason."""
     batch = samples_per_step(config)
-    train = [f.module.splits["train"].size for f in folds]
     cells = []
     for c in sorted(options.flops):
-        for s in sizes:
-            steps = optimizer_steps(c, s.flops_per_sample, batch)
-            epochs = [steps * batch / n for n in train]
-            cells.append(Cell(c, s, batch, steps, epochs, skip_reason(steps, max(epochs))))
+        for sel in sels:
+            train = [f.module.splits["train"].size for f in sel.folds]  # kept training samples per fold
+            for s in sizes:
+                steps = optimizer_steps(c, s.flops_per_sample, batch)
+                epochs = [steps * batch / n for n in train]
+                cells.append(Cell(c, s, batch, steps, epochs, skip_reason(steps, max(epochs)), sel))
     return cells
 
 
 def run_args(cell: Cell, options: IsoflopOptions, fold: Any, seed: int) -> list[str]:
     """The LightningCLI arguments of one run (without logger location)."""
     s = cell.size
-    return [*options.run_args, *fold.args(), *(f"--model.net.init_args.{k}={v}" for k, v in s.arch.items()),
+    return [*options.run_args, *cell.selection.flags, *fold.args(),
+            *(f"--model.net.init_args.{k}={v}" for k, v in s.arch.items()),
             f"--model.lr={s.lr!r}", f"--trainer.max_steps={cell.steps}",
             f"--trainer.max_epochs={math.ceil(max(cell.epochs)) + 1}", *NO_EARLY_STOP,
             "--trainer.enable_checkpointing=false", f"--seed_everything={seed}", *QUIET]
@@ -217,25 +252,30 @@ def fit_and_test(run: Run, root: Path) -> dict[str, Any]:
 
     started = time.time()
     logger = "--trainer.logger.init_args."
-    version = f"C{run.cell.compute:.3g}-{run.cell.size.budget}-fold{run.fold.index}-seed{run.seed}"
+    years = "" if run.cell.years == ALL else f"-y{run.cell.years}"
+    lr = f"-lr{run.cell.size.lr:.3g}" if run.cell.size.source == SWEEP else ""
+    version = f"C{run.cell.compute:.3g}-{run.cell.size.budget}{years}-fold{run.fold.index}-seed{run.seed}{lr}"
     args = [*run.args, f"{logger}save_dir={root}", f"{logger}name=isoflop", f"{logger}version={version}"]
     with quiet_lightning(stdout=True):
         cli = cli_main(args, run=False)
         if cli.datamodule.fingerprint() != run.fold.fingerprint:
             raise ForecastError("the data changed on disk since isoflop began (rebuilt tier?); rerun it")
         cli.trainer.fit(cli.model, cli.datamodule)
+        val = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]  # the final weights (lr sweep)
         test = cli.trainer.test(cli.model, cli.datamodule, verbose=False)[0]
         probs = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.test_dataloader())
     cell, dm = run.cell, cli.datamodule
     steps = int(cli.trainer.global_step)
     samples = steps * cell.batch
     tokens = num_patches(dm.context_length, int(cli.model.net.patch_len), int(cli.model.net.stride))
+    kept = int(dm.splits["train"].size)  # distinct training samples (the kept years')
     return {"compute": cell.compute, "budget": cell.size.budget, "params": int(cli.model.num_parameters),
-            "lr": cell.size.lr, "lr_source": cell.size.source, "fold": run.fold.index, "seed": run.seed,
-            "steps": steps, "batch": cell.batch, "epochs": round(samples / dm.splits["train"].size, 4),
+            "lr": cell.size.lr, "lr_source": cell.size.source, "train_years": cell.years,
+            "train_samples": kept, "train_tokens": kept * tokens, "fold": run.fold.index, "seed": run.seed,
+            "steps": steps, "batch": cell.batch, "epochs": round(samples / kept, 4),
             "samples_seen": samples, "tokens_seen": samples * tokens,
             "flops": samples * cell.size.flops_per_sample,
-            "loss": float(test.get("test/loss", math.nan)), "auroc": float(test.get("test/auroc", math.nan)),
+            "val_loss": float(val.get(MONITOR, math.nan)), "loss": float(test.get("test/loss", math.nan)), "auroc": float(test.get("test/auroc", math.nan)),
             "wall_s": round(time.time() - started, 3),
             "probs": [round(float(p), 6) for p in torch.cat(probs).float()]}
 
@@ -282,48 +322,116 @@ class Isoflop:
     wall_s: float = 0.0
 
 
+def sweep_lrs(lr: float, k: int) -> list[float]:
+    """`k` learning rates `LR_STEP_DECADES` apart in log10, centred on `lr` (k = 5: lr x 0.1, 0.32, 1, 3.2, 10)."""
+    return [float(lr * 10 ** (LR_STEP_DECADES * (i - (k - 1) / 2))) for i in range(k)]
+
+
+def sweep_runs(cells: Sequence[Cell], options: IsoflopOptions) -> dict[str, list[Run]]:
+    """--lr-sweep K: per size without a study, its K candidate runs, by budget.
+
+    Each size runs at its smallest compute budget that is not skipped, on the selection of most history (all
+    years when listed), fold 0, seed 0. A candidate run is the cell's own fold-0 seed-0 run at that lr, keyed
+    the same way, so the winner's run is reused as the cell's run.
+    """
+    if options.lr_sweep == 0:
+        return {}
+    out: dict[str, list[Run]] = {}
+    runnable = [c for c in cells if c.skipped is None and c.size.source == CONFIG]
+    most = max((c.selection.amount for c in runnable), default=None)
+    for cell in sorted(runnable, key=lambda c: c.compute):
+        if cell.size.budget in out or cell.selection.amount != most:
+            continue
+        fold = cell.selection.folds[0]
+        runs = []
+        for lr in sweep_lrs(cell.size.lr, options.lr_sweep):
+            trial = replace(cell, size=replace(cell.size, lr=lr, source=SWEEP))
+            args = run_args(trial, options, fold, 0)
+            runs.append(Run(trial, fold, 0, args, run_key(args, fold.fingerprint, trial)))
+        out[cell.size.budget] = runs
+    return out
+
+
+def run_sweep(sweeps: dict[str, list[Run]], sizes: Sequence[Size], queue: TaskQueue, root: Path, say: Say,
+              works: bool, loud: bool) -> None:
+    """Run the lr-sweep runs (with the other processes) until each is done or failed, then give each swept size
+    the lr of least validation loss (final weights), `source` "sweep"; a size whose runs all failed keeps the
+    config's lr."""
+    runs = [r for rs in sweeps.values() for r in rs]
+    if not runs:
+        return
+    if loud:
+        say(f"isoflop: lr sweep: {len(runs)} runs ({len(sweeps)} sizes x {len(runs) // len(sweeps)} learning rates)")
+    while True:
+        queue.post({r.key: {"label": f"lr sweep {r.label}"} for r in runs})  # again: a killed run is redone
+        if works:
+            work(runs, queue, root, say)
+        states = queue.states([r.key for r in runs])
+        if all(st.status in ("done", "failed") for st in states.values()):
+            break
+        time.sleep(POLL_S)  # another process still runs one
+    by_budget = {s.budget: s for s in sizes}
+    for budget, rs in sweeps.items():
+        found = [(states[r.key].result["val_loss"], r.cell.size.lr) for r in rs if states[r.key].status == "done"]
+        found = [(v, lr) for v, lr in found if math.isfinite(v)]
+        if not found:
+            if loud:
+                say(f"isoflop: lr sweep of {budget}: no run finished with a validation loss; the config's lr")
+            continue
+        loss, lr = min(found)
+        by_budget[budget].lr, by_budget[budget].source = lr, SWEEP
+        if loud:
+            tried = ", ".join(f"{x:.3g}: {v:.4f}" for v, x in sorted(found, key=lambda f: f[1]))
+            say(f"isoflop: lr sweep of {budget}: lr {lr:.3g} (validation loss {tried})")
+
+
 def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Pool | None = None) -> Isoflop:
-    """Plan the cells, post their runs to the storage, run them with the other processes, gather the results.
+    """Plan the cells, run the lr sweep (--lr-sweep), post the cells' runs to the storage, run them with the
+    other processes, gather the results.
 
     Raises:
-        ForecastError: a mistake in the command (config, budgets, storage, folds).
+        ForecastError: a mistake in the command (config, budgets, storage, folds, training years).
     """
     started = time.time()
     worker = this_worker() is not None
     if workers is None and options.jobs > 1 and not worker:
-        workers = Pool(["isoflop", *options.argv], options.jobs, options.devices, default_device(), say)
+        workers = Pool(["isoflop", *options.argv], options.jobs, options.worker_devices, default_device(), say)
     if workers is not None:
         say = workers.say
+    works = workers is None or workers.parent_works
     try:
         for b in options.budgets:
             parse_budget(b)
         config = resolve(options.run_args)
-        folds = make_folds(config["data"], ReportOptions(storage=options.storage, folds=options.folds,
-                                                         test_start=options.test_start, test_end=options.test_end))
-        cells = plan_cells(options, config, folds)
+        sels = selections(options, config)
+        sizes = plan_sizes(options, config, int(sels[0].folds[0].module.n_features))
+        cells = plan_cells(options, config, sels, sizes)
         if workers is not None:
             workers.release()
+        queue = TaskQueue(options.storage, options.heartbeat)
+        run_sweep(sweep_runs(cells, options), sizes, queue, options.out / "runs", say, works, not worker)
         seeds = list(range(options.seeds))
         runs = []
         for cell in cells:
             if cell.skipped:
                 if not worker:
-                    say(f"skipped C={cell.compute:.3g} {cell.size.budget} ({cell.size.params:,} parameters): "
+                    years = "" if cell.years == ALL else f" {cell.years} years"
+                    say(f"skipped C={cell.compute:.3g} {cell.size.budget}{years} ({cell.size.params:,} parameters): "
                         f"{cell.skipped}")
                 continue
-            for fold in folds:
+            for fold in cell.selection.folds:
                 for seed in seeds:
                     args = run_args(cell, options, fold, seed)
                     runs.append(Run(cell, fold, seed, args, run_key(args, fold.fingerprint, cell)))
+        folds = sels[0].folds
         if not worker:
             say(f"isoflop: {len(runs)} runs ({sum(not c.skipped for c in cells)} cells x {len(folds)} folds x "
                 f"{len(seeds)} seeds) on {describe(options.storage)} -> {options.out}")
-        queue = TaskQueue(options.storage, options.heartbeat)
         reused = sum(st.status == "done" for st in queue.states([r.key for r in runs]).values())
         if reused and not worker:
             say(f"isoflop: {reused} of the {len(runs)} runs finished before (reused)")
         queue.post({r.key: {"label": r.label} for r in runs})
-        if workers is None or workers.parent_works:
+        if works:
             ran = work(runs, queue, options.out / "runs", say)
             if worker:
                 say(f"this worker ran {ran} of the {len(runs)} runs")

@@ -572,3 +572,8 @@ def _num(x: float) -> float | None:
 
 def _iv(iv: Interval) -> dict[str, float | None]:
     return {"estimate": _num(iv.estimate), "lo": _num(iv.lo), "hi": _num(iv.hi)}
+
+
+def interval_record(estimate: float, drawn: np.ndarray) -> dict[str, float | None]:
+    """law.json's {estimate, lo, hi}: `estimate` with the 95% percentile interval of its draws."""
+    return _iv(_interval(estimate, drawn))
