@@ -5,11 +5,13 @@ run (slow: about 2.5 minutes on 2 shared cores)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from synthetic_run import SYMBOL, TEST_START, VAL_START, data_dir  # noqa: F401 - fixture
@@ -144,3 +146,132 @@ def test_kill_9_during_isoflop_loses_no_finished_run(data_dir, tmp_path):  # noq
     assert "isoflop: 1 of the 4 runs finished before (reused)" in rerun.stdout
     assert rerun.stdout.count("test loss") == 3  # the killed one's run in flight is redone, the finished one not
     assert len(pd.read_csv(out / "isoflop.csv")) == 4
+
+
+def test_the_options_dataclass_is_the_parser():
+    from forecast.core.options import flags_of, from_args
+    from forecast.core.parsers import parse
+    from forecast.report.isoflop_cli import parser
+    from forecast.report.isoflop_options import IsoflopOptions
+
+    assert set(flags_of(IsoflopOptions).values()) == {
+        "--flops", "--budgets", "--storage", "--seeds", "--folds", "--train-years", "--lr-sweep", "--test-start",
+        "--test-end", "--out", "--bootstrap", "--jobs", "--devices", "--heartbeat"}  # run_args, argv: not flags
+    text = parser().format_help()
+    assert "seeds 0..S-1 per fold (default: 2)" in text and "(default: logs/isoflop)" in text
+    options = from_args(parse(parser(), ["--flops", "1e9", "--budgets", "10K", "--storage", "s", "--train-years",
+                                         "2", "all"]), IsoflopOptions, run_args=["--config", "c.yaml"])
+    assert options.train_years == [2.0, "all"] and options.lr_sweep == 0 and options.run_args == ["--config", "c.yaml"]
+    for bad, says in ((["--train-years", "0"], "train_years"), (["--lr-sweep", "-1"], "lr_sweep"),
+                      (["--train-years", "some"], "train_years")):
+        with pytest.raises(ForecastError, match=says):
+            parse(parser(), ["--flops", "1e9", "--budgets", "10K", "--storage", "s", *bad])
+
+
+def test_the_lr_sweep_is_half_decades_centred_on_the_config_lr():
+    from forecast.report.isoflop import sweep_lrs
+
+    assert sweep_lrs(1e-3, 1) == [1e-3]
+    five = sweep_lrs(1e-3, 5)
+    assert five[2] == 1e-3 and five[0] == pytest.approx(1e-4) and five[4] == pytest.approx(1e-2)
+    assert all(b / a == pytest.approx(10**0.5) for a, b in zip(five, five[1:], strict=False))
+    two = sweep_lrs(1e-3, 2)
+    assert two[0] * two[1] == pytest.approx(1e-6)  # symmetric about the config's lr in log
+
+
+def test_train_years_beside_a_selection_flag_is_one_clear_mistake():
+    with pytest.raises(ForecastError, match="data.train_years is set by --train-years"):
+        main(["--flops", "1e9", "--budgets", "10K", "--storage", "sqlite:///none.db", "--train-years", "2",
+              "--config", "forecast/configs/demo.yaml", "--data.train_years=3"])
+
+
+def _arms(years_tokens: list[float], sizes: list[float], loss_of, draws: int = 40):
+    """Arms of one compute budget over sizes x distinct tokens, losses from `loss_of(N, D)` with noise."""
+    from types import SimpleNamespace
+
+    from forecast.report.isoflop_outputs import Arms
+    from forecast.report.stats import Arm
+
+    rng = np.random.default_rng(0)
+    cells = Arms(np.zeros(1), [], [], [], [])
+    for n in sizes:
+        for k, d in enumerate(years_tokens):
+            cells.arms.append(Arm(f"{n:g} {k}", np.zeros((1, 1)), n))
+            cells.compute.append(1e9)
+            cells.years.append(str(k + 1))
+            cells.tokens.append(d)
+    loss = np.array([loss_of(a.params, t) for a, t in zip(cells.arms, cells.tokens, strict=True)])
+    noise = rng.normal(0, 0.002, (draws, len(loss)))
+    return cells, SimpleNamespace(loss=loss * (1 + rng.normal(0, 0.001, len(loss))), loss_draws=loss * (1 + noise))
+
+
+def test_l_of_n_and_d_is_fitted_from_four_distinct_amounts_of_data_and_descriptive_below():
+    from forecast.report.isoflop_outputs import data_law
+
+    def truth(n, d):
+        return 0.5 + 40.0 / n**0.6 + 30.0 / d**0.5
+
+    cells, d = _arms([500, 1000, 2000, 4000], [1e4, 3e4, 1e5], truth)
+    law = data_law(1e9, cells, d)
+    assert law["status"] == "law" and law["fit"] is not None and len(law["points"]) == 12
+    assert law["fit"]["beta"]["claimed"] and 0.3 < law["fit"]["beta"]["estimate"] < 0.8
+    few, d3 = _arms([500, 1000, 2000], [1e4, 3e4, 1e5], truth)
+    law3 = data_law(1e9, few, d3)
+    assert law3["status"] == "descriptive" and law3["fit"] is None and "3 distinct values of D" in law3["why"]
+
+
+def test_a_run_on_fewer_training_years_learns_from_the_kept_samples(data_dir, tmp_path):  # noqa: F811
+    from forecast.report.isoflop import (
+        IsoflopOptions,
+        Run,
+        fit_and_test,
+        plan_cells,
+        plan_sizes,
+        run_args,
+        selections,
+    )
+    from forecast.training.config import resolve
+
+    own = _args(data_dir, "sqlite:///" + str(tmp_path / "s.db"), tmp_path)[:12]
+    options = IsoflopOptions(storage=f"sqlite:///{tmp_path / 's.db'}", flops=[2e8], budgets=["10K"], run_args=own,
+                             folds=1, train_years=[1.0, "all"])
+    config = resolve(own)
+    sels = selections(options, config)
+    assert [s.years for s in sels] == ["1", "all"] and sels[0].flags[0] == "--data.train_years=1"
+    assert sels[0].folds[0].dates.equals(sels[1].folds[0].dates)  # the same test dates whatever the years
+    one, every = (s.folds[0].module.splits["train"].size for s in sels)
+    assert 200 < one < every / 2
+    cell = plan_cells(options, config, sels, plan_sizes(options, config, sels[0].folds[0].module.n_features))[0]
+    assert cell.years == "1" and cell.epochs == [cell.steps * 32 / one]
+    fold = sels[0].folds[0]
+    record = fit_and_test(Run(cell, fold, 0, run_args(cell, options, fold, 0)), tmp_path)
+    assert record["train_years"] == "1" and record["train_samples"] == one and record["lr_source"] == "config"
+    assert record["train_tokens"] == one * 7 and math.isfinite(record["val_loss"]) and record["steps"] == cell.steps
+
+
+@pytest.mark.slow
+def test_train_years_and_the_lr_sweep_end_to_end_with_two_jobs_then_a_rerun_reuses_them(data_dir, tmp_path):  # noqa: F811
+    storage, out = f"sqlite:///{tmp_path / 'iso.db'}", tmp_path / "out"
+    args = _args(data_dir, storage, out, "--flops", "1e9", "--budgets", "10K", "--train-years", "1", "all",
+                 "--lr-sweep", "3")
+    first = _isoflop(*args, "--jobs", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "lr sweep: 3 runs (1 sizes x 3 learning rates)" in first.stdout
+    chosen = next(t for t in first.stdout.splitlines() if t.startswith("isoflop: lr sweep of 10K: lr "))
+    # the sweep's winning run is the cell's own fold-0 seed-0 all-years run: reused, not trained twice
+    assert "isoflop: 1 of the 4 runs finished before (reused)" in first.stdout
+    frame = pd.read_csv(out / "isoflop.csv", dtype={"train_years": str})
+    assert len(frame) == 4 and set(frame.train_years) == {"1", "all"} and (frame.lr_source == "sweep").all()
+    assert frame.lr.nunique() == 1 and f"lr {frame.lr[0]:.3g} " in chosen
+    kept = frame.groupby("train_years").train_samples.mean()
+    assert kept["1"] < kept["all"] / 2 and (frame.train_tokens == frame.train_samples * 7).all()
+    assert (frame.groupby("train_years").steps.nunique() == 1).all() and frame.steps.nunique() == 1  # same C
+    law = json.loads((out / "law.json").read_text())
+    assert set(law["compute_by_train_years"]) == {"1", "all"} and law["data_law"][0]["status"] == "descriptive"
+    assert "| 1e+09 | 1 | 10K |" in (out / "isoflop.md").read_text()
+
+    second = _isoflop(*args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert chosen in second.stdout and "4 of the 4 runs finished before (reused)" in second.stdout
+    assert "test loss" not in second.stdout  # neither the sweep nor a cell trained again
+    assert pd.read_csv(out / "isoflop.csv", dtype={"train_years": str}).equals(frame)
