@@ -1,6 +1,6 @@
 """The fuzzer: values for every option of every subcommand, drawn from the parsers' own schemas.
 
-Each parser (`forecast data|arch|hpo|sweep|report|baselines` and the run parser
+Each parser (`forecast data|arch|hpo|sweep|report|isoflop|baselines` and the run parser
 of `forecast fit|validate|test|predict`) is walked action by action; an option's type hint decides
 what is drawn for it: boundaries and just-outside values of its domain, huge numbers, NaN and
 infinities, wrong types, Unicode, names and paths that climb out of their folder. One example is one
@@ -14,7 +14,7 @@ and the contract is checked:
 
 Runs that would train stay short: `fit|validate|test|predict` get a tiny model on a tiny synthetic
 tier and `--trainer.fast_dev_run=true` last (a fuzzed value is still parsed and checked first); the
-search and the report are fuzzed at parse time: their runner is replaced by one that checks the
+search, the report and isoflop are fuzzed at parse time: their runner is replaced by one that checks the
 options it is handed lie in their domains (what a trial or retrain then does is tested elsewhere).
 The only other stand-in is the network (`data download`).
 
@@ -138,6 +138,7 @@ def schemas() -> dict[str, list[Option]]:
     from forecast.data.cli import build_parser as data_parser
     from forecast.hpo.cli import hpo_parser, sweep_parser
     from forecast.report.cli import parser as report_parser
+    from forecast.report.isoflop_cli import parser as isoflop_parser
     from forecast.sizing.arch import build_parser as arch_parser
     from forecast.training.baselines import parser as baselines_parser
     from forecast.training.cli import run_parser
@@ -147,6 +148,7 @@ def schemas() -> dict[str, list[Option]]:
     out = {"data": options_of(data_parser(), ("data",)), "arch": options_of(arch_parser(), ("arch",)),
            "hpo": options_of(hpo_parser(), ("hpo",)), "sweep": options_of(sweep_parser(), ("sweep",)),
            "report": options_of(report_parser(), ("report",)),
+           "isoflop": options_of(isoflop_parser(), ("isoflop",)),
            "configs": options_of(configs_parser(), ("configs",)),
            "baselines": options_of(baselines_parser(), ("baselines",))
            + [Option(("baselines",), o.flag, o.dest, o.hint, o.many, o.switch) for o in run]}
@@ -280,6 +282,8 @@ def base_argv(command: tuple[str, ...], world: World, case: Path) -> list[str]:
         "hpo": ["hpo", "--budget", "2M", "--log-dir", "logs/hpo", "--no-live", "--config", DEMO],
         "sweep": ["sweep", "--budgets", "2M", "--horizons", "1", "--log-dir", "logs/hpo", "--no-live"],
         "report": ["report", "--storage", "sqlite:///logs/none.db", "--out", "logs/report"],
+        "isoflop": ["isoflop", "--flops", "1e9", "--budgets", "10K", "--storage", "sqlite:///logs/none.db",
+                    "--out", "logs/isoflop", *run],
         "baselines": ["baselines", *run, "--out", "baselines.csv"],
     }.get(command[0]) or [command[0], *run, *([] if command[0] == "fit" else ["--ckpt_path", str(world.ckpt)])]
 
@@ -320,6 +324,9 @@ DOMAINS = {  # what the search and the report must be handed, whatever was typed
     "bootstrap": lambda v: isinstance(v, int) and v >= 0,
     "test_start": lambda v: v is None or re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) is not None,
     "test_end": lambda v: v is None or re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) is not None,
+    "flops": lambda v: all(isinstance(c, float) and math.isfinite(c) and c > 0 for c in v),
+    "lr_sweep": lambda v: isinstance(v, int) and v >= 0,
+    "train_years": lambda v: v is None or all(y == "all" or (isinstance(y, float) and 0 < y <= 1000) for y in v),
 }
 
 
@@ -393,26 +400,28 @@ def run_one(argv: list[str], case: Path, world: World, capfd, monkeypatch) -> st
 
 
 def _stand_ins(mp: pytest.MonkeyPatch) -> None:
-    """The network, and the search's and report's runners (parse-time fuzzing of those)."""
+    """The network, and the search's, report's and isoflop's runners (parse-time fuzzing of those)."""
+    import forecast.core.workers as core_workers
     import forecast.data.sources as sources
     import forecast.hpo.cli as hpo_cli
-    import forecast.report.cli as report_cli
+    import forecast.report.isoflop as isoflop
     import forecast.report.outputs as report_outputs
 
     mp.setattr(sources, "fetch_yahoo", lambda symbol, start=None, end=None, **_: synthetic_ohlcv(n=40))
     mp.setattr(hpo_cli, "run_search", lambda pool, options, *a, **k: check_handed(options))
-    mp.setattr(hpo_cli, "Pool", lambda *a, **k: None)  # --jobs workers are started before the search
     mp.setattr(report_outputs, "make_report", lambda options, *a, **k: check_handed([options]))
-    mp.setattr(report_cli, "Pool", lambda *a, **k: None)  # --jobs workers are started before make_report
+    mp.setattr(isoflop, "run_isoflop", lambda options, *a, **k: check_handed([options]))
+    # --jobs workers: every command starts them through core/workers.start_pool (after its --jobs check)
+    mp.setattr(core_workers, "Pool", lambda *a, **k: None)
 
 
 def test_the_schema_covers_every_subcommand_and_types_every_value_option():
     """Every subcommand is fuzzed, and the options that take a value state a type (not bare text)."""
-    assert {"data", "arch", "hpo", "sweep", "report", "baselines", "configs", *LIGHTNING} <= set(SCHEMAS)
+    assert {"data", "arch", "hpo", "sweep", "report", "isoflop", "baselines", "configs", *LIGHTNING} <= set(SCHEMAS)
     assert all(o.command[0] == command for command, options in SCHEMAS.items() for o in options)  # no stray fit line
     commands = {o.command for o in SCHEMAS["data"]}
     assert {("data", c) for c in ("download", "import", "sample", "build", "verify", "info")} <= commands
-    for command in ("data", "arch", "hpo", "sweep", "report", "configs"):
+    for command in ("data", "arch", "hpo", "sweep", "report", "isoflop", "configs"):
         untyped = [o.dest for o in SCHEMAS[command] if not o.switch and o.hint in (None, str)]
         assert untyped == [], f"{command}: options without a domain: {untyped}"
 
