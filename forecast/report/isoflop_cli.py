@@ -21,8 +21,9 @@ EPILOG = """\
 Every run takes the --config files and --data.* / --model.* / --trainer.* flags given here; isoflop sets the
 architecture, model.lr, trainer.max_steps (the budget), trainer.max_epochs, early stopping (off) and the seed.
 Each size's architecture and learning rate come from a study of its budget in --storage when there is one (best
-trial), else from the grid (the shape closest to the budget) and the config's model.lr. Finished runs live in
-the storage: a rerun, --jobs workers and other machines on the same --storage share them.
+trial), else from the grid (the shape closest to the budget) and the config's model.lr, or with --lr-sweep K the
+best of K rates around it. With --train-years each run also gets --data.train_years (trailing). Finished runs
+live in the storage: a rerun, --jobs workers and other machines on the same --storage share them.
 
 Exit status: 0 when every run finished; 1 when some run failed (listed); 2 for a mistake in the command.
 """
