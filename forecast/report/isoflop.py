@@ -382,7 +382,9 @@ def run_sweep(sweeps: dict[str, list[Run]], sizes: Sequence[Size], queue: TaskQu
         by_budget[budget].lr, by_budget[budget].source = lr, SWEEP
         if loud:
             tried = ", ".join(f"{x:.3g}: {v:.4f}" for v, x in sorted(found, key=lambda f: f[1]))
-            say(f"isoflop: lr sweep of {budget}: lr {lr:.3g} (validation loss {tried})")
+            rates = [r.cell.size.lr for r in rs]
+            edge = "; at the edge of the rates tried" if len(rates) > 1 and lr in (min(rates), max(rates)) else ""
+            say(f"isoflop: lr sweep of {budget}: lr {lr:.3g} (validation loss {tried}{edge})")
 
 
 def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Pool | None = None) -> Isoflop:

@@ -191,7 +191,7 @@ def _save(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=120)
 
 
-YEARS_STYLE = ("-", "--", ":", "-.")  # one line style per training-years value (most history solid)
+YEARS_STYLE = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))  # line style and marker per training-years value
 
 
 def isoflop_figure(fits: Fits) -> Figure:
@@ -200,7 +200,7 @@ def isoflop_figure(fits: Fits) -> Figure:
     cells, loss = fits.cells, fits.draws.loss
     colours = {c: f"C{k % 10}" for k, c in enumerate(sorted(set(cells.compute)))}
     several = len(fits.frontiers) > 1
-    for ls, (years, front) in zip(itertools.cycle(YEARS_STYLE), fits.frontiers.items()):
+    for (ls, marker), (years, front) in zip(itertools.cycle(YEARS_STYLE), fits.frontiers.items()):
         for c in sorted(set(cells.compute)):
             idx = [j for j, (cj, yj) in enumerate(zip(cells.compute, cells.years, strict=True))
                    if cj == c and yj == years]
@@ -209,7 +209,7 @@ def isoflop_figure(fits: Fits) -> Figure:
             n = np.array([cells.arms[j].params for j in idx])
             order = np.argsort(n)
             label = f"C = {c:.2g} FLOPs" + (f", {years} years" if several else "")
-            ax.plot(n[order], loss[idx][order], "o", ls=ls, color=colours[c], label=label)
+            ax.plot(n[order], loss[idx][order], marker=marker, ls=ls, color=colours[c], label=label)
             b = next((b for b in front.budgets if b["compute"] == c), None)
             if b is not None:
                 ax.plot([b["best_size"]], [b["loss_at_best_size"]], "x" if b["excluded"] else "*",
