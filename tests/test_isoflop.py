@@ -259,7 +259,7 @@ def test_train_years_and_the_lr_sweep_end_to_end_with_two_jobs_then_a_rerun_reus
     assert "lr sweep: 3 runs (1 sizes x 3 learning rates)" in first.stdout
     chosen = next(t for t in first.stdout.splitlines() if t.startswith("isoflop: lr sweep of 10K: lr "))
     # the sweep's winning run is the cell's own fold-0 seed-0 all-years run: reused, not trained twice
-    assert "isoflop: 1 of the 4 runs finished before (reused)" in first.stdout
+    assert "isoflop: 1 of the 4 runs finished before (reused; 1 from the lr sweep)" in first.stdout
     frame = pd.read_csv(out / "isoflop.csv", dtype={"train_years": str})
     assert len(frame) == 4 and set(frame.train_years) == {"1", "all"} and (frame.lr_source == "sweep").all()
     assert frame.lr.nunique() == 1 and f"lr {frame.lr[0]:.3g} " in chosen
@@ -272,6 +272,6 @@ def test_train_years_and_the_lr_sweep_end_to_end_with_two_jobs_then_a_rerun_reus
 
     second = _isoflop(*args)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert chosen in second.stdout and "4 of the 4 runs finished before (reused)" in second.stdout
+    assert chosen in second.stdout and "4 of the 4 runs finished before (reused; 1 from the lr sweep)" in second.stdout
     assert "test loss" not in second.stdout  # neither the sweep nor a cell trained again
     assert pd.read_csv(out / "isoflop.csv", dtype={"train_years": str}).equals(frame)

@@ -411,7 +411,9 @@ def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Pool | None 
         if workers is not None:
             workers.release()
         queue = TaskQueue(options.storage, options.heartbeat)
-        run_sweep(sweep_runs(cells, options), sizes, queue, options.out / "runs", say, works, not worker)
+        sweeps = sweep_runs(cells, options)
+        run_sweep(sweeps, sizes, queue, options.out / "runs", say, works, not worker)
+        swept = {r.key for rs in sweeps.values() for r in rs}
         seeds = list(range(options.seeds))
         runs = []
         for cell in cells:
@@ -429,9 +431,11 @@ def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Pool | None 
         if not worker:
             say(f"isoflop: {len(runs)} runs ({sum(not c.skipped for c in cells)} cells x {len(folds)} folds x "
                 f"{len(seeds)} seeds) on {describe(options.storage)} -> {options.out}")
-        reused = sum(st.status == "done" for st in queue.states([r.key for r in runs]).values())
-        if reused and not worker:
-            say(f"isoflop: {reused} of the {len(runs)} runs finished before (reused)")
+        done = [k for k, st in queue.states([r.key for r in runs]).items() if st.status == "done"]
+        if done and not worker:
+            by_sweep = sum(k in swept for k in done)  # a sweep's winner is its cell's fold-0 seed-0 run
+            note = f"; {by_sweep} from the lr sweep" if by_sweep else ""
+            say(f"isoflop: {len(done)} of the {len(runs)} runs finished before (reused{note})")
         queue.post({r.key: {"label": r.label} for r in runs})
         if works:
             ran = work(runs, queue, options.out / "runs", say)
