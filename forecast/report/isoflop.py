@@ -1,17 +1,20 @@
 """`forecast isoflop`: the compute axis. Runs of exactly C training FLOPs per (compute budget, size, fold, seed).
 
-A cell is one (compute budget C, parameter budget) pair. Its architecture and learning rate come from that
-budget's search when the storage holds one for the same series (the best trial's d_model, n_layers, n_heads, d_ff
-and `model.lr`), else from the grid (`forecast arch`: the shape whose exact count is closest to the budget) with
-the config's `model.lr`. Its optimizer steps are
+A cell is one (compute budget C, training years, parameter budget). The training years are a `--train-years`
+value (trailing; `--data.train_years` of every run of the cell), or without it the config's selection. Its
+architecture and learning rate come from that budget's search when the storage holds one for the same series (the
+best trial's d_model, n_layers, n_heads, d_ff and `model.lr`), else from the grid (`forecast arch`: the shape whose
+exact count is closest to the budget) with the config's `model.lr`, or with `--lr-sweep K` the best of K rates
+around it by validation loss (`sweep_runs`, `run_sweep`: run before the cells, since the lr is in every run's key).
+Its optimizer steps are
 
     steps = floor(C / (F * B)),  F = `training_flops_per_sample` (forward + backward, head included),
                                  B = samples per optimizer step (data.batch_size, or planner.effective_batch)
 
 so every run of the cell trains on steps * B samples, early stopping off, with the warmup + cosine schedule
 ending at `trainer.max_steps = steps` (the module's schedule spans `estimated_stepping_batches`, which is
-max_steps here). A cell under one optimizer step, or over 1,000 epochs on the smallest training split of the
-folds, is skipped with a line. Each run is tested once, with its FINAL weights (the compute is the budget, not
+max_steps here). A cell under one optimizer step, or over 1,000 epochs (passes over the kept training samples) on
+the smallest training split of the folds, is skipped with a line. Each run is tested once, with its FINAL weights (the compute is the budget, not
 a best epoch), on the report's walk-forward fold (`build.make_folds`).
 
 Every (cell, fold, seed) run is a task of the storage's task queue (`forecast.hpo.api.TaskQueue`, as the
