@@ -279,12 +279,19 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("bench_cpu.json"))
     parser.add_argument("--only", choices=("threads", "efficiency"))
+    parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS),
+                        help="the models of both entries (default: all)")
+    parser.add_argument("--repeats", type=int, default=3, help="threads: runs per choice and row (default: 3)")
+    parser.add_argument("--search-trials", type=int, default=4,
+                        help="threads: trials of the search row (0: no search row; default: 4)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(train_rate(**json.loads(args.child))))
         return 0
-    sections = {"threads": bench_threads, "efficiency": bench_efficiency}
+    models = tuple(args.models)
+    sections = {"threads": lambda: bench_threads(models, repeats=args.repeats, search_trials=args.search_trials),
+                "efficiency": lambda: bench_efficiency(models)}
     results = {k: fn() for k, fn in sections.items() if args.only in (None, k)}
     publish(results, args.out)
     return 0
