@@ -275,3 +275,23 @@ def test_train_years_and_the_lr_sweep_end_to_end_with_two_jobs_then_a_rerun_reus
     assert chosen in second.stdout and "4 of the 4 runs finished before (reused; 1 from the lr sweep)" in second.stdout
     assert "test loss" not in second.stdout  # neither the sweep nor a cell trained again
     assert pd.read_csv(out / "isoflop.csv", dtype={"train_years": str}).equals(frame)
+
+
+def test_only_an_all_years_study_of_the_same_series_and_window_stands_for_a_size():
+    from forecast.report.collect import BestTrial, Series, StudyEntry
+    from forecast.report.isoflop import stand_ins
+
+    data = {"symbol": "SPY", "tier": "c", "inputs": "stationary", "task": "threshold", "horizon": 1,
+            "threshold": 0.01, "context_length": 5}
+    best = BestTrial(0, 0.4, 10_000, "d16-l1", 1, 2, {"lr": 1e-3}, {0: 0.4}, Path("."), "")
+
+    def entry(name, size, train_years=None, **changed):
+        series = Series("SPY", "c", "threshold0.01", 1, "stationary", train_years)
+        return StudyEntry(name, series, "10K", size, {**data, **changed}, {}, best)
+
+    entries = [entry("all-10K", 10_000), entry("y2-10K", 10_000, train_years=2.0),
+               entry("ctx80-30K", 30_000, context_length=80), entry("tier-30K", 30_000, inputs="tier"),
+               entry("h3-100K", 100_000, horizon=3), entry("all-100K", 100_000)]
+    chosen = {size: e.name for size, e in stand_ins(entries, data).items()}
+    assert chosen == {10_000: "all-10K", 100_000: "all-100K"}
+    assert stand_ins(list(reversed(entries)), data)[10_000].name == "all-10K"  # not whichever came last

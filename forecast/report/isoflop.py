@@ -173,16 +173,25 @@ def samples_per_step(config: dict[str, Any]) -> int:
     return int(config["planner"]["effective_batch"])
 
 
+# What a study must share with the runs for its best trial to stand for a size: the series and target, and the
+# window the architecture's parameter count depends on. A study on a training-years selection never stands in:
+# its learning rate was tuned for fewer samples.
+SAME_SERIES = ("symbol", "tier", "inputs", "task", "horizon", "threshold", "context_length")
+
+
 def _studies(url: str, config: dict[str, Any]) -> dict[int, Any]:
-    """Searched studies of the config's series in the storage, by budget size (none: a storage of claims only)."""
+    """The storage's studies that stand for each size (`stand_ins`; none: a storage of claims only)."""
     try:
         names = study_names(load_storage(url))
     except ForecastError:
         return {}
-    data = config["data"]
-    same = ("symbol", "tier", "task", "horizon")
-    return {e.budget_size: e for e in (collect(url) if names else [])
-            if all(str(e.data.get(k)) == str(data.get(k)) for k in same)}
+    return stand_ins(collect(url) if names else [], config["data"])
+
+
+def stand_ins(entries: Sequence[Any], data: dict[str, Any]) -> dict[int, Any]:
+    """{budget size: study entry} of the all-years studies whose data settings (`SAME_SERIES`) are `data`'s."""
+    return {e.budget_size: e for e in entries
+            if e.series.train_years is None and all(str(e.data.get(k)) == str(data.get(k)) for k in SAME_SERIES)}
 
 
 def selections(options: IsoflopOptions, config: dict[str, Any]) -> list[Selection]:
