@@ -1,4 +1,4 @@
-"""forecast.hpo.study end to end on a tiny synthetic tier: records, replays, resumes, faults, bad input and
+"""forecast.hpo (plan, open, loop, outputs) end to end on a tiny synthetic tier: records, replays, resumes, faults, bad input and
 the sweep, with real Optuna storage files and real fits."""
 
 from __future__ import annotations
@@ -32,12 +32,10 @@ from forecast.core.errors import ForecastError
 from forecast.data.datamodule import ForecastDataModule
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
+from forecast.hpo.loop import run_study
+from forecast.hpo.opening import open_study
+from forecast.hpo.plan import plan_study
 from forecast.hpo.stop import StopControl
-from forecast.hpo.study import (
-    open_study,
-    plan_study,
-    run_study,
-)
 from forecast.training.baselines import prior_scores
 from forecast.training.cli import cli_main
 from forecast.training.config import resolve
