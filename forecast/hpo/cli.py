@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from forecast.hpo.loop import Outcome
 
 # Light at import (no Lightning, Optuna or pandas): with --jobs N the workers start before this process
-# loads them (about 5 s on 2 cores), so that their start-up runs beside its own.
+# loads them, so that their start-up runs beside its own.
 
 EPILOG = """\
 --config FILE (repeatable) and any --data.*, --model.*, --trainer.*, --early_stopping.*,
@@ -67,7 +67,8 @@ def start_workers(command: str, argv: list[str], options: SearchOptions) -> Pool
     """The `--jobs` workers, started before this process loads its libraries (None in a worker or
     without `--jobs`); the flags that need no library checked first."""
     if options.jobs > 1 and str(options.storage_url).startswith("sqlite"):
-        # SQLite's writers are not isolated enough: two of 4 workers can take the same queued trial
+        # --jobs needs a storage whose writers are isolated from each other; SQLite's are not (one
+        # queued trial can go to two workers)
         raise ForecastError("--jobs on SQLite: its writers are not isolated enough for several workers; "
                             "use a journal file (the default with --jobs) or PostgreSQL (`make postgres`)")
     if options.devices is not None and options.jobs == 1 and this_worker() is None:
