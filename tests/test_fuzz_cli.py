@@ -394,16 +394,16 @@ def run_one(argv: list[str], case: Path, world: World, capfd, monkeypatch) -> st
 
 def _stand_ins(mp: pytest.MonkeyPatch) -> None:
     """The network, and the search's and report's runners (parse-time fuzzing of those)."""
+    import forecast.core.workers as core_workers
     import forecast.data.sources as sources
     import forecast.hpo.cli as hpo_cli
-    import forecast.report.cli as report_cli
     import forecast.report.outputs as report_outputs
 
     mp.setattr(sources, "fetch_yahoo", lambda symbol, start=None, end=None, **_: synthetic_ohlcv(n=40))
     mp.setattr(hpo_cli, "run_search", lambda pool, options, *a, **k: check_handed(options))
-    mp.setattr(hpo_cli, "Pool", lambda *a, **k: None)  # --jobs workers are started before the search
     mp.setattr(report_outputs, "make_report", lambda options, *a, **k: check_handed([options]))
-    mp.setattr(report_cli, "Pool", lambda *a, **k: None)  # --jobs workers are started before make_report
+    # --jobs workers start before the search or make_report (core.workers.start_pool, its --jobs bound kept)
+    mp.setattr(core_workers, "Pool", lambda *a, **k: None)
 
 
 def test_the_schema_covers_every_subcommand_and_types_every_value_option():
