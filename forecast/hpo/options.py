@@ -31,6 +31,7 @@ from forecast.core.workers import this_worker
 from forecast.hpo.config import DEFAULT_SPACE, Pruner
 from forecast.hpo.years import TrainYears
 
+
 def _list_option(default: list[Any], doc: str, metavar: str) -> Any:
     """`option` with a non-empty list default: a fresh copy per object (core's `option` takes a
     default factory only as a type, such as `list`)."""
