@@ -18,11 +18,9 @@ from conftest import synthetic_raw
 
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
+from forecast.hpo.options import HpoOptions
 from forecast.hpo.outputs import is_finished
 from forecast.hpo.storage import open_storage
-from forecast.hpo.study import (
-    HpoOptions,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +76,7 @@ def flags(data: Path, epochs: int = 2) -> list[str]:
 def options(data: Path, space: Path, logs: Path, trials: int = 3, **kw) -> HpoOptions:
     return HpoOptions(budget="20K", trials=trials, configs=[str(ROOT / "configs" / "demo.yaml")],
                       overrides=flags(data, kw.pop("epochs", 2)), search_space=space, log_dir=logs,
-                      live=False, **kw)
+                      no_live=True, **kw)
 
 
 def cli_args(data: Path, space: Path, logs: Path, trials: int, *extra: str, epochs: int = 2) -> list[str]:

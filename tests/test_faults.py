@@ -331,14 +331,14 @@ def test_an_empty_file_named_as_storage_is_refused_not_filled(tmp_path):
 
 
 def test_a_refused_setup_in_a_new_study_folder_leaves_no_folder(tmp_path):
-    from forecast.hpo.study import _locked
+    from forecast.hpo.opening import locked
 
     folder = tmp_path / "logs" / "study"
-    with pytest.raises(ForecastError), _locked(folder):
+    with pytest.raises(ForecastError), locked(folder):
         raise ForecastError("refused")
     assert not folder.exists()
     folder.mkdir()
-    with _locked(folder):  # a folder that was there stays, its lock too (flock files are kept)
+    with locked(folder):  # a folder that was there stays, its lock too (flock files are kept)
         pass
     assert (folder / ".lock").exists()
 

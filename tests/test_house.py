@@ -127,12 +127,12 @@ def test_no_private_name_crosses_a_module_boundary_inside_forecast():
 
 def test_the_crossing_check_catches_a_planted_use():
     planted = ROOT / "forecast" / "_planted_crossing_for_test.py"
-    planted.write_text("import forecast.hpo.study as search\nfrom forecast.hpo import stop\n"
-                       "from forecast.hpo.study import _locked, plan_study\n\n"
-                       "def f():\n    return search._running, stop._terminal_stdin, plan_study, search.__name__\n")
+    planted.write_text("import forecast.hpo.loop as search\nfrom forecast.hpo import stop\n"
+                       "from forecast.hpo.loop import _first_line, run_queue\n\n"
+                       "def f():\n    return search._running, stop._terminal_stdin, run_queue, search.__name__\n")
     try:
         assert crossing_privates(planted) == [
-            "forecast/_planted_crossing_for_test.py:3: from forecast.hpo.study import _locked",
+            "forecast/_planted_crossing_for_test.py:3: from forecast.hpo.loop import _first_line",
             "forecast/_planted_crossing_for_test.py:6: search._running",
             "forecast/_planted_crossing_for_test.py:6: stop._terminal_stdin"]
     finally:

@@ -164,13 +164,13 @@ def test_jobs_and_devices_are_checked_before_anything_runs(data, space_file, tmp
 def test_of_two_trials_started_for_the_last_place_only_the_earlier_runs(tmp_path):
     """Two workers both saw one free place of N=2 and both started a trial: the later trial is
     dropped before it trains (FAIL, reason surplus, not counted); the earlier one runs."""
-    from forecast.hpo.study import Surplus, _Claimed
+    from forecast.hpo.claims import Claimed, Surplus
 
     study = optuna.create_study(study_name="c", storage=open_storage(str(tmp_path / "c.journal"), 0))
     study.tell(study.ask(), 0.5)  # one finished
     first, second = study.ask(), study.ask()  # both RUNNING at once
     ran = []
-    claimed = _Claimed(lambda trial: ran.append(trial.number) or 0.4, target=2)
+    claimed = Claimed(lambda trial: ran.append(trial.number) or 0.4, target=2)
     with pytest.raises(Surplus):
         claimed(second)
     assert claimed(first) == 0.4 and ran == [first.number]

@@ -15,12 +15,10 @@ import yaml
 from search_fixtures import ROOT, _one_thread, data, options, space_file, wait_for  # noqa: F401  (fixtures; _one_thread is autouse)
 
 from forecast.core.errors import ForecastError
+from forecast.hpo.opening import make_pruner
+from forecast.hpo.plan import plan_study
 from forecast.hpo.space import OutsideSpace, bind, load_space, parse_param
 from forecast.hpo.stop import AbortTrial, StopControl
-from forecast.hpo.study import (
-    make_pruner,
-    plan_study,
-)
 from forecast.sizing.budget import parse_budget
 from forecast.training.cli import cli_main
 from forecast.training.config import resolve

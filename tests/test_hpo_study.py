@@ -1,4 +1,4 @@
-"""forecast.hpo.study end to end on a tiny synthetic tier: records, replays, resumes, faults, bad input and
+"""forecast.hpo (plan, open, loop, outputs) end to end on a tiny synthetic tier: records, replays, resumes, faults, bad input and
 the sweep, with real Optuna storage files and real fits."""
 
 from __future__ import annotations
@@ -32,12 +32,10 @@ from forecast.core.errors import ForecastError
 from forecast.data.datamodule import ForecastDataModule
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
+from forecast.hpo.loop import run_study
+from forecast.hpo.opening import open_study
+from forecast.hpo.plan import plan_study
 from forecast.hpo.stop import StopControl
-from forecast.hpo.study import (
-    open_study,
-    plan_study,
-    run_study,
-)
 from forecast.training.baselines import prior_scores
 from forecast.training.cli import cli_main
 from forecast.training.config import resolve
@@ -273,7 +271,16 @@ def test_a_budget_that_cannot_fit_is_refused_before_any_trial(data, tmp_path, ca
     assert not list((tmp_path / "logs").rglob("trial_*"))
 
 
-def test_a_cpu_search_says_how_long_an_epoch_takes(data, space_file, tmp_path, capsys):
-    plan_study(options(data, space_file, tmp_path / "logs"))
+@pytest.mark.parametrize("train_epoch", ["all_years", "kept"])
+def test_a_cpu_search_says_how_long_an_epoch_takes(data, space_file, tmp_path, capsys, train_epoch):
+    """On a training-years selection an epoch draws as many samples as an all-years epoch (`all_years`,
+    the default) or one pass over the kept years' (`kept`): the estimate counts what an epoch draws."""
+    opts = options(data, space_file, tmp_path / "logs")
+    opts.overrides += ["--data.train_years=1", f"--data.train_epoch={train_epoch}"]
+    plan_study(opts)
     out = capsys.readouterr().out
     assert "CPU: one epoch of d32-l" in out and "GFLOP" in out and "at least" in out
+    dm = ForecastDataModule(**resolve(["--config", str(ROOT / "configs" / "demo.yaml"), *opts.overrides])["data"])
+    kept, every = dm.splits["train"].size, dm.samples_all_years
+    assert kept < every  # one year of about two and a half
+    assert f" is {every if train_epoch == 'all_years' else kept:,} windows x " in out

@@ -366,7 +366,7 @@ def test_import_and_info_show_the_repaired_bar_count(tmp_path, capsys):
 
 def test_a_killed_retry_is_not_said_to_be_queued_again(tmp_path):
     """Defect 13: the retry of a dead trial dies too; MAX_RETRY=1 queues nothing, and says so."""
-    from forecast.hpo.study import _recover
+    from forecast.hpo.loop import recover
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -381,11 +381,11 @@ def test_a_killed_retry_is_not_said_to_be_queued_again(tmp_path):
     first = study.ask()
     first.suggest_float("x", 0, 1)
     first.set_user_attr(WORKER_ATTR, worker)
-    _recover(study, plan, display)
+    recover(study, plan, display)
     retry = study.ask()  # the queued retry of trial 0
     assert retry.number == 1 and retry.params == first.params
     retry.set_user_attr(WORKER_ATTR, worker)
-    _recover(study, plan, display)
+    recover(study, plan, display)
     assert said == ["trial 0: its process is gone; marked failed and queued to run again",
                     "trial 1: its process is gone; marked failed and not retried (it was the retry)"]
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "FAIL"]  # nothing WAITING

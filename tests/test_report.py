@@ -24,7 +24,8 @@ from forecast.cli import main as forecast_main
 from forecast.core.metric_names import MONITOR
 from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
-from forecast.hpo.study import HpoOptions, run_study
+from forecast.hpo.loop import run_study
+from forecast.hpo.options import HpoOptions
 from forecast.report import build
 from forecast.report.build import ReportOptions
 from forecast.report.equivalence import verdict_text
@@ -80,7 +81,7 @@ def studies(tmp_path_factory) -> tuple[str, Path]:
              "--trainer.max_epochs=1"]
     for budget in BUDGETS:
         run_study(HpoOptions(budget=budget, trials=1, configs=[str(ROOT / "configs" / "demo.yaml")],
-                             overrides=flags, search_space=space, log_dir=logs, live=False))
+                             overrides=flags, search_space=space, log_dir=logs, no_live=True))
     return f"sqlite:///{logs / 'optuna.db'}", logs
 
 

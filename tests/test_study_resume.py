@@ -20,8 +20,10 @@ from search_fixtures import data, load, options, space_file  # noqa: F401  (fixt
 from forecast.cli import main as forecast_main
 from forecast.core.errors import ForecastError
 from forecast.hpo.config import MEASURED
+from forecast.hpo.loop import run_study
+from forecast.hpo.opening import open_study
+from forecast.hpo.plan import plan_study
 from forecast.hpo.storage import open_storage
-from forecast.hpo.study import open_study, plan_study, run_study
 from forecast.report.retrain import ALLOWED_KEYS, check_overrides
 from forecast.training.config import is_unmeasured, resolve
 from forecast.training.resume import flatten

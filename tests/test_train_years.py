@@ -21,8 +21,9 @@ from forecast.data.selection import drawn_years, whole_years
 from forecast.data.synthetic import synthetic_ohlcv
 from forecast.data.tiers import build_and_write
 from forecast.hpo.config import study_name
+from forecast.hpo.opening import open_study
+from forecast.hpo.plan import plan_study
 from forecast.hpo.storage import open_storage
-from forecast.hpo.study import open_study, plan_study
 from forecast.hpo.years import selection_flags
 from forecast.training.cli import cli_main
 from forecast.training.config import recorded_data

@@ -53,14 +53,17 @@ def _study(data: Path, space: Path, logs: Path, pruner: str, trials: int, epochs
     """Run one study and measure it from its trials' records."""
     from optuna.trial import TrialState
 
-    from forecast.hpo.study import HpoOptions, open_study, plan_study, run_study
+    from forecast.hpo.loop import run_study
+    from forecast.hpo.opening import open_study
+    from forecast.hpo.options import HpoOptions
+    from forecast.hpo.plan import plan_study
 
     flags = [f"--data.data_dir={data}", f"--data.symbol={SYMBOL}", "--data.context_length=32",
              f"--data.val_start={VAL_START}", f"--data.test_start={TEST_START}", "--data.batch_size=64",
              "--model.net.init_args.patch_len=8", "--model.net.init_args.stride=4",
              f"--trainer.max_epochs={epochs}", f"--early_stopping.patience={epochs}"]  # pruning alone ends trials early
     options = HpoOptions(budget="20K", trials=trials, overrides=flags, search_space=space, log_dir=logs,
-                         pruner=pruner, live=False, configs=[str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")])
+                         pruner=pruner, no_live=True, configs=[str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")])
     start = time.perf_counter()
     outcome = run_study(options)
     wall = time.perf_counter() - start

@@ -33,7 +33,8 @@ params:
 
 
 def _studies(root: Path, budgets: tuple[str, ...], epochs: int) -> str:
-    from forecast.hpo.study import HpoOptions, run_study
+    from forecast.hpo.loop import run_study
+    from forecast.hpo.options import HpoOptions
 
     data = search_tier(root / "data")
     space = root / "space.yaml"
@@ -45,7 +46,7 @@ def _studies(root: Path, budgets: tuple[str, ...], epochs: int) -> str:
              f"--trainer.max_epochs={epochs}", f"--early_stopping.patience={epochs}"]
     for budget in budgets:
         run_study(HpoOptions(budget=budget, trials=1, configs=[str(configs.path("demo.yaml"))],
-                             overrides=flags, search_space=space, log_dir=logs, live=False))
+                             overrides=flags, search_space=space, log_dir=logs, no_live=True))
     return str(logs / "optuna.db")
 
 

@@ -50,19 +50,19 @@ def _trivial_worker(data: str, space: str, logs: str, storage: str, trials: int,
     output files, and a start together with the other workers (after each has checked its study)."""
     import random
 
-    from forecast.hpo import objective
-    from forecast.hpo import study as search
-    from forecast.hpo.study import HpoOptions, run_study
+    from forecast.hpo import loop, objective
+    from forecast.hpo.loop import run_study
+    from forecast.hpo.options import HpoOptions
 
-    open_study = search.open_study
+    open_study = loop.open_study
 
     def open_then_wait(plan):  # noqa: ANN001, ANN202
         opened = open_study(plan)
         barrier.wait(timeout=600)
         return opened
 
-    search.open_study = open_then_wait
-    search.write_outputs = lambda study, plan: None  # trials.csv / summary.md cost the same on every storage
+    loop.open_study = open_then_wait
+    loop.write_outputs = lambda study, plan: None  # trials.csv / summary.md cost the same on every storage
     objective.release_memory = lambda: None  # a trial that trained nothing has nothing to give back
 
     def fit(self, trial, args, monitor, shown):  # noqa: ANN001 - Objective._fit's signature
@@ -74,7 +74,7 @@ def _trivial_worker(data: str, space: str, logs: str, storage: str, trials: int,
     objective.Objective._fit = fit
     run_study(HpoOptions(budget="20K", trials=trials, configs=[str(configs.path("demo.yaml"))],
                          overrides=_flags(Path(data), FAKE_EPOCHS), search_space=Path(space), log_dir=Path(logs),
-                         storage=storage, pruner="none", live=False, heartbeat=60))
+                         storage=storage, pruner="none", no_live=True, heartbeat=60))
 
 
 def _storage_run(data: Path, space: Path, logs: Path, storage: str, workers: int, trials: int) -> dict[str, Any]:

@@ -1,6 +1,11 @@
-"""Work other than trials, shared through a study storage as trials are: a queue of keyed tasks.
+"""Claims on work shared through a study storage: a search trial's place within `--trials N`, and keyed tasks.
 
-The report's retrains (one per study x fold x seed) are tasks. The queue is one Optuna study in the
+A search trial runs only when it is within N (`Claimed`): the trials before it (by trial number, which
+the storage gives out in order) that are finished or running must be fewer than N. Two workers that
+both saw the study's last free place and started a trial together thus do not both run it: the one
+with the higher trial number ends at once as FAIL, reason `surplus` (not counted).
+
+Work other than trials is shared as trials are, in a queue of keyed tasks. The report's retrains (one per study x fold x seed) are tasks. The queue is one Optuna study in the
 same storage (`QUEUE_STUDY`), and a task is a trial of it whose user attr `key` names the task:
 
 - posting a task enqueues a WAITING trial (`Study.enqueue_trial`) unless the task already has a
@@ -24,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +37,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from forecast.hpo.outputs import is_finished
 from forecast.hpo.storage import (
     MAX_RETRY,
     WORKER_ATTR,
@@ -44,6 +50,37 @@ QUEUE_STUDY = "forecast-report-retrains"  # a study of the storage that holds ta
 KEY, RESULT, REASON, LABEL = "key", "result", "reason", "label"
 SURPLUS = "surplus"
 ERROR = "error: "
+
+
+# ------------------------------------------------------------------------ a trial's place in its study
+
+
+class Surplus(Exception):
+    """Another worker started the study's last trial at the same moment: this one is not run."""
+
+
+class Claimed:
+    """A search's objective, run only when the new trial is within `target` (see the module's rule).
+
+    Args:
+        objective: what a trial within the target runs (`forecast.hpo.objective.Objective`).
+        target: the study's `--trials N`.
+    """
+
+    def __init__(self, objective: Callable[[optuna.Trial], float], target: int) -> None:
+        self.objective, self.target = objective, target
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        before = [t for t in trial.study.get_trials(deepcopy=False)
+                  if t.number < trial.number and (is_finished(t) or t.state == TrialState.RUNNING)]
+        if len(before) >= self.target:
+            trial.set_user_attr(REASON, SURPLUS)
+            trial.set_user_attr("message", f"the study already had {self.target} trials finished or running")
+            raise Surplus(f"trial {trial.number} not run: the study was full")
+        return self.objective(trial)
+
+
+# ----------------------------------------------------------------------------------- the task queue
 
 
 @dataclass

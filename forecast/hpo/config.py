@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from forecast import configs
 from forecast.training.config import measured_settings, recorded_data
 
 DEFAULT_SPACE = configs.path("hpo/search_space.yaml")
-PRUNERS = ("median", "hyperband", "none")
+Pruner = Literal["median", "hyperband", "none"]  # `--pruner` (forecast.hpo.opening.make_pruner)
 
 MEASURED = "measured"  # key of the study fingerprint: the trainer, model and callback settings trials share
 

@@ -259,8 +259,8 @@ class Objective:
             reason, message = "aborted", str(err)
         except Exception as err:
             if self.stop is not None and self.stop.aborted:
-                # the abort surfaced as another error: e.g. Lightning's teardown moving a network
-                # that was still on `meta` (a second Ctrl-C before the model was built)
+                # after a second stop any error is the abort's own (Lightning's teardown, for one,
+                # fails on a network still on `meta` when the abort came before the model was built)
                 reason, message = "aborted", f"aborted by a second {self.stop.abort_signal} ({type(err).__name__} after it)"
             else:
                 reason, message = "error", f"{type(err).__name__}: {_first_line(err)}"

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import yaml
@@ -21,7 +21,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from forecast.core.files import atomic_path, write_text_atomic
 from forecast.core.metric_names import MONITOR, MONITOR_MODE
+from forecast.hpo.storage import describe
 from forecast.training.runs import epoch_number
+
+if TYPE_CHECKING:
+    from forecast.hpo.plan import StudyPlan
 
 # Failures that are results (the configuration does not fit, or breaks): they count toward N.
 # A trial whose process died ("interrupted") or that a user aborted counts as not run.
@@ -71,6 +75,13 @@ class StudyInfo:
     target: int
     n_archs: int
     prior: dict[str, float] | None = None  # the class prior's val scores (positive_rate, loss, ...)
+
+
+def write_outputs(study: optuna.Study, plan: StudyPlan) -> None:
+    """Every output of a planned study (`write_all`), as its options ask."""
+    info = StudyInfo(plan.name, plan.folder, describe(plan.url), plan.options.budget, plan.options.trials,
+                     len(plan.space.tree.archs), plan.prior)
+    write_all(study, info, keep_checkpoints=plan.options.keep_checkpoints)
 
 
 def write_all(study: optuna.Study, info: StudyInfo, keep_checkpoints: bool = False) -> None:

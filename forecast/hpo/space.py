@@ -33,7 +33,7 @@ from optuna.distributions import (
 
 from forecast.core.bounded_yaml import read_yaml
 from forecast.core.errors import ForecastError
-from forecast.sizing.budget import Arch, architectures, check_grid, load_grid
+from forecast.sizing.budget import Arch, Budget, architectures, check_grid, load_grid
 
 NET_PREFIX = "model.net.init_args."
 # PatchTST arguments an architecture fixes; the search space may not name them itself.
@@ -361,13 +361,13 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def bind(spec: SpaceSpec, budget: str | int, n_features: int, context_length: int,
+def bind(spec: SpaceSpec, budget: Budget | str | int, n_features: int, context_length: int,
          patch_len: int, stride: int, patch_mode: str) -> SearchSpace:
     """The search space for one budget and data shape.
 
     Args:
         spec: the parsed search-space file.
-        budget: a budget name ("2M") or a parameter count.
+        budget: a parsed budget, a budget name ("2M") or a parameter count.
         n_features: features of the tier.
         context_length: window length.
         patch_len: time steps per patch.

@@ -218,7 +218,7 @@ def _open_rdb(url: str, engine: dict, kwargs: dict, tries: int = 5) -> RDBStorag
 class _RDBStorage(RDBStorage):
     """Optuna's RDB storage whose heartbeat thread outlives a lost connection: a missed beat is
     retried at the next interval, and the main thread, on its next write, reports the loss in
-    one line (`forecast.hpo.study`) instead of a thread printing a traceback."""
+    one line (`forecast.hpo.loop`) instead of a thread printing a traceback."""
 
     def record_heartbeat(self, trial_id: int) -> None:
         from sqlalchemy.exc import SQLAlchemyError

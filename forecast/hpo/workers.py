@@ -22,23 +22,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from forecast.core.workers import Pool
-from forecast.hpo.display import Display
-from forecast.hpo.outputs import counts, n_finished
+from forecast.hpo.display import Display, closing_line, quiet_search
+from forecast.hpo.loop import Ending, Outcome, run_queue, study_outcome
+from forecast.hpo.opening import open_study
+from forecast.hpo.options import HpoOptions
+from forecast.hpo.outputs import counts, n_finished, write_outputs
+from forecast.hpo.plan import StudyPlan, plan_study
 from forecast.hpo.stop import ABORTED_EXIT, STOP_FILE, StopControl
 from forecast.hpo.storage import describe
-from forecast.hpo.study import (
-    Ending,
-    HpoOptions,
-    Outcome,
-    StudyPlan,
-    closing_line,
-    open_study,
-    plan_study,
-    quiet_search,
-    run_queue,
-    study_outcome,
-    write_outputs,
-)
 
 POLL_S = 1.0  # how often a watching parent reads the storage for the panel
 FORWARD_S = 0.2  # how often stop requests are looked for to pass on

@@ -236,14 +236,15 @@ def budget_size(budget: str | int) -> int:
     return parse_budget(budget).size
 
 
-def architectures(budget: str | int, n_features: int, context_length: int = 80,
+def architectures(budget: Budget | str | int, n_features: int, context_length: int = 80,
                   patch_len: int = 16, stride: int = 8, patch_mode: str = "mixing",
                   tolerance: float = TOLERANCE,
                   grid: dict[str, list[float]] | None = None) -> list[Arch]:
     """Every grid architecture whose exact count lies within +-tolerance of the budget.
 
     Args:
-        budget: a name from `BUDGETS` ("2M", "20M", "200M", "2B") or a parameter count ("50K", 50000).
+        budget: a parsed `Budget`, a name from `BUDGETS` ("2M", "20M", "200M", "2B") or a parameter
+            count ("50K", 50000).
         n_features: input features of the tier.
         context_length: window length.
         patch_len: time steps per patch.
@@ -255,7 +256,7 @@ def architectures(budget: str | int, n_features: int, context_length: int = 80,
     Returns:
         Architectures sorted from wide-and-shallow to narrow-and-deep.
     """
-    size = budget_size(budget)
+    size = budget.size if isinstance(budget, Budget) else budget_size(budget)
     grid = load_grid() if grid is None else grid
     found = []
     for d_model in grid["d_model"]:
@@ -269,7 +270,8 @@ def architectures(budget: str | int, n_features: int, context_length: int = 80,
                         found.append(Arch(d_model, n_layers, n_heads, d_ff, ratio, params))
     if not found:
         raise ForecastError(
-            f"no grid architecture lies within ±{tolerance:.0%} of {budget} parameters for "
+            f"no grid architecture lies within ±{tolerance:.0%} of "
+            f"{budget.label if isinstance(budget, Budget) else budget} parameters for "
             f"{n_features} features, context {context_length}, patch {patch_len}/{stride} "
             f"({patch_mode})")
     return sorted(found, key=lambda a: (-a.d_model, a.n_layers, a.d_ff, a.n_heads))

@@ -226,14 +226,17 @@ def _duration(seconds: float) -> str:
 
 
 # ----------------------------------------------------------------------------- a search
-def check_search(config: dict[str, Any], archs: Sequence[Any], n_features: int, log_dir: Path,
-                 keep_checkpoints: bool, trials: int, what: str) -> str | None:
+def check_search(config: dict[str, Any], archs: Sequence[Any], n_features: int, epoch_samples: int,
+                 log_dir: Path, keep_checkpoints: bool, trials: int, what: str) -> str | None:
     """Memory and disk checks of a whole search, before its first trial (see `check_memory`).
 
     Args:
         config: the resolved trial config (`forecast.hpo.config.resolve`).
         archs: the budget's architectures (`forecast.sizing.budget.Arch`).
         n_features: features of the tier.
+        epoch_samples: training samples one epoch draws (`ForecastDataModule.epoch_samples`: with a
+            `data.train_years` selection, as many as every training year holds unless
+            `data.train_epoch` is `kept`).
         log_dir: where the trials write their checkpoints.
         keep_checkpoints: every trial keeps its checkpoint (else only the best trial's).
         trials: the number of trials.
@@ -266,8 +269,5 @@ def check_search(config: dict[str, Any], archs: Sequence[Any], n_features: int, 
         check_disk(max(a.params for a in archs), log_dir, files, bool(ckpt.get("save_weights_only")), what, dtype)
     if kind != "cpu":
         return None
-    from forecast.data.datamodule import ForecastDataModule
-
-    windows = ForecastDataModule(**data).splits["train"].size
     largest = max(shapes, key=lambda a: training_flops_per_sample(**{k: a[k] for k in FLOP_KEYS}))
-    return epoch_estimate(largest, windows)
+    return epoch_estimate(largest, epoch_samples)
