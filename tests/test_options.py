@@ -55,3 +55,19 @@ def test_the_parser_refuses_what_the_type_refuses(argv, says):
     with pytest.raises(ForecastError, match=None) as err:
         parse(_parser(), argv)
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_list_default_is_copied_for_each_object():
+    @dataclass
+    class WithList:
+        designs: list[str] = option(["trailing"], "designs")
+
+    a, b = WithList(), WithList()
+    a.designs.append("blocks")
+    assert b.designs == ["trailing"] and "(default: trailing)" in _help_of(WithList)
+
+
+def _help_of(cls) -> str:
+    p = command_parser("t", "test")
+    add_options(p, cls)
+    return p.format_help()

@@ -40,15 +40,17 @@ def option(default: Any = dataclasses.MISSING, doc: str = "", *, flag: str | Non
     """A dataclass field that is also a command-line flag.
 
     Args:
-        default: the value when the flag is not given; a callable (`list`) is a default factory;
-            none: the flag is required.
+        default: the value when the flag is not given (a list is copied for each object; a type such
+            as `list` is a default factory); none: the flag is required.
         doc: the one-line `--help` text; a default other than None or False is appended to it.
         flag: the flag's name (default `--field-name`); None: not a flag, the command sets it.
         metavar: the value's name in `--help`.
     """
     metadata = {"doc": doc, "flag": flag, "metavar": metavar}
-    if callable(default) and default is not dataclasses.MISSING and isinstance(default, type):
+    if isinstance(default, type):
         return dataclasses.field(default_factory=default, metadata=metadata)
+    if isinstance(default, list):  # each object gets its own copy
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -31,14 +31,6 @@ from forecast.core.workers import this_worker
 from forecast.hpo.config import DEFAULT_SPACE, Pruner
 from forecast.hpo.years import TrainYears
 
-
-def _list_option(default: list[Any], doc: str, metavar: str) -> Any:
-    """`option` with a non-empty list default: a fresh copy per object (core's `option` takes a
-    default factory only as a type, such as `list`)."""
-    flag = option(doc=doc, metavar=metavar)
-    return dataclasses.field(default_factory=lambda: list(default), metadata=flag.metadata)
-
-
 JOURNAL = "optuna.journal"  # the storage of `--jobs N` without `--storage`, in `--log-dir`
 Design = Literal["trailing", "blocks"]
 
@@ -107,7 +99,7 @@ class SweepOptions(SearchOptions):
     train_years: list[TrainYears] | None = option(
         None, "the training-years axis: a study per number of years before validation, or all "
               "(e.g. 2 4 8 16 all; default: none, every study trains on all years)", metavar="Y")
-    designs: list[Design] = _list_option(["trailing"], "with --train-years: trailing (the most recent years) "
+    designs: list[Design] = option(["trailing"], "with --train-years: trailing (the most recent years) "
                                                        "and/or blocks (as many random whole calendar years; "
                                                        "default: trailing)", metavar="DESIGN")
     draws: PositiveInt = option(1, "with --designs blocks: draws of random years per number of years", metavar="K")
