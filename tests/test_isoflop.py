@@ -155,7 +155,7 @@ def test_the_options_dataclass_is_the_parser():
     from forecast.report.isoflop_options import IsoflopOptions
 
     assert set(flags_of(IsoflopOptions).values()) == {
-        "--flops", "--budgets", "--storage", "--seeds", "--folds", "--train-years", "--lr-sweep", "--test-start",
+        "--flops", "--budgets", "--storage", "--seeds", "--folds", "--train-years", "--lr-sweep", "--grid", "--test-start",
         "--test-end", "--out", "--bootstrap", "--jobs", "--devices", "--heartbeat"}  # run_args, argv: not flags
     text = parser().format_help()
     assert "seeds 0..S-1 per fold (default: 2)" in text and "(default: logs/isoflop)" in text
@@ -295,3 +295,19 @@ def test_only_an_all_years_study_of_the_same_series_and_window_stands_for_a_size
     chosen = {size: e.name for size, e in stand_ins(entries, data).items()}
     assert chosen == {10_000: "all-10K", 100_000: "all-100K"}
     assert stand_ins(list(reversed(entries)), data)[10_000].name == "all-10K"  # not whichever came last
+
+
+def test_a_size_without_a_study_takes_the_closest_shape_of_the_grid_it_is_given(tmp_path):
+    from forecast.core.errors import ForecastError
+    from forecast.report.isoflop import _size
+
+    config = {"data": {"context_length": 5}, "model": {"lr": 3e-3, "net": {"init_args": {
+        "patch_len": 5, "stride": 5, "patch_mode": "mixing"}}}}
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("d_model: [16, 256]\nn_layers: [2]\nhead_dim: [64]\nnarrow_heads: [2]\nffn_ratio: [2]\n")
+    small, large = (_size(b, config, 40, {}, grid) for b in ("10K", "1M"))
+    assert (small.arch["d_model"], small.arch["n_layers"], small.params) == (16, 2, 7809)
+    assert (large.arch["d_model"], large.params, large.lr, large.source) == (256, 1_106_769, 3e-3, "config")
+    assert _size("10K", config, 40, {}).arch != small.arch  # the default grid has closer shapes
+    with pytest.raises(ForecastError, match="no grid architecture lies within"):
+        _size("100K", config, 40, {}, grid)

@@ -46,6 +46,7 @@ from forecast.sizing.budget import (
     architectures,
     budget_size,
     count_parameters,
+    load_grid,
     num_patches,
     parse_budget,
     training_flops_per_sample,
@@ -143,7 +144,8 @@ def _model_args(config: dict[str, Any]) -> dict[str, Any]:
     return config["model"]["net"]["init_args"]
 
 
-def _size(budget: str, config: dict[str, Any], n_features: int, studies: dict[int, Any]) -> Size:
+def _size(budget: str, config: dict[str, Any], n_features: int, studies: dict[int, Any],
+          grid: Path | None = None) -> Size:
     """The budget's architecture and lr: from its study's best config if the storage has one, else the grid."""
     net = _model_args(config)
     shape = dict(context_length=int(config["data"]["context_length"]), patch_len=int(net["patch_len"]),
@@ -155,7 +157,7 @@ def _size(budget: str, config: dict[str, Any], n_features: int, studies: dict[in
         lr, source = float(best["model"]["lr"]), f"study {entry.name}"
     else:
         size = budget_size(budget)
-        found = architectures(budget, n_features, **shape)
+        found = architectures(budget, n_features, **shape, grid=None if grid is None else load_grid(grid))
         pick = min(found, key=lambda a: (abs(a.params - size), -a.d_model))
         arch, lr, source = pick.model_kwargs(), float(config["model"]["lr"]), CONFIG
     params = count_parameters(n_features, shape["context_length"], shape["patch_len"], shape["stride"],
@@ -218,7 +220,7 @@ def selections(options: IsoflopOptions, config: dict[str, Any]) -> list[Selectio
 def plan_sizes(options: IsoflopOptions, config: dict[str, Any], n_features: int) -> list[Size]:
     """Each --budgets size: its study's architecture and lr when --storage holds one, else the grid's and the config's."""
     studies = _studies(options.storage, config)
-    return [_size(b, config, n_features, studies) for b in options.budgets]
+    return [_size(b, config, n_features, studies, options.grid) for b in options.budgets]
 
 
 def plan_cells(options: IsoflopOptions, config: dict[str, Any], sels: Sequence[Selection],

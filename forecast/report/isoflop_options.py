@@ -42,6 +42,9 @@ class IsoflopOptions:
         0, "learning rates tried per size that has no study in --storage: K rates half a decade apart around the "
            "config's model.lr, at the smallest compute budget, fold 0, seed 0; the best validation loss wins "
            "(default: 0, off: the config's lr)", metavar="K")
+    grid: Path | None = option(None, "architecture grid YAML a size without a study takes its shape from: the one "
+                                     "closest to its budget (default: configs/arch_grid.yaml, as `forecast arch`)",
+                               metavar="FILE")
     test_start: Date | None = option(None, "first day of the folds' test period (default: the config's test_start)",
                                      metavar="DATE")
     test_end: Date | None = option(None, "last day of the folds' test period (default: the config's, else the "
