@@ -314,7 +314,7 @@ DOMAINS = {  # what the search and the report must be handed, whatever was typed
     "timeout": lambda v: v is None or (isinstance(v, float) and math.isfinite(v) and v > 0),
     "heartbeat": lambda v: isinstance(v, int) and v >= 0,
     "study_name": lambda v: v is None or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v) is not None,
-    "studies": lambda v: all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", s) for s in v),
+    "study": lambda v: all(re.fullmatch(r"[A-Za-z0-9^_][A-Za-z0-9._+^-]{0,99}", s) for s in v),  # report's --study
     "seeds": lambda v: isinstance(v, int) and v >= 1,
     "folds": lambda v: isinstance(v, int) and v >= 1,
     "bootstrap": lambda v: isinstance(v, int) and v >= 0,
@@ -403,7 +403,7 @@ def _stand_ins(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(hpo_cli, "run_search", lambda pool, options, *a, **k: check_handed(options))
     mp.setattr(hpo_cli, "Pool", lambda *a, **k: None)  # --jobs workers are started before the search
     mp.setattr(report_outputs, "make_report", lambda options, *a, **k: check_handed([options]))
-    mp.setattr(report_cli, "Pool", lambda *a, **k: None)  # --jobs workers are started before make_report
+    mp.setattr(report_cli, "start_pool", lambda *a, **k: (None, []))  # --jobs workers start before make_report
 
 
 def test_the_schema_covers_every_subcommand_and_types_every_value_option():

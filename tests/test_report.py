@@ -26,8 +26,8 @@ from forecast.data.raw import write_raw
 from forecast.data.tiers import build_and_write
 from forecast.hpo.study import HpoOptions, run_study
 from forecast.report import build
-from forecast.report.build import ReportOptions
 from forecast.report.equivalence import verdict_text
+from forecast.report.options import ReportOptions
 from forecast.report.outputs import make_report
 from forecast.report.stats import NO_EVIDENCE
 
