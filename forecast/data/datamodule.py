@@ -461,7 +461,7 @@ def split_bounds(dates: pd.DatetimeIndex, val_start: pd.Timestamp, test_start: p
     val0 = int(np.searchsorted(stamps, np.datetime64(val_start, "ns"), side="left"))
     test0 = int(np.searchsorted(stamps, np.datetime64(test_start, "ns"), side="left"))
     stop = len(dates) if test_end is None else int(np.searchsorted(stamps, np.datetime64(test_end, "ns"), side="right"))
-    if folds > stop - test0:  # checked before splitting: 2**31 folds would build 2**31 empty blocks
+    if folds > stop - test0:  # at most one fold per test day, checked before array_split builds a block per fold
         raise ForecastError(f"the test period has {stop - test0} trading days: too few for {folds} folds")
     block = np.array_split(np.arange(test0, stop), folds)[fold]
     start = int(block[0])
