@@ -134,7 +134,7 @@ def test_with_a_scaler_lightning_keeps_clipping_and_refuses_fused(data, tmp_path
 
 
 def test_a_search_trial_and_a_report_retrain_run_the_cuda_settings(data, tmp_path, capsys):
-    from forecast.report.build import ReportOptions
+    from forecast.report.options import ReportOptions
     from forecast.report.outputs import make_report
 
     storage = str(tmp_path / "hpo" / "optuna.journal")

@@ -7,6 +7,7 @@ report) is `test_data_controls.py` (make test-slow: minutes of training).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,11 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forecast.report.build import Fold, Report, ReportOptions, SeriesResult, StudyResult
+from forecast.report.build import Fold, Report, SeriesResult, StudyResult
 from forecast.report.collect import BestTrial, Series, StudyEntry
 from forecast.report.data_scaling import MORE_HELPS, NO_SEARCH, judge_data
 from forecast.report.equivalence import Margins
 from forecast.report.markdown import render
+from forecast.report.options import ReportOptions
 from forecast.report.plots import data_scaling_figure, save_png
 from forecast.report.retrain import SeedRun
 from forecast.report.sufficiency import Sufficiency
@@ -127,6 +129,37 @@ def test_the_report_writes_the_data_table_figure_and_claims(planted, tmp_path):
     assert data["mde"].notna().all() and (data["train"] == "by years").all()
     assert (tmp_path / "data_scaling.png").read_bytes()[:4] == b"\x89PNG"
     assert "scaling in training years" in (tmp_path / "report.md").read_text()
+
+
+def test_forecast_report_prints_each_data_claim_with_its_verdict(planted, tmp_path, monkeypatch, capsys):
+    """`forecast report` prints one `label: verdict` line per size series, then one per data claim (as in
+    verdicts.csv); the report itself is the planted one (its building is tested above and in test_report)."""
+    import forecast.report.outputs as outputs
+    from forecast.cli import main as forecast_main
+
+    series, data = planted
+    monkeypatch.setattr(outputs, "make_report", lambda options, *_, **__: Report(options, series, 1.0, SEEDS,
+                                                                                   data=data))
+    assert forecast_main(["report", "--storage", "sqlite:///x.db", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    family = "SYN c threshold0.01 h=1"
+    assert f"{family}, 2 trailing years: no evidence" in printed  # a size series
+    claims = [c for c in data[0].comparisons]
+    assert len(claims) >= 4 and {c.metric for c in claims} == {"loss", "auroc"}
+    for c in claims:
+        assert f"{family}, {c.comparison} ({c.metric}): {c.verdict}" in printed
+    assert f"{family}, 10K trailing: per doubling of training years (loss): {MORE_HELPS}" in printed
+    assert printed[-1].startswith(f"report: {tmp_path / 'report.md'}")
+
+
+def test_a_family_that_cannot_be_compared_prints_why(planted):
+    from forecast.report.cli import verdict_lines
+
+    series, _ = planted
+    data = judge_data([*series[:1], replace(series[1], folds=[])], SEEDS, 10, Margins())
+    lines = verdict_lines(Report(ReportOptions(storage="x"), [], 1.0, SEEDS, data=data))
+    assert lines == ["SYN c threshold0.01 h=1, training years: not compared: fewer than two training selections "
+                     "could be reported"]
 
 
 def test_series_of_fewer_years_share_a_family_and_keep_their_own_label():

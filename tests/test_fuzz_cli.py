@@ -318,7 +318,7 @@ DOMAINS = {  # what the search and the report must be handed, whatever was typed
     "timeout": lambda v: v is None or (isinstance(v, float) and math.isfinite(v) and v > 0),
     "heartbeat": lambda v: isinstance(v, int) and v >= 0,
     "study_name": lambda v: v is None or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", v) is not None,
-    "studies": lambda v: all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", s) for s in v),
+    "study": lambda v: all(re.fullmatch(r"[A-Za-z0-9^_][A-Za-z0-9._+^-]{0,99}", s) for s in v),  # report's --study
     "seeds": lambda v: isinstance(v, int) and v >= 1,
     "folds": lambda v: isinstance(v, int) and v >= 1,
     "bootstrap": lambda v: isinstance(v, int) and v >= 0,

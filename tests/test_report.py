@@ -27,8 +27,8 @@ from forecast.data.tiers import build_and_write
 from forecast.hpo.loop import run_study
 from forecast.hpo.options import HpoOptions
 from forecast.report import build
-from forecast.report.build import ReportOptions
 from forecast.report.equivalence import verdict_text
+from forecast.report.options import ReportOptions
 from forecast.report.outputs import make_report
 from forecast.report.stats import NO_EVIDENCE
 

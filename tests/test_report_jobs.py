@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 from test_hpo_scale import pg_server, pg_url
 from test_report import studies
 
-from forecast.core.workers import PARENT_ENV, WORKER_ENV, parent_works
+from forecast.core.workers import PARENT_ENV, WORKER_ENV, Pool, parent_works
 from forecast.hpo.claims import KEY, QUEUE_STUDY
 from forecast.hpo.storage import WORKER_ATTR, open_storage
-from forecast.report.build import ReportOptions
+from forecast.report.options import ReportOptions
 from forecast.report.outputs import make_report
 
 __all__ = ["pg_server", "pg_url", "studies"]  # fixtures shared with test_report / test_hpo_scale
@@ -86,7 +86,7 @@ def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300
 
 
 @pytest.mark.slow  # 10-60 s of subprocesses: make test-slow (make test's 5-minute budget)
-def test_jobs_2_shares_the_retrains_and_equals_a_serial_run(studies, tmp_path, monkeypatch):
+def test_jobs_2_shares_the_retrains_and_equals_a_serial_run(studies, tmp_path):
     """`--jobs 2` on a machine without CUDA: this process is worker 0 and starts one more; with a
     device list whose first id is not this process's own device it starts 2 and only coordinates.
     Both equal a serial run. (Which process runs how many of these 1-epoch retrains depends on
@@ -105,9 +105,10 @@ def test_jobs_2_shares_the_retrains_and_equals_a_serial_run(studies, tmp_path, m
     argv = ["--storage", pinned, "--seeds", "1", "--folds", "2", "--bootstrap", "100", "--out",
             str(tmp_path / "pinned"), "--jobs", "2"]  # CUDA_VISIBLE_DEVICES=0 is harmless without CUDA
     lines: list[str] = []
-    monkeypatch.setattr("forecast.report.build.default_device", lambda: None)  # as without CUDA, on any host
-    make_report(ReportOptions(storage=pinned, seeds=1, folds=2, out=tmp_path / "pinned", bootstrap=100, jobs=2,
-                              devices=["0"], argv=argv), say=lines.append)
+    # the pool `start_pool` would start for `--devices 0` where this process's own device is not 0 (None: no CUDA)
+    pool = Pool(["report", *argv], 2, ["0"], None, lines.append)
+    make_report(ReportOptions(storage=pinned, seeds=1, folds=2, out=tmp_path / "pinned", bootstrap=100, jobs=2),
+                say=lines.append, workers=pool)
     ran = _ran_once(pinned, 4)
     assert ran and str(os.getpid()) not in ran and len(ran) <= 2, "workers ran the retrains, this process none"
     assert {x[:4] for x in lines if "this worker ran" in x} == {"[w0]", "[w1]"}, lines
@@ -145,7 +146,7 @@ def test_a_worker_takes_its_device_from_its_parent_not_from_devices(studies, tmp
     url, _ = studies
     assert forecast_main(["report", "--storage", url, "--out", str(tmp_path / "out"), "--jobs", "2",
                           "--devices", "0,1"]) == 0
-    assert handed and handed[0].devices == [] and handed[0].jobs == 2
+    assert handed and handed[0].devices == "0,1" and handed[0].jobs == 2  # as typed; not resolved here
 
 
 def test_a_worker_ends_when_its_parent_is_killed(tmp_path):

@@ -55,7 +55,7 @@ from forecast.data.selection import (
     select_training,
     selection_summary,
 )
-from forecast.data.stationary import INPUTS, Inputs, stationary_features, stationary_names
+from forecast.data.stationary import Inputs, stationary_features, stationary_names
 from forecast.data.targets import Task, make_targets
 from forecast.data.tiers import TIERS
 
@@ -215,14 +215,13 @@ class ForecastDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # Each argument's domain is its type, which the run's parser enforces (LightningCLI reads these
+        # annotations). Checked here are only the relations between arguments, which no type states, so a
+        # data module built in Python (tests, the bench, the report's folds) is held to them too.
         check_selection(train_years, train_design, train_draw)
+        check_relations(task, threshold, val_start, test_start, test_end, folds, fold)
         self.train_years, self.train_design, self.train_draw = train_years, train_design, train_draw
         self.train_epoch = train_epoch
-        _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows,
-                    task, batch_size, eval_batch_size)
-        _check_folds(folds, fold, test_start, test_end)
-        if inputs not in INPUTS:
-            raise ForecastError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
         self.symbol, self.tier = symbol, tier
         self.data_dir = resolve_data_dir(data_dir)
         self.context_length, self.task, self.horizon, self.threshold = context_length, task, horizon, threshold
@@ -384,29 +383,23 @@ class ForecastDataModule(L.LightningDataModule):
 
 
 # -- pure helpers ---------------------------------------------------------------------------
-def _check_args(tier, context_length, horizon, threshold, gap, val_start, test_start, min_windows,
-                task="threshold", batch_size=1, eval_batch_size=None) -> None:
-    if tier not in TIERS:
-        raise ForecastError(f"unknown tier {tier!r}; known tiers: {', '.join(sorted(TIERS))}")
-    if context_length < 1:
-        raise ForecastError(f"context_length must be >= 1, got {context_length}")
-    if horizon < 1:
-        raise ForecastError(f"horizon must be >= 1 day, got {horizon}")
+def check_relations(task: str, threshold: float, val_start: str, test_start: str, test_end: str | None,
+                    folds: int, fold: int) -> None:
+    """The settings that depend on each other: the threshold task needs a rise (> 0); validation starts
+    before test, and test ends after it starts; the fold is one of the folds (0 .. folds-1).
+
+    Raises:
+        ForecastError: the first relation broken, naming both settings.
+    """
     if task == "threshold" and not threshold > 0:  # High >= Close*(1+thr) with thr <= 0: (almost) always 1
         raise ForecastError(f"threshold must be > 0 for the threshold task (0.01 = +1%), got {threshold}")
-    if not threshold > -1:
-        raise ForecastError(f"threshold must be > -1, got {threshold}")
-    for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if isinstance(size, int) and size < 1:
-            raise ForecastError(f"{name} must be >= 1, got {size}")
-    if gap < 0 or min_windows < 1:
-        raise ForecastError(f"gap must be >= 0 and min_windows >= 1, got gap={gap}, min_windows={min_windows}")
-    try:
-        val, test = pd.Timestamp(val_start), pd.Timestamp(test_start)
-    except (ValueError, TypeError) as err:
-        raise ForecastError(f"val_start/test_start must be dates (YYYY-MM-DD): {err}") from None
+    val, test = pd.Timestamp(val_start), pd.Timestamp(test_start)
     if not val < test:
         raise ForecastError(f"val_start ({val.date()}) must be before test_start ({test.date()})")
+    if not fold < folds:
+        raise ForecastError(f"folds must be >= 1 and 0 <= fold < folds, got folds={folds}, fold={fold}")
+    if test_end is not None and not test < pd.Timestamp(test_end):
+        raise ForecastError(f"test_end ({pd.Timestamp(test_end).date()}) must be after test_start ({test.date()})")
 
 
 def _check_both_classes(balance: dict[str, float], task: str, threshold: float, horizon: int) -> None:
@@ -443,18 +436,6 @@ def _read_prices(data_dir: Path, symbol: str, dates: pd.Series) -> pd.DataFrame:
     return prices.loc[pd.DatetimeIndex(dates)]
 
 
-def _check_folds(folds: int, fold: int, test_start, test_end) -> None:
-    if folds < 1 or not 0 <= fold < folds:
-        raise ForecastError(f"folds must be >= 1 and 0 <= fold < folds, got folds={folds}, fold={fold}")
-    if test_end is not None:
-        try:
-            end = pd.Timestamp(test_end)
-        except (ValueError, TypeError) as err:
-            raise ForecastError(f"test_end must be a date (YYYY-MM-DD): {err}") from None
-        if not pd.Timestamp(test_start) < end:
-            raise ForecastError(f"test_end ({end.date()}) must be after test_start ({pd.Timestamp(test_start).date()})")
-
-
 def _check_dates(dates: pd.DatetimeIndex, val_start, test_start, test_end, symbol: str, tier: str) -> None:
     first, last = dates[0], dates[-1]
     for name, when in (("val_start", val_start), ("test_start", test_start), ("test_end", test_end)):
@@ -480,7 +461,7 @@ def split_bounds(dates: pd.DatetimeIndex, val_start: pd.Timestamp, test_start: p
     val0 = int(np.searchsorted(stamps, np.datetime64(val_start, "ns"), side="left"))
     test0 = int(np.searchsorted(stamps, np.datetime64(test_start, "ns"), side="left"))
     stop = len(dates) if test_end is None else int(np.searchsorted(stamps, np.datetime64(test_end, "ns"), side="right"))
-    if folds > stop - test0:  # checked before splitting: 2**31 folds would build 2**31 empty blocks
+    if folds > stop - test0:  # at most one fold per test day, checked before array_split builds a block per fold
         raise ForecastError(f"the test period has {stop - test0} trading days: too few for {folds} folds")
     block = np.array_split(np.arange(test0, stop), folds)[fold]
     start = int(block[0])

@@ -6,5 +6,5 @@ Modules, in the order a report uses them: `collect` (storage -> studies and best
 checkpoint), `jobs` (the retrains as tasks claimed through the study storage, by `--jobs` workers
 and any other report process on that storage), `regimes` (test AUROC by VIX level), `stats` (paired block bootstrap, verdicts, power
 law; pure), `build` (the steps in order), `tables`, `plots`, `markdown`, `outputs` (files and
-TensorBoard), `cli` (arguments; `forecast report`).
+TensorBoard), `options` (`ReportOptions`: the command's flags, declared once), `cli` (`forecast report`).
 """

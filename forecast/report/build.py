@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,9 +30,10 @@ from forecast.core.workers import Pool, this_worker
 from forecast.hpo.api import TaskQueue, describe
 from forecast.report.collect import Series, StudyEntry, collect
 from forecast.report.data_scaling import DataResult, judge_data
-from forecast.report.equivalence import DEFAULT_MARGINS, Margins
+from forecast.report.equivalence import Margins
 from forecast.report.jobs import Task, line, seed_run, verdict_key, work
 from forecast.report.law import AxisLaw, axis_law
+from forecast.report.options import ReportOptions
 from forecast.report.regimes import Regime, regimes, vix_at_test_windows
 from forecast.report.retrain import FOLD_KEYS, SeedRun, check_overrides, fold_args, resolve_best
 from forecast.report.stats import (
@@ -45,34 +45,7 @@ from forecast.report.stats import (
     scaling_verdict,
 )
 from forecast.report.sufficiency import Sufficiency, sufficiency, unconverged_budgets
-from forecast.sizing.devices import default_device
 from forecast.training.baselines import BASELINES, fit_baselines, labels
-
-
-@dataclass
-class ReportOptions:
-    """What `forecast report` takes (see `forecast report --help`)."""
-
-    storage: str
-    studies: list[str] = field(default_factory=list)
-    seeds: int = 2
-    folds: int = 4
-    test_start: str | None = None
-    test_end: str | None = None
-    out: Path = Path("logs/report")
-    overrides: list[str] = field(default_factory=list)
-    keep_checkpoints: bool = False
-    bootstrap: int = 1000
-    jobs: int = 1
-    devices: list[str] = field(default_factory=list)  # CUDA_VISIBLE_DEVICES of worker k: devices[k % len]
-    heartbeat: int = 60
-    argv: list[str] = field(default_factory=list)  # the command's own arguments, for its --jobs workers
-    equivalence_loss: float = DEFAULT_MARGINS["loss"]  # nats (per 10x parameters for the slope)
-    equivalence_auroc: float = DEFAULT_MARGINS["auroc"]
-
-    @property
-    def margins(self) -> Margins:
-        return Margins(loss=self.equivalence_loss, auroc=self.equivalence_auroc)
 
 
 @dataclass
@@ -182,27 +155,18 @@ Say = Callable[[str], None]
 def build_report(options: ReportOptions, say: Say = print, workers: Pool | None = None) -> Report:
     """Collect, retrain per fold x seed (claimed through the storage), compare by date and judge
     (`outputs.make_report` also writes). `workers`: the `--jobs` workers the command started
-    already (else they are started here, with `say`); stopped if the command turns out to be a
-    mistake. With workers, every line goes through `Pool.say`.
+    (`forecast.core.workers.start_pool`), None to run every retrain here or with other report processes
+    on the storage; stopped if the command turns out to be a mistake. With workers, every line goes
+    through `Pool.say`.
 
     Raises:
-        ForecastError: a mistake in the command (storage, study names, flags, seeds, folds, jobs).
+        ForecastError: a mistake in the command (storage, study names, run flags, folds).
     """
     started = time.time()
-    if options.seeds < 1 or options.folds < 1 or options.bootstrap < 0:
-        raise ForecastError(f"--seeds and --folds must be >= 1 and --bootstrap >= 0, got {options.seeds}, "
-                            f"{options.folds}, {options.bootstrap}")
-    if options.jobs < 1 or options.heartbeat < 0:
-        raise ForecastError(f"--jobs must be >= 1 and --heartbeat >= 0, got {options.jobs}, {options.heartbeat}")
-    if not (options.equivalence_loss > 0 and options.equivalence_auroc > 0):
-        raise ForecastError("--equivalence-loss and --equivalence-auroc must be > 0, got "
-                            f"{options.equivalence_loss}, {options.equivalence_auroc}")
     check_overrides(options.overrides)
-    entries = collect(options.storage, options.studies)
+    entries = collect(options.storage, options.study)
     seeds = list(range(options.seeds))
     worker = this_worker() is not None
-    if workers is None and options.jobs > 1 and not worker:
-        workers = Pool(["report", *options.argv], options.jobs, options.devices, default_device(), say)
     if workers is not None:
         say = workers.say
     try:

@@ -1,27 +1,22 @@
-"""`forecast report`: jsonargparse front end of `forecast.report.build.make_report`."""
+"""`forecast report`: its parser (from `ReportOptions`) and `main`, which runs `forecast.report.outputs.make_report`."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jsonargparse import ArgumentParser
 
-from forecast.core.domains import (
-    Date,
-    DeviceIds,
-    Name,
-    NonEmptyStr,
-    NonNegativeInt,
-    PositiveFiniteFloat,
-    PositiveInt,
-)
 from forecast.core.errors import ForecastError
+from forecast.core.options import add_options, from_args
 from forecast.core.parsers import command_parser, parse, split_run_args
 from forecast.core.workers import start_pool, this_worker
-from forecast.report.equivalence import DEFAULT_MARGINS
+from forecast.report.options import ReportOptions
 from forecast.sizing.devices import default_device, device_ids
+
+if TYPE_CHECKING:  # not at run time: this module stays light (below)
+    from forecast.report.build import Report
 
 # Light at import (no Lightning, Optuna or pandas): with --jobs N the workers start before this process
 # loads them (about 5 s on 2 cores), so that their start-up runs beside its own.
@@ -42,49 +37,28 @@ not be (its best config no longer loads, a retrain failed: listed in report.md a
 
 
 def parser() -> ArgumentParser:
-    """The `forecast report` parser (jsonargparse: every option typed, see forecast.core.domains)."""
+    """The `forecast report` parser: one flag per `ReportOptions` field (`forecast.report.options`)."""
     p = command_parser(
         "forecast report",
         "Scaling report from finished `forecast hpo` studies: the studies' test period cut "
         "into walk-forward folds, each budget's best config retrained per fold x seed and tested "
         "once, baselines on the same samples, date-paired block-bootstrap intervals, the scaling "
         "verdict per horizon, tables and plots.", EPILOG)
-    p.add_argument("--storage", type=NonEmptyStr, required=True, metavar="URL",
-                   help="the Optuna storage the studies live in (sqlite:///logs/hpo/optuna.db, a *.journal "
-                        "file, postgresql://...)")
-    p.add_argument("--study", nargs="+", type=Name, default=[], metavar="NAME",
-                   help="studies to report (default: every study in the storage)")
-    p.add_argument("--seeds", type=PositiveInt, default=2, metavar="S",
-                   help="retrains of each best config per fold, seeds 0..S-1 (default: 2; a verdict needs >= 2)")
-    p.add_argument("--folds", type=PositiveInt, default=4, metavar="K",
-                   help="walk-forward folds the test period is cut into (default: 4)")
-    p.add_argument("--test-start", type=Date | None, default=None, metavar="DATE",
-                   help="first day of the folds' test period (default: the studies' test_start; never earlier, "
-                        "since the search validated on the days before it)")
-    p.add_argument("--test-end", type=Date | None, default=None, metavar="DATE",
-                   help="last day of the folds' test period (default: the studies' test_end, else the data's end)")
-    p.add_argument("--out", type=Path, default=Path("logs/report"), metavar="DIR",
-                   help="where report.md, the CSVs, plots, TensorBoard events and retrain runs go "
-                        "(default: logs/report)")
-    p.add_argument("--bootstrap", type=NonNegativeInt, default=1000, metavar="B",
-                   help="joint block-bootstrap resamples of dates and seeds (default: 1000)")
-    p.add_argument("--equivalence-loss", type=PositiveFiniteFloat, default=DEFAULT_MARGINS["loss"], metavar="NATS",
-                   help="equivalence margin of log-loss claims: a claim whose whole interval lies within "
-                        "+-NATS (per 10x parameters for the slope) is called equivalent "
-                        f"(default: {DEFAULT_MARGINS['loss']:g})")
-    p.add_argument("--equivalence-auroc", type=PositiveFiniteFloat, default=DEFAULT_MARGINS["auroc"], metavar="D",
-                   help=f"equivalence margin of AUROC claims (default: {DEFAULT_MARGINS['auroc']:g})")
-    p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep the retrains' checkpoints (default: deleted once tested)")
-    p.add_argument("--jobs", type=PositiveInt, default=1, metavar="N",
-                   help="processes that claim and run the retrains, this one included (default: 1); any other "
-                        "`forecast report` on the same --storage, on any machine, shares them too")
-    p.add_argument("--devices", type=DeviceIds | None, default=None, metavar="IDS",
-                   help="CUDA device ids for the workers in turn, e.g. 0,1 or 0,0,1 (default: every visible one)")
-    p.add_argument("--heartbeat", type=NonNegativeInt, default=60, metavar="S",
-                   help="seconds between a running retrain's heartbeats on an RDB storage; a retrain whose "
-                        "process stopped beating for 2 x S is redone once by another process (default: 60; 0: off)")
+    add_options(p, ReportOptions)
     return p
+
+
+def verdict_lines(report: Report) -> list[str]:
+    """One `label: verdict` line per size series, then one per data claim (`forecast.report.data_scaling`):
+    `<family>, <claim> (<metric>): <verdict>`, or `<family>, training years: not compared: <why>`.
+    """
+    lines = [f"{r.series.label}: {r.verdict}" for r in report.series]
+    for res in report.data:
+        family = res.family.family_label
+        if res.problem is not None:
+            lines.append(f"{family}, training years: not compared: {res.problem}")
+        lines += [f"{family}, {c.comparison} ({c.metric}): {c.verdict}" for c in res.comparisons]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,19 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run.configs:
         raise ForecastError("forecast report: --config is not an option of report (a study's best config is "
                             "what each retrain runs)")
-    args = parse(parser(), own)
+    options = from_args(parse(parser(), own), ReportOptions, overrides=run.flags)
     worker = this_worker()
-    workers, devices = start_pool(["report", *argv], args.jobs, lambda: device_ids(args.devices), default_device)
+    workers, _ = start_pool(["report", *argv], options.jobs, lambda: device_ids(options.devices), default_device)
     try:
-        from forecast.report.build import ReportOptions
         from forecast.report.outputs import make_report
 
-        options = ReportOptions(storage=args.storage, studies=args.study, seeds=args.seeds, folds=args.folds,
-                                test_start=args.test_start, test_end=args.test_end, out=args.out,
-                                overrides=run.flags, keep_checkpoints=args.keep_checkpoints,
-                                bootstrap=args.bootstrap, jobs=args.jobs, devices=devices, heartbeat=args.heartbeat,
-                                argv=argv, equivalence_loss=args.equivalence_loss,
-                                equivalence_auroc=args.equivalence_auroc)
         report = make_report(options, workers=workers)
     except BaseException:  # a mistake in the command (one line, ours), an error or Ctrl-C: theirs end too
         if workers is not None:
@@ -116,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if worker is None:
             print(f"report: not written by this process: {report.pending}")
         return 0
-    for r in report.series:
-        print(f"{r.series.label}: {r.verdict}")
+    for text in verdict_lines(report):
+        print(text)
     print(f"report: {options.out / 'report.md'} ({report.wall_s:.0f} s)")
     for name, problem in report.problems:
         print(f"forecast report: study {name} not reported: {problem}", file=sys.stderr)

@@ -65,7 +65,7 @@ class DiskPlan:
 def disk_plan(params: int, save_top_k: int, save_last: bool, weights_only: bool, weights_dtype: str,
               max_epochs: int | None) -> DiskPlan:
     """What one fit's checkpoint settings write: best files (in `weights_dtype` when weights-only)
-    and a last.ckpt, always resumable (fp32 + AdamW moments: `forecast.training.cli.checkpoint_callbacks`)."""
+    and a last.ckpt, always resumable (fp32 + AdamW moments: `forecast.training.trainer.checkpoint_callbacks`)."""
     best_files = checkpoints_at_once(save_top_k, False, max_epochs)
     last = checkpoint_bytes(params, False) if save_last else 0
     return DiskPlan(best_files, checkpoint_bytes(params, weights_only, weights_dtype), last)

@@ -9,7 +9,7 @@ import io
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,22 @@ def parse_error(message: str, parser: LightningArgumentParser, args: list[str], 
     hint = f"; did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else see
     source = next((f" in {f}" for f in _config_values(args) if key in _flat_keys(f)), "")
     return f"{where}unknown option '{key}'{source}{hint}"
+
+
+def parse_failure(message: str, args: Any, parser: LightningArgumentParser,
+                  parsers: Sequence[LightningArgumentParser], subcommands: Iterable[str]) -> ForecastError:
+    """A failed parse of a run as one line: named by its subcommand's parser when the command line starts
+    with one (whose keys give the closest-key hint), else the top parser's, unnamed (the search's parse).
+
+    Args:
+        parsers: the subcommands' parsers; subcommands: their names.
+    """
+    argv = args if isinstance(args, list) else []
+    subcommand = argv[0] if argv and argv[0] in subcommands else None
+    named = [p for p in parsers if p.prog.replace(" [options]", "").endswith(f" {subcommand}")]
+    sub = named[0] if subcommand and named else parser
+    prog = sub.prog.replace(" [options]", "") if subcommand else None
+    return ForecastError(parse_error(message, sub, argv, prog))
 
 
 def _known_keys(parser: LightningArgumentParser) -> list[str]:

@@ -1,7 +1,7 @@
 """Checks that keep a run from lying about the checkpoint it starts from or tests.
 
 Pure functions over a checkpoint loaded weights-only (plain dicts and tensors) and the run's resolved
-settings; each says what is wrong in words, and `check_*` refuse the run with it (`forecast.training.cli`
+settings; each says what is wrong in words, and `check_*` refuse the run with it (`forecast.training.checks`
 calls them before the data are read or the Trainer starts):
 
 - the checkpoint was trained for another task, horizon, threshold, tier, context or features than the

@@ -1,5 +1,5 @@
-"""Run folders: where a run's files live, which run a config or checkpoint belongs to, and how evaluations are
-named so that none is ever overwritten.
+"""Run folders: where a run's files live, which run a config or checkpoint belongs to, what a fit and an
+evaluation write there, and how evaluations are named so that none is ever overwritten.
 
 Every run lives in one folder, `<save_dir>/<name>/version_N/`: TensorBoard events, the resolved
 `config.yaml`, `checkpoints/best-*.ckpt` and `checkpoints/last.ckpt`, and what `test`, `validate`
@@ -18,8 +18,31 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from forecast.core.errors import ForecastError
 from forecast.core.files import write_json_atomic
+from forecast.core.metric_names import MONITOR
 from forecast.data.datamodule import ForecastDataModule
+from forecast.sizing.throughput import Throughput
 from forecast.training.checkpoints import checkpoint_in
+
+DEFAULT_SAVE_DIR = "logs"  # the loggers' save_dir in configs/trainer/default.yaml
+
+
+def follow_root_dir(config: Any) -> None:
+    """`--trainer.default_root_dir DIR` moves the run folders there, unless a logger's save_dir
+    other than the default (`DEFAULT_SAVE_DIR`, configs/trainer/default.yaml) was given."""
+    root = config.trainer.get("default_root_dir")
+    init = getattr(config.trainer.get("logger"), "init_args", None)
+    if root and init is not None and str(init.get("save_dir")) == DEFAULT_SAVE_DIR:
+        init.save_dir = str(root)
+
+
+def run_folders(config: Any) -> list[Path]:
+    """The local folders a run will write into: its logger's run folder and a set checkpoint folder
+    (none for a smoke test, which writes no files)."""
+    if config.trainer.get("fast_dev_run"):
+        return []
+    logger, ckpt = config.trainer.get("logger"), config.get("checkpoint")
+    folders = [getattr(logger, "log_dir", None), getattr(ckpt, "dirpath", None)]
+    return [Path(str(f)) for f in folders if f and "://" not in str(f)]
 
 
 def evaluation_path(run: Path, kind: str, dm: ForecastDataModule, split: str, suffix: str) -> Path:
@@ -36,7 +59,35 @@ def evaluation_path(run: Path, kind: str, dm: ForecastDataModule, split: str, su
     return path
 
 
+def write_fit_summary(trainer: Any, model: Any, datamodule: Any) -> None:
+    """After a fit: fit_summary.json in the run folder (the BEST epoch's val metrics, epochs run, parameters,
+    throughput, the training years kept), and where the best checkpoint and the run folder are."""
+    ckpt = trainer.checkpoint_callback
+    best = model.best_epoch() or {}
+    monitors = [c for c in trainer.callbacks if isinstance(c, Throughput)]
+    summary = {
+        "best_checkpoint": ckpt.best_model_path if ckpt else None,
+        "best_epoch": best.get("epoch"),
+        "epochs_run": trainer.current_epoch,
+        "num_parameters": model.num_parameters,
+        **{k: v for k, v in best.items() if k != "epoch"},
+        **(monitors[0].summary() if monitors else {}),  # samples/s, tokens/s, MFU
+    }
+    if isinstance(datamodule, ForecastDataModule):  # the training years it kept, and their samples
+        summary["train_selection"] = datamodule.selection_summary()
+    if trainer.log_dir is None or trainer.fast_dev_run:  # a smoke test writes no files (also without a logger)
+        rank_zero_info("fast_dev_run: fit ran; no run folder, checkpoint or summary written")
+        return
+    run = Path(trainer.log_dir)
+    write_json_atomic(run / "fit_summary.json", summary)
+    shown = "  ".join(f"{k} {best[k]:.4f}" for k in (MONITOR, "val/auroc", "val/ap") if k in best)
+    rank_zero_info(f"best epoch {best.get('epoch')}: {shown}")
+    rank_zero_info(f"best checkpoint: {summary['best_checkpoint']}")
+    rank_zero_info(f"run folder: {run}   see it: tensorboard --logdir {run.parent.parent}")
+
+
 def write_metrics(trainer, stage: str, ckpt_path: str | None) -> None:
+    """After validate or test: the split's metrics, named by its dates and data, in the run folder."""
     if trainer.log_dir is None or trainer.fast_dev_run:  # a smoke test writes no files (also without a logger)
         return
     dm: ForecastDataModule = trainer.datamodule
