@@ -302,12 +302,13 @@ def test_a_size_without_a_study_takes_the_closest_shape_of_the_grid_it_is_given(
     from forecast.report.isoflop import _size
 
     config = {"data": {"context_length": 5}, "model": {"lr": 3e-3, "net": {"init_args": {
-        "patch_len": 5, "stride": 5, "patch_mode": "mixing"}}}}
+        "patch_len": 5, "stride": 5, "patch_mode": "mixing", "revin": False}}}}
     grid = tmp_path / "grid.yaml"
     grid.write_text("d_model: [16, 256]\nn_layers: [2]\nhead_dim: [64]\nnarrow_heads: [2]\nffn_ratio: [2]\n")
     small, large = (_size(b, config, 40, {}, grid) for b in ("10K", "1M"))
-    assert (small.arch["d_model"], small.arch["n_layers"], small.params) == (16, 2, 7809)
-    assert (large.arch["d_model"], large.params, large.lr, large.source) == (256, 1_106_769, 3e-3, "config")
+    # the exact counts of these networks without RevIN (its affine holds 2 x 40 more)
+    assert (small.arch["d_model"], small.arch["n_layers"], small.params) == (16, 2, 7729)
+    assert (large.arch["d_model"], large.params, large.lr, large.source) == (256, 1_106_689, 3e-3, "config")
     assert _size("10K", config, 40, {}).arch != small.arch  # the default grid has closer shapes
     with pytest.raises(ForecastError, match="no grid architecture lies within"):
         _size("100K", config, 40, {}, grid)

@@ -161,7 +161,8 @@ def _size(budget: str, config: dict[str, Any], n_features: int, studies: dict[in
         pick = min(found, key=lambda a: (abs(a.params - size), -a.d_model))
         arch, lr, source = pick.model_kwargs(), float(config["model"]["lr"]), CONFIG
     params = count_parameters(n_features, shape["context_length"], shape["patch_len"], shape["stride"],
-                              arch["d_model"], arch["n_layers"], arch["n_heads"], arch["d_ff"], shape["patch_mode"])
+                              arch["d_model"], arch["n_layers"], arch["n_heads"], arch["d_ff"], shape["patch_mode"],
+                              revin=bool(net.get("revin", True)))
     fps = training_flops_per_sample(n_features, shape["context_length"], shape["patch_len"], shape["stride"],
                                     arch["d_model"], arch["n_layers"], arch["d_ff"], shape["patch_mode"])
     return Size(budget, arch, params, lr, source, fps)
