@@ -35,6 +35,7 @@ from lightning.pytorch.callbacks import DeviceStatsMonitor
 from optuna_integration import PyTorchLightningPruningCallback
 
 from forecast.core.errors import ForecastError
+from forecast.core.files import write_text_atomic
 from forecast.core.metric_names import MONITOR, MONITOR_MODE
 from forecast.hpo.display import Display
 from forecast.hpo.space import OutsideSpace, Sample, SearchSpace
@@ -340,6 +341,6 @@ def _first_line(err: BaseException) -> str:
 def _write_traceback(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "error.txt").write_text(traceback.format_exc())
+        write_text_atomic(folder / "error.txt", traceback.format_exc())
     except OSError:
         pass  # the record in the study is what matters
