@@ -175,6 +175,33 @@ def test_each_sampled_value_changes_what_the_trainer_and_model_receive(data, spa
                        "head_dropout", "clip"}
 
 
+def test_a_plan_builds_one_run_parser_and_checks_the_space_ends_with_it(data, space_file, tmp_path, monkeypatch):
+    """The config and both ends of the space go through one LightningCLI parser and the run's own parse
+    hook (its one-line refusals): a choice no trial can run with fails the plan, not the trial that draws it."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from forecast.training.cli import ForecastCLI
+
+    calls = {"parser builds": 0, "parses": 0}
+
+    def counted(method, key):
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return method(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(LightningCLI, "setup_parser", counted(LightningCLI.setup_parser, "parser builds"))
+    monkeypatch.setattr(ForecastCLI, "parse_arguments", counted(ForecastCLI.parse_arguments, "parses"))
+    space = tmp_path / "space.yaml"
+    space.write_text(space_file.read_text().replace("choices: [0.5, 2.0]", "choices: [0.5, -1.0]"))
+    opts = options(data, space, tmp_path / "logs")
+    with pytest.raises(ForecastError) as refused:
+        plan_study(opts)
+    assert str(refused.value) == ("invalid trial config: trainer.gradient_clip_val: '-1.0' is not a finite "
+                                  "number >= 0")  # the high end, parsed after the config and the low end
+    assert calls == {"parser builds": 1, "parses": 3}
+
+
 def test_resolve_reports_parser_errors_in_one_line():
     with pytest.raises(ForecastError, match="Option 'nope' is not accepted"):
         resolve(["--config", str(ROOT / "configs" / "demo.yaml"), "--model.net.init_args.nope=1"])
