@@ -86,7 +86,7 @@ def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = Non
     prior = None if config["model"].get("pos_weight") is not None else data.prior
     net = config["model"]["net"]["init_args"]
     space = bind(spec, budget, data.n_features, config["data"]["context_length"],
-                 net["patch_len"], net["stride"], net["patch_mode"])
+                 net["patch_len"], net["stride"], net["patch_mode"], net["revin"])
     check_ends(run, space)
     said = check_search(config, space.tree.archs, data.n_features, data.epoch_samples, options.log_dir,
                         options.keep_checkpoints, options.trials, f"budget {options.budget}")
