@@ -295,3 +295,41 @@ def test_arch_takes_any_count_as_hpo_does() -> None:
     assert out.returncode == 0, out.stderr
     counts = [row["params"] for row in json.loads(out.stdout)]
     assert counts and all(abs(c - 50_000) <= 0.25 * 50_000 for c in counts)
+
+
+CONTROL = ROOT / "configs" / "model" / "patchtst_control.yaml"
+
+
+def test_a_revin_free_config_lists_the_exact_counts_of_its_built_models() -> None:
+    """configs/model/patchtst_control.yaml (`revin: false`) on tier c's 40 stationary inputs: every listed
+    architecture counts what `PatchTST` builds, not its RevIN-on count (2 x 40 more: 7,809 for 7,729)."""
+    doc = yaml.safe_load(CONTROL.read_text())
+    net, n_features = doc["model"]["net"]["init_args"], tier_features("c", "stationary")
+    shape = (n_features, doc["data"]["context_length"], net["patch_len"], net["stride"], net["patch_mode"])
+    archs = architectures("10K", *shape, net["revin"])
+    assert net["revin"] is False and n_features == 40
+    for a in archs:
+        assert PatchTST(*shape[:4], **a.model_kwargs(), patch_mode=net["patch_mode"],
+                        revin=False).num_parameters == a.params, a.id
+    with_revin = {a.id: a.params for a in architectures("10K", *shape)}
+    assert all(with_revin[a.id] == a.params + 2 * n_features for a in archs if a.id in with_revin)
+    assert ({a.id: a.params for a in archs}["d16-l2-h2-f2"], with_revin["d16-l2-h2-f2"]) == (7_729, 7_809)
+
+
+def test_arch_no_revin_shows_the_exact_counts(capsys) -> None:
+    from forecast.sizing.arch import main as arch_main
+
+    shape = ["--budget", "10K", "--tier", "c", "--inputs", "stationary", "--context-length", "5",
+             "--patch-len", "5", "--stride", "5", "--memory-gb", "16", "--disk-gb", "100", "--device", "cpu"]
+    assert arch_main([*shape, "--no-revin", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) >= 3
+    for row in rows:
+        model = PatchTST(40, 5, 5, 5, row["d_model"], row["n_layers"], row["n_heads"], row["d_ff"], revin=False)
+        assert row["params"] == model.num_parameters, row["id"]
+    assert arch_main(shape) == 0  # the default: RevIN on, as the model's
+    table = capsys.readouterr().out
+    assert "7,809" in table and "no RevIN" not in table
+    assert arch_main([*shape, "--no-revin"]) == 0
+    table = capsys.readouterr().out
+    assert "7,729" in table and "7,809" not in table and "mixing, no RevIN" in table

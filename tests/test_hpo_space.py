@@ -27,7 +27,7 @@ from forecast.training.module import warmup_cosine
 
 def test_architectures_are_drawn_from_the_grid_only(space_file):
     spec = load_space(space_file)
-    space = bind(spec, 20_000, 25, 32, 8, 4, "mixing")
+    space = bind(spec, 20_000, 25, 32, 8, 4, "mixing", True)
     grid = set(space.tree.archs)
     assert {a.id for a in grid} == {"d32-l1-h4-f2", "d32-l1-h4-f4", "d32-l2-h4-f2", "d16-l4-h2-f4"}
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -47,7 +47,7 @@ def test_shipped_search_space_binds_for_every_budget():
     assert {p.name for p in spec.params} >= {"lr", "weight_decay", "dropout", "warmup_frac"}
     assert {p.name: p.log for p in spec.params}["lr"]
     for budget in ("2M", "20M", "200M", "2B"):
-        space = bind(spec, budget, 25, 80, 16, 8, "mixing")
+        space = bind(spec, budget, 25, 80, 16, 8, "mixing", True)
         extremes = space.tree.extremes()
         assert max(a.d_model for a in space.tree.archs) == extremes[0].d_model
         assert max(a.n_layers for a in space.tree.archs) in {a.n_layers for a in extremes}
@@ -137,8 +137,10 @@ class _Capture(L.Callback):
         raise KeyError("captured")  # any exception ends the fit here
 
 
-def _observe(data, space_file, tmp_path, params: dict) -> dict:
-    plan = plan_study(options(data, space_file, tmp_path / "logs"))
+def _observe(data, space_file, tmp_path, params: dict, *flags: str) -> dict:
+    opts = options(data, space_file, tmp_path / "logs")
+    opts.overrides += flags
+    plan = plan_study(opts)
     sample = plan.space.suggest(optuna.trial.FixedTrial(params))
     capture = _Capture()
     cli = cli_main(plan.setup.trial_args(sample, 0), run=False, trainer_defaults={"callbacks": [capture]})
@@ -152,7 +154,7 @@ def _observe(data, space_file, tmp_path, params: dict) -> dict:
         "lr": capture.groups[0]["initial_lr"], "weight_decay": capture.groups[0]["weight_decay"],
         "dropout": (block.attn.resid_drop.p, block.ffn.drop.p, net.drop.p),
         "warmup_factor": capture.first_factor, "total": capture.total,
-        "head_dropout": net.head_drop.p, "clip": cli.trainer.gradient_clip_val,
+        "head_dropout": net.head_drop.p, "clip": cli.trainer.gradient_clip_val, "revin": net.revin is not None,
     }
 
 
@@ -161,9 +163,12 @@ def test_each_sampled_value_changes_what_the_trainer_and_model_receive(data, spa
          "dropout": 0.1, "warmup_frac": 0.2, "head_dropout": 0.05, "clip": 0.5}
     b = {"d_model": 16, "lr": 4e-3, "weight_decay": 0.2, "dropout": 0.25, "warmup_frac": 0.0,
          "head_dropout": 0.2, "clip": 2.0}
-    seen_a, seen_b = (_observe(data, space_file, tmp_path / n, p) for n, p in (("a", a), ("b", b)))
+    # b without RevIN: the budget counts the network the config builds (2 x 25 fewer parameters)
+    seen_a, seen_b = (_observe(data, space_file, tmp_path / n, p, *f) for n, p, f in
+                      (("a", a, ()), ("b", b, ("--model.net.init_args.revin=false",))))
     assert (seen_a["d_model"], seen_a["n_layers"], seen_a["n_heads"], seen_a["d_ff"]) == (32, 2, 4, 64)
     assert (seen_b["d_model"], seen_b["n_layers"], seen_b["n_heads"], seen_b["d_ff"]) == (16, 4, 2, 64)
+    assert (seen_a["revin"], seen_b["revin"]) == (True, False)
     for seen, draw in ((seen_a, a), (seen_b, b)):
         assert seen["params"] == seen["arch_params"]  # the exact count the budget used
         assert seen["lr"] == draw["lr"] and seen["weight_decay"] == draw["weight_decay"]
@@ -173,6 +178,33 @@ def test_each_sampled_value_changes_what_the_trainer_and_model_receive(data, spa
     differs = {k for k in seen_a if seen_a[k] != seen_b[k]}
     assert differs >= {"d_model", "n_layers", "lr", "weight_decay", "dropout", "warmup_factor",
                        "head_dropout", "clip"}
+
+
+def test_a_plan_builds_one_run_parser_and_checks_the_space_ends_with_it(data, space_file, tmp_path, monkeypatch):
+    """The config and both ends of the space go through one LightningCLI parser and the run's own parse
+    hook (its one-line refusals): a choice no trial can run with fails the plan, not the trial that draws it."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from forecast.training.cli import ForecastCLI
+
+    calls = {"parser builds": 0, "parses": 0}
+
+    def counted(method, key):
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return method(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(LightningCLI, "setup_parser", counted(LightningCLI.setup_parser, "parser builds"))
+    monkeypatch.setattr(ForecastCLI, "parse_arguments", counted(ForecastCLI.parse_arguments, "parses"))
+    space = tmp_path / "space.yaml"
+    space.write_text(space_file.read_text().replace("choices: [0.5, 2.0]", "choices: [0.5, -1.0]"))
+    opts = options(data, space, tmp_path / "logs")
+    with pytest.raises(ForecastError) as refused:
+        plan_study(opts)
+    assert str(refused.value) == ("invalid trial config: trainer.gradient_clip_val: '-1.0' is not a finite "
+                                  "number >= 0")  # the high end, parsed after the config and the low end
+    assert calls == {"parser builds": 1, "parses": 3}
 
 
 def test_resolve_reports_parser_errors_in_one_line():
@@ -185,7 +217,7 @@ def test_resolve_reports_parser_errors_in_one_line():
 def test_a_stored_trial_that_fixes_values_outside_the_space_is_refused(space_file, fixed):
     """Study storage is data: a trial enqueued there (by anyone who can write to a shared database)
     is held to the search space's ranges; Optuna alone would only warn and train with lr=5."""
-    space = bind(load_space(space_file), 20_000, 25, 32, 8, 4, "mixing")
+    space = bind(load_space(space_file), 20_000, 25, 32, 8, 4, "mixing", True)
     study = optuna.create_study()
     study.enqueue_trial(fixed)
     name = list(fixed)[-1]

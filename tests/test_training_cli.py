@@ -219,14 +219,14 @@ def test_forecast_cli_uses_no_private_lightning_cli_member():
 
 
 def test_checkpoint_flags_reach_the_checkpoint_and_resolve_builds_nothing(data_dir, tmp_path):
-    from forecast.training.cli import resolve_config
+    from forecast.training.config import resolve
 
     args = [*base_args(data_dir, tmp_path, epochs=1), "--checkpoint.save_last=false", "--checkpoint.save_top_k=2"]
     ckpt = cli_main(args, run=False).trainer.checkpoint_callback
     assert ckpt.save_last is False and ckpt.save_top_k == 2 and ckpt.monitor == MONITOR
     # the same arguments resolved without building anything: no data is read from a missing folder
-    config = resolve_config([*args, f"--data.data_dir={tmp_path / 'missing'}"])
+    config = resolve([*args, f"--data.data_dir={tmp_path / 'missing'}"])
     assert config["checkpoint"]["save_top_k"] == 2 and config["data"]["data_dir"] == str(tmp_path / "missing")
-    assert resolve_config([*args, "--seed_everything=true"])["seed_everything"] is True  # as given, not drawn
+    assert resolve([*args, "--seed_everything=true"])["seed_everything"] is True  # as given, not drawn
     with pytest.raises(ForecastError):
         cli_main([*args, f"--data.data_dir={tmp_path / 'missing'}"], run=False)

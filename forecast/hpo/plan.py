@@ -1,8 +1,9 @@
 """A study checked before its first trial: options, configs, search space, data, memory, disk and storage.
 
 `plan_study` turns one study's options into a `StudyPlan`, or raises `ForecastError` with one line. It
-parses the budget once, resolves the run every trial starts from once with the real CLI parser, and
-builds the data module once (bad paths or split dates fail here, not in every trial). Nothing trains.
+parses the budget once, builds the real CLI parser once (it resolves the run every trial starts from, then
+checks the search space's ends over it), and builds the data module once (bad paths or split dates fail here,
+not in every trial). Nothing trains.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forecast import configs
 from forecast.core.domains import check_name
@@ -26,7 +27,10 @@ from forecast.hpo.storage import default_url, open_storage
 from forecast.sizing.budget import parse_budget
 from forecast.sizing.devices import one_device
 from forecast.sizing.machine import check_search
-from forecast.training.config import flag_keys, lookup, resolve
+from forecast.training.config import flag_keys, lookup, parse_run
+
+if TYPE_CHECKING:
+    from forecast.training.cli import ParsedRun
 
 DEFAULT_CONFIG = configs.path("spy.yaml")
 
@@ -73,7 +77,8 @@ def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = Non
     config_args = [a for c in options.configs or [DEFAULT_CONFIG] for a in ("--config", str(c))]
     user_args = [*config_args, *options.overrides]
     base_args = [*config_args, *cfg.TRIAL_DEFAULTS, *options.overrides]  # configs first: flags win
-    config = resolve(base_args)
+    run = parse_run(base_args)  # the one LightningCLI parser of this plan: the ends are checked with it
+    config = run.config
     one_device(config["trainer"], "search trials")
     check_model(config, spec)
     data = data_reference(config)
@@ -81,8 +86,8 @@ def plan_study(options: HpoOptions, extra_callbacks: ExtraCallbacks | None = Non
     prior = None if config["model"].get("pos_weight") is not None else data.prior
     net = config["model"]["net"]["init_args"]
     space = bind(spec, budget, data.n_features, config["data"]["context_length"],
-                 net["patch_len"], net["stride"], net["patch_mode"])
-    check_ends(base_args, space)
+                 net["patch_len"], net["stride"], net["patch_mode"], net["revin"])
+    check_ends(run, space)
     said = check_search(config, space.tree.archs, data.n_features, data.epoch_samples, options.log_dir,
                         options.keep_checkpoints, options.trials, f"budget {options.budget}")
     if said:
@@ -119,11 +124,11 @@ def check_model(config: dict[str, Any], spec: SpaceSpec) -> None:
                                 "optimizer, data and trainer have no argument for")
 
 
-def check_ends(base_args: list[str], space: SearchSpace) -> None:
-    """The ends of every range (`SearchSpace.end_overrides`) over the base run, parsed by the real CLI
-    parser: a value no trial could run with fails now, in one line."""
+def check_ends(run: ParsedRun, space: SearchSpace) -> None:
+    """The ends of every range (`SearchSpace.end_overrides`) over the base run, parsed and checked by the
+    run's own parser (`run`, built once): a value no trial could run with fails now, in one line."""
     for draw in space.end_overrides():
-        resolve([*base_args, *draw])
+        run.check(draw)
 
 
 def data_reference(config: dict[str, Any]) -> DataReference:

@@ -362,7 +362,7 @@ def format_value(value: Any) -> str:
 
 
 def bind(spec: SpaceSpec, budget: Budget | str | int, n_features: int, context_length: int,
-         patch_len: int, stride: int, patch_mode: str) -> SearchSpace:
+         patch_len: int, stride: int, patch_mode: str, revin: bool) -> SearchSpace:
     """The search space for one budget and data shape.
 
     Args:
@@ -373,7 +373,8 @@ def bind(spec: SpaceSpec, budget: Budget | str | int, n_features: int, context_l
         patch_len: time steps per patch.
         stride: steps between patch starts.
         patch_mode: "mixing" or "independent".
+        revin: whether the network has RevIN's affine (its 2 x n_features parameters count).
     """
-    archs = architectures(budget, n_features, context_length, patch_len, stride, patch_mode,
+    archs = architectures(budget, n_features, context_length, patch_len, stride, patch_mode, revin,
                           tolerance=spec.tolerance, grid=spec.grid)
     return SearchSpace(spec, ArchTree(tuple(archs)))

@@ -149,7 +149,8 @@ def _size(budget: str, config: dict[str, Any], n_features: int, studies: dict[in
     """The budget's architecture and lr: from its study's best config if the storage has one, else the grid."""
     net = _model_args(config)
     shape = dict(context_length=int(config["data"]["context_length"]), patch_len=int(net["patch_len"]),
-                 stride=int(net["stride"]), patch_mode=str(net.get("patch_mode", "mixing")))
+                 stride=int(net["stride"]), patch_mode=str(net.get("patch_mode", "mixing")),
+                 revin=bool(net.get("revin", True)))
     entry = studies.get(budget_size(budget))
     if entry is not None:
         best = resolve(entry.config_args)
@@ -162,7 +163,7 @@ def _size(budget: str, config: dict[str, Any], n_features: int, studies: dict[in
         arch, lr, source = pick.model_kwargs(), float(config["model"]["lr"]), CONFIG
     params = count_parameters(n_features, shape["context_length"], shape["patch_len"], shape["stride"],
                               arch["d_model"], arch["n_layers"], arch["n_heads"], arch["d_ff"], shape["patch_mode"],
-                              revin=bool(net.get("revin", True)))
+                              shape["revin"])
     fps = training_flops_per_sample(n_features, shape["context_length"], shape["patch_len"], shape["stride"],
                                     arch["d_model"], arch["n_layers"], arch["d_ff"], shape["patch_mode"])
     return Size(budget, arch, params, lr, source, fps)

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionYesNo, ArgumentParser
 
 from forecast import configs
 from forecast.core.domains import MemoryGB, NonEmptyStr, PositiveInt, Size
@@ -51,10 +51,10 @@ from forecast.sizing.planner import (
 def arch_rows(archs: Sequence[Arch], n_features: int, context_length: int, patch_len: int,
               stride: int, patch_mode: str, precision: str, memory_bytes: int,
               effective_batch: int, activation_checkpointing: bool,
-              device: str) -> list[dict[str, Any]]:
+              device: str, revin: bool = True) -> list[dict[str, Any]]:
     """One row per architecture: shape, exact count, memory plan and training FLOPs."""
     shape = {"n_features": n_features, "context_length": context_length,
-             "patch_len": patch_len, "stride": stride, "patch_mode": patch_mode,
+             "patch_len": patch_len, "stride": stride, "patch_mode": patch_mode, "revin": revin,
              "activation_checkpointing": activation_checkpointing}
     rows = []
     for arch in archs:
@@ -178,6 +178,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--patch-len", type=PositiveInt, default=16, help="time steps per patch")
     p.add_argument("--stride", type=PositiveInt, default=8, help="steps between patch starts")
     p.add_argument("--patch-mode", type=PatchMode, default="mixing", help="mixing or independent")
+    p.add_argument("--revin", action=ActionYesNo(no_prefix="no-"), default=True,
+                   help="count RevIN's affine (2 x n_features parameters), as model.net.init_args.revin; "
+                        "--no-revin for a model without it (configs/model/patchtst_control.yaml)")
     p.add_argument("--memory-gb", type=MemoryGB | None, default=None,
                    help="device memory budget in GB (1e9 bytes); default: free CUDA memory if "
                         "a GPU is present, else 16")
@@ -202,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = parse_budget(args.budget)
     n_features = args.n_features if args.n_features is not None else tier_features(args.tier, args.inputs)
     archs = architectures(budget.label, n_features, args.context_length, args.patch_len,
-                          args.stride, args.patch_mode, grid=load_grid(args.grid))
+                          args.stride, args.patch_mode, args.revin, grid=load_grid(args.grid))
     device = args.device or default_device()
     args.precision = args.precision or ("bf16-mixed" if device == "cuda" else "32")
     disk_bytes = shutil.disk_usage(".").free if args.disk_gb is None else math.floor(args.disk_gb * GB)
@@ -210,14 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     else math.floor(args.memory_gb * GB))
     rows = arch_rows(archs, n_features, args.context_length, args.patch_len, args.stride,
                      args.patch_mode, args.precision, memory_bytes, args.effective_batch,
-                     args.activation_checkpointing, device)
+                     args.activation_checkpointing, device, args.revin)
     verdicts = add_verdicts(rows, args.budget, disk_bytes)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:
         title = (f"{budget.label} budget: {len(rows)} architectures · {n_features} {args.inputs} features, "
                  f"context {args.context_length}, patch {args.patch_len}/{args.stride} "
-                 f"{args.patch_mode} · {device} {args.precision}, {memory_bytes / GB:.1f} GB, "
+                 f"{args.patch_mode}{'' if args.revin else ', no RevIN'} · {device} {args.precision}, {memory_bytes / GB:.1f} GB, "
                  f"effective batch {args.effective_batch}")
         print_table(rows, title)
         print(verdict_lines(rows, verdicts, disk_bytes))

@@ -237,7 +237,7 @@ def budget_size(budget: str | int) -> int:
 
 
 def architectures(budget: Budget | str | int, n_features: int, context_length: int = 80,
-                  patch_len: int = 16, stride: int = 8, patch_mode: str = "mixing",
+                  patch_len: int = 16, stride: int = 8, patch_mode: str = "mixing", revin: bool = True,
                   tolerance: float = TOLERANCE,
                   grid: dict[str, list[float]] | None = None) -> list[Arch]:
     """Every grid architecture whose exact count lies within +-tolerance of the budget.
@@ -250,6 +250,7 @@ def architectures(budget: Budget | str | int, n_features: int, context_length: i
         patch_len: time steps per patch.
         stride: steps between patch starts.
         patch_mode: "mixing" or "independent".
+        revin: whether the model has RevIN's per-feature affine (`model.net.init_args.revin`, on by default).
         tolerance: relative distance from the budget that still counts (0.25 = +-25%).
         grid: the grid (default: configs/arch_grid.yaml).
 
@@ -265,7 +266,7 @@ def architectures(budget: Budget | str | int, n_features: int, context_length: i
                 d_ff = round(ratio * d_model)
                 for n_layers in grid["n_layers"]:
                     params = count_parameters(n_features, context_length, patch_len, stride,
-                                              d_model, n_layers, n_heads, d_ff, patch_mode)
+                                              d_model, n_layers, n_heads, d_ff, patch_mode, revin)
                     if abs(params - size) <= tolerance * size:
                         found.append(Arch(d_model, n_layers, n_heads, d_ff, ratio, params))
     if not found:
@@ -273,7 +274,7 @@ def architectures(budget: Budget | str | int, n_features: int, context_length: i
             f"no grid architecture lies within ±{tolerance:.0%} of "
             f"{budget.label if isinstance(budget, Budget) else budget} parameters for "
             f"{n_features} features, context {context_length}, patch {patch_len}/{stride} "
-            f"({patch_mode})")
+            f"({patch_mode}{'' if revin else ', no RevIN'})")
     return sorted(found, key=lambda a: (-a.d_model, a.n_layers, a.d_ff, a.n_heads))
 
 

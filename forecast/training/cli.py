@@ -19,8 +19,10 @@ configs, then `cli.trainer.fit(cli.model, cli.datamodule)`.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from argparse import ArgumentError
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ from forecast.training.checks import (
 )
 from forecast.training.messages import (
     check_config_files,
+    config_errors,
     parse_failure,
     quiet_lightning,
     quiet_third_party,
@@ -178,13 +181,37 @@ class _ParseOnly(ForecastCLI):
         pass
 
 
-def resolve_config(args: list[str]) -> dict[str, Any]:
-    """The config `forecast fit` would run with, as a plain dict: `args` (`--config FILE` and
-    `--key=value` flags, no subcommand) over configs/trainer/default.yaml, parsed and validated by
-    the run's own parser, nothing instantiated. A bad key or value exits as the parser does."""
-    with quiet_lightning():  # parsing seeds as every run does ("Seed set to ...")
-        cli = _build(_ParseOnly, list(args), False, None, {})
-    return yaml.safe_load(cli.parser.dump(cli.parsed, skip_none=False))
+class ParsedRun:
+    """A run's arguments parsed once by the run's own parser and checks, nothing built (no data read, no
+    model); `check` parses further flags over them with the same parser and the same checks.
+
+    The search plans a study with it: its config, then the ends of the search space over it, all with one
+    parser (`forecast hpo` built three before).
+
+    Args:
+        args: `--config FILE` and `--key=value` flags, without a subcommand, over
+            configs/trainer/default.yaml.
+
+    Raises:
+        ForecastError: `invalid trial config: ` and the parser's or the checks' refusal, in one line.
+    """
+
+    def __init__(self, args: Sequence[str]) -> None:
+        self.args = list(args)
+        with config_errors(), quiet_lightning():  # parsing seeds as every run does ("Seed set to ...")
+            self._cli = _build(_ParseOnly, self.args, False, None, {})
+            self.config = self._resolved()  # as parsed: `seed_everything: true` is not drawn yet
+
+    def check(self, extra: Sequence[str]) -> dict[str, Any]:
+        """The config of `args` + `extra` (later flags win), through the same parse and checks as
+        `forecast fit` (`ForecastCLI.parse_arguments`: config files, the parser, `checks.check_parsed`)."""
+        cli = self._cli
+        with config_errors(), quiet_args_warning():
+            cli.parse_arguments(cli.parser, [*self.args, *extra])
+            return self._resolved()
+
+    def _resolved(self) -> dict[str, Any]:
+        return yaml.safe_load(self._cli.parser.dump(self._cli.parsed, skip_none=False))
 
 
 def run_parser() -> LightningArgumentParser:
@@ -196,9 +223,7 @@ def run_parser() -> LightningArgumentParser:
 
 def _build(cls: type[ForecastCLI], args, run, subcommand, trainer_defaults, **kwargs) -> ForecastCLI:
     install()  # only allowlisted class paths, the safe YAML loader: before anything is parsed
-    with warnings.catch_warnings():
-        # `forecast <subcommand>` hands its argv over as `args`; that is intended, not a mistake.
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+    with quiet_args_warning():
         return cls(
             Forecaster,
             ForecastDataModule,
@@ -213,3 +238,12 @@ def _build(cls: type[ForecastCLI], args, run, subcommand, trainer_defaults, **kw
         )
 
 
+
+
+@contextlib.contextmanager
+def quiet_args_warning() -> Iterator[None]:
+    """`forecast <subcommand>` hands its argv to LightningCLI as `args`; that is intended, not the
+    mistake Lightning warns of when `sys.argv` holds arguments too."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        yield

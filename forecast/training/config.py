@@ -4,13 +4,11 @@ and the helpers that compare and look into such configs (the search's trials and
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from forecast.core.errors import ForecastError
+if TYPE_CHECKING:
+    from forecast.training.cli import ParsedRun
 
 # Data settings that do not change what a trial learns from (where files live, loader workers).
 OPERATIONAL_DATA_KEYS = ("data_dir", "num_workers", "eval_batch_size", "batch_size", "predict_split")
@@ -66,22 +64,19 @@ def resolve(args: Sequence[str]) -> dict[str, Any]:
     Raises:
         ForecastError: the parser's complaint, in one line.
     """
-    from forecast.training.cli import resolve_config
-
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return resolve_config(list(args))
-    except SystemExit:
-        raise ForecastError(f"invalid trial config: {parser_error(err.getvalue()) or 'nothing parsed'}") from None
-    except ForecastError as error:  # the CLI's own one-line parse errors (forecast.training.cli)
-        raise ForecastError(f"invalid trial config: {error}") from None
+    return parse_run(args).config
 
 
-def parser_error(stderr: str) -> str:
-    """The jsonargparse error message after its usage text, folded into one line."""
-    text = stderr.split("error:", 1)[-1] if "error:" in stderr else stderr
-    return re.sub(r"\s+", " ", text).strip()
+def parse_run(args: Sequence[str]) -> ParsedRun:
+    """`args` parsed as `forecast fit` would, nothing built; further flags are checked over them with the
+    same parser (`ParsedRun.check`). `args` as for `resolve`.
+
+    Raises:
+        ForecastError: the parser's complaint, in one line.
+    """
+    from forecast.training.cli import ParsedRun
+
+    return ParsedRun(args)
 
 
 def lookup(config: Mapping[str, Any], key: str) -> tuple[bool, Any]:

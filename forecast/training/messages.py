@@ -77,6 +77,26 @@ def check_blocks(doc: dict[str, Any], path: str) -> None:
                             f"set them under it ({key}: {{option: value}}) or delete the line")
 
 
+@contextlib.contextmanager
+def config_errors() -> Iterator[None]:
+    """A run's parse refused (the parser's exit, or the CLI's own one-line `ForecastError`) as one
+    `ForecastError` line: `invalid trial config: ` and the reason."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            yield
+    except SystemExit:
+        raise ForecastError(f"invalid trial config: {parser_error(err.getvalue()) or 'nothing parsed'}") from None
+    except ForecastError as error:  # the CLI's own one-line parse errors (forecast.training.cli)
+        raise ForecastError(f"invalid trial config: {error}") from None
+
+
+def parser_error(stderr: str) -> str:
+    """The jsonargparse error message after its usage text, folded into one line."""
+    text = stderr.split("error:", 1)[-1] if "error:" in stderr else stderr
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def parse_error(message: str, parser: LightningArgumentParser, args: list[str], prog: str | None) -> str:
     """jsonargparse's message in one line; an unknown key gets the closest valid one and its file."""
     raw = " ".join(message.split()) or "bad arguments"  # jsonargparse nests details on more lines
