@@ -162,7 +162,9 @@ def workspace(tmp_path_factory) -> Path:
         (root / "shared").symlink_to(shared.resolve())
     steps = [["data", "sample"], ["data", "build", "--symbol", "SP500", "--tier", "a25"]]
     if (shared / "data" / "SPY.csv").is_file():
-        steps += [["data", "import", "SPY", "../shared/data/SPY.csv"], ["data", "import", "VIX", "../shared/data/VIX.csv"],
+        # `data sample` wrote a VIX of its own: the real one replaces it (a refusal without --replace)
+        steps += [["data", "import", "SPY", "../shared/data/SPY.csv"],
+                  ["data", "import", "VIX", "../shared/data/VIX.csv", "--replace"],
                   ["data", "build", "--symbol", "SPY", "--tier", "a25"],
                   ["data", "build", "--symbol", "SPY", "--tier", "c", "--vix", "VIX"]]
     for step in steps:
