@@ -250,3 +250,16 @@ def test_the_fitted_law_is_drawn_on_the_loss_panel_with_its_band():
     few = Figure().subplots()
     _law_curve(few, SimpleNamespace(law=axis_law("N", list("abc"), SIZES[:3], loss[:3], None)), "tab:blue")
     assert not few.get_lines()  # descriptive: nothing fitted, nothing drawn
+
+
+def test_no_frontier_exponent_is_claimed_when_the_draws_move_minima_to_the_grid_edge():
+    from forecast.report.law import MAX_DEGENERATE, NO_EVIDENCE
+
+    budgets = np.geomspace(1e12, 1e16, 5)
+    c, n, loss = iso_flop(budgets)
+    draws = simulated(np.random.default_rng(4), loss, draws=100, noise=0.03)[1]  # seeds' noise >> the profiles' depth
+    front = fit_frontier(c, n, loss, draws)
+    assert front.degenerate_share > MAX_DEGENERATE
+    assert front.status == NO_EVIDENCE and "grid's edge" in front.why
+    quiet = fit_frontier(c, n, loss, simulated(np.random.default_rng(4), loss, draws=100, noise=0.002)[1])
+    assert quiet.degenerate_share <= MAX_DEGENERATE and quiet.status == LAW  # the same profiles, seen clearly

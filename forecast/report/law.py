@@ -47,6 +47,9 @@ from forecast.report.stats import LEVEL, Interval
 
 HUBER_DELTA = 1e-3  # Chinchilla's delta on log loss
 MIN_POINTS = 4  # distinct values on an axis before a law is fitted (3 parameters + one degree of freedom)
+# A frontier exponent is claimed only when at most this share of the bootstrap draws moved an included budget's
+# minimum to its grid's edge: beyond it, the interval's tails are the grid's edges rather than the data's minima.
+MAX_DEGENERATE = 0.05
 EXPONENTS = (0.01, 3.0)  # the range an exponent may take; a fit on either end hits a bound
 GRID = {1: 64, 2: 24}  # grid cells per exponent for one axis / two axes (24 x 24 = 576 cells)
 CHUNK = 64  # bootstrap rows solved at once in the grid step (bounds its memory: cells x rows x points x terms)
@@ -548,7 +551,12 @@ def fit_frontier(compute: Sequence[float], size: Sequence[float], loss: Sequence
     slope, intercept = _line(log_c, log_opt)
     moved = np.stack(edges, axis=1)[1:].any(axis=1)
     a, g = _interval(slope[0], slope[1:]), _interval(intercept[0], intercept[1:])
-    if math.isfinite(a.lo) and (a.lo > 0 or a.hi < 0):
+    share = float(moved.mean()) if len(moved) else math.nan
+    if math.isfinite(a.lo) and (a.lo > 0 or a.hi < 0) and share > MAX_DEGENERATE:
+        status, why = NO_EVIDENCE, (f"exponent a = {a.text(3)}, but in {share:.0%} of the bootstrap draws (more than "
+                                    f"{MAX_DEGENERATE:.0%}) an included budget's minimum moved to its grid's edge: "
+                                    "the interval is the grid's, not the data's; add sizes around the minima")
+    elif math.isfinite(a.lo) and (a.lo > 0 or a.hi < 0):
         status, why = LAW, f"exponent a = {a.text(3)}: its {LEVEL:.0%} interval excludes 0"
     else:
         status, why = NO_EVIDENCE, f"exponent a = {a.text(3)}: no interval excluding 0"
@@ -560,7 +568,7 @@ def fit_frontier(compute: Sequence[float], size: Sequence[float], loss: Sequence
         check = HeldOut(float(kept[-1]), _interval(pred[0], pred[1:]), _interval(obs[0], obs[1:]),
                         _interval(obs[0] - pred[0], obs[1:] - pred[1:]))
         note = "log10 N_opt at the largest included budget"
-    return Frontier(budgets, a, g, float(moved.mean()) if len(moved) else math.nan, status, why, check, note)
+    return Frontier(budgets, a, g, share, status, why, check, note)
 
 
 # ------------------------------------------------------------------------------ json helpers
