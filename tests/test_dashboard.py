@@ -57,10 +57,13 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
-def start(storage: Path, cwd: Path) -> subprocess.Popen:
-    """`forecast dashboard --storage STORAGE --port 0`, as a user starts it."""
+def start(storage: Path, cwd: Path, sigint_ignored: bool = False) -> subprocess.Popen:
+    """`forecast dashboard --storage STORAGE --port 0`, as a user starts it (or as a background job of a script
+    does: with SIGINT ignored from the start)."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.Popen([sys.executable, "-m", "forecast", "dashboard", "--storage", str(storage), "--port", "0"],
-                            cwd=cwd, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            cwd=cwd, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=ignore)
 
 
 def first_line(proc: subprocess.Popen, timeout: float = 120.0) -> str:
@@ -210,3 +213,15 @@ def test_the_dashboard_extra_has_its_own_hashed_lock():
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
         if re.match(r"^[A-Za-z0-9]", block):
             assert "--hash=sha256:" in block, block.splitlines()[0]
+
+
+@needs_extra
+def test_ctrl_c_stops_it_even_when_it_began_with_sigint_ignored(tmp_path):
+    """A child of a pytest-xdist worker or a script's background job starts with SIGINT ignored; Python then
+    installs no KeyboardInterrupt handler, and the server ran on after Ctrl-C (a CI run waited for it)."""
+    make_studies(f"sqlite:///{tmp_path / 'optuna.db'}")
+    proc = start(tmp_path / "optuna.db", tmp_path, sigint_ignored=True)
+    try:
+        assert "http://127.0.0.1:" in first_line(proc)
+    finally:
+        stop(proc, timeout=30)

@@ -11,6 +11,7 @@ the study list.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -165,15 +166,36 @@ def serve(url: str, host: str, port: int, announce: Any = print) -> None:
     from optuna_dashboard import wsgi
 
     server.set_app(wsgi(storage))
-    with server:
+    with server, _stopped_by(signal.SIGINT):  # before the announcement: a Ctrl-C may follow it at once
         shown = f"[{host}]" if ":" in host else host
         count = len(storage.get_all_studies())
-        announce(f"dashboard of {describe(url)} ({count} stud{'y' if count == 1 else 'ies'}) at http://{shown}:{server.server_port}/ "
-                 "(Ctrl-C stops it)")
         try:
+            announce(f"dashboard of {describe(url)} ({count} stud{'y' if count == 1 else 'ies'}) at "
+                     f"http://{shown}:{server.server_port}/ (Ctrl-C stops it)")
             server.serve_forever()
         except KeyboardInterrupt:
             pass
+
+
+class _stopped_by:  # noqa: N801 (a context manager, used like a function)
+    """While inside, these signals raise KeyboardInterrupt, also where the process began with them ignored (a
+    child of a pytest-xdist worker, a background job of a script: Python then installs no SIGINT handler, and
+    Ctrl-C would never stop the server). The previous handlers come back on exit."""
+
+    def __init__(self, *signals: signal.Signals) -> None:
+        self.signals, self.before = signals, {}
+
+    def __enter__(self) -> None:
+        for s in self.signals:
+            self.before[s] = signal.signal(s, _interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.before.items():
+            signal.signal(s, handler)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
