@@ -75,3 +75,24 @@ def test_jobs_are_bounded_by_cores_or_distinct_devices():
     check_jobs(cores + 1, devices=cores + 1)
     with pytest.raises(ForecastError, match=f"--jobs {cores + 1}: at most {cores} here"):
         check_jobs(cores + 1)
+
+
+def test_a_command_that_fails_beside_its_pool_stops_the_workers_and_reraises():
+    from forecast.core.workers import stopped_on_error
+
+    class Recorded:
+        stops = 0
+
+        def stop(self) -> None:
+            self.stops += 1
+
+    pool = Recorded()
+    with stopped_on_error(pool):
+        pass
+    assert pool.stops == 0  # work that ends well leaves the workers to finish theirs
+    for err in (ValueError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(err)), stopped_on_error(pool):
+            raise err
+    assert pool.stops == 2
+    with pytest.raises(ValueError), stopped_on_error(None):  # no pool (a worker, or --jobs 1)
+        raise ValueError("boom")

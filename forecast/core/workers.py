@@ -22,6 +22,7 @@ Ground floor: stdlib only (and `forecast.core.errors`), so that a command import
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,18 @@ def start_pool(argv: Sequence[str], jobs: int, device_ids: Callable[[], list[str
     ids = device_ids()
     check_jobs(jobs, len(set(ids)))
     return Pool(argv, jobs, ids, default_device()), ids
+
+
+@contextlib.contextmanager
+def stopped_on_error(pool: Pool | None) -> Iterator[None]:
+    """The command's work beside its pool: a mistake in the command (one line, ours), an error or Ctrl-C
+    ends the workers too before it propagates."""
+    try:
+        yield
+    except BaseException:
+        if pool is not None:
+            pool.stop()
+        raise
 
 
 class Pool:

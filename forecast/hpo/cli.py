@@ -17,7 +17,7 @@ from jsonargparse import ArgumentParser
 from forecast.core.errors import ForecastError
 from forecast.core.options import add_options, from_args
 from forecast.core.parsers import command_parser, parse, split_run_args
-from forecast.core.workers import Pool, start_pool, this_worker
+from forecast.core.workers import Pool, start_pool, stopped_on_error, this_worker
 from forecast.hpo.options import SHARED, HpoOptions, SearchOptions, SweepOptions
 from forecast.hpo.stop import ABORTED_EXIT, STOP_FILE, StopControl
 from forecast.hpo.years import check_no_selection_flags, selection_flags
@@ -94,12 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     own, run = split_run_args(argv)
     options = from_args(parse(hpo_parser(), own), HpoOptions, configs=list(run.configs), overrides=list(run.flags))
     pool = start_workers("hpo", argv, options)
-    try:
+    with stopped_on_error(pool):
         outcome, = run_search(pool, [options])
-    except BaseException:  # a mistake in the command (one line, ours), an error or Ctrl-C: theirs end too
-        if pool is not None:
-            pool.stop()
-        raise
     return exit_code(outcome)
 
 
@@ -112,7 +108,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     if "data.horizon" in flag_keys(sweep.overrides):
         raise ForecastError("--data.horizon is set by --horizons in a sweep")
     pool = start_workers("sweep", argv, sweep)
-    try:
+    with stopped_on_error(pool):
         from forecast.sizing.budget import parse_budget
 
         for budget in sweep.budgets:
@@ -125,10 +121,6 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
                  for b in sweep.budgets for h in sweep.horizons for sel in selections]
         with StopControl(sweep.log_dir / STOP_FILE, started=time.time()) as stop:
             outcomes = run_search(pool, cells, stop)
-    except BaseException:
-        if pool is not None:
-            pool.stop()
-        raise
     left = [o for o in outcomes if o.ending != "done"]
     if this_worker() is None:
         print(f"sweep done: {len(outcomes)} studies" if not left else

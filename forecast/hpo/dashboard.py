@@ -14,7 +14,8 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -166,7 +167,7 @@ def serve(url: str, host: str, port: int, announce: Any = print) -> None:
     from optuna_dashboard import wsgi
 
     server.set_app(wsgi(storage))
-    with server, _stopped_by(signal.SIGINT):  # before the announcement: a Ctrl-C may follow it at once
+    with server, _stopped_by_ctrl_c():  # before the announcement: a Ctrl-C may follow it at once
         shown = f"[{host}]" if ":" in host else host
         count = len(storage.get_all_studies())
         try:
@@ -177,25 +178,16 @@ def serve(url: str, host: str, port: int, announce: Any = print) -> None:
             pass
 
 
-class _stopped_by:  # noqa: N801 (a context manager, used like a function)
-    """While inside, these signals raise KeyboardInterrupt, also where the process began with them ignored (a
-    child of a pytest-xdist worker, a background job of a script: Python then installs no SIGINT handler, and
-    Ctrl-C would never stop the server). The previous handlers come back on exit."""
-
-    def __init__(self, *signals: signal.Signals) -> None:
-        self.signals, self.before = signals, {}
-
-    def __enter__(self) -> None:
-        for s in self.signals:
-            self.before[s] = signal.signal(s, _interrupt)
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self.before.items():
-            signal.signal(s, handler)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+@contextmanager
+def _stopped_by_ctrl_c() -> Iterator[None]:
+    """While inside, SIGINT raises KeyboardInterrupt, also where the process began with it ignored (a child of
+    a pytest-xdist worker, a background job of a script: Python then installs no SIGINT handler, and Ctrl-C
+    would never stop the server). The previous handler comes back on exit."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

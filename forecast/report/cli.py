@@ -11,7 +11,7 @@ from jsonargparse import ArgumentParser
 from forecast.core.errors import ForecastError
 from forecast.core.options import add_options, from_args
 from forecast.core.parsers import command_parser, parse, split_run_args
-from forecast.core.workers import start_pool, this_worker
+from forecast.core.workers import start_pool, stopped_on_error, this_worker
 from forecast.report.options import ReportOptions
 from forecast.sizing.devices import default_device, device_ids
 
@@ -71,14 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = from_args(parse(parser(), own), ReportOptions, overrides=run.flags)
     worker = this_worker()
     workers, _ = start_pool(["report", *argv], options.jobs, lambda: device_ids(options.devices), default_device)
-    try:
+    with stopped_on_error(workers):
         from forecast.report.outputs import make_report
 
         report = make_report(options, workers=workers)
-    except BaseException:  # a mistake in the command (one line, ours), an error or Ctrl-C: theirs end too
-        if workers is not None:
-            workers.stop()
-        raise
     if report.pending is not None:
         if worker is None:
             print(f"report: not written by this process: {report.pending}")

@@ -13,7 +13,7 @@ from jsonargparse import ArgumentParser
 from forecast.core.errors import ForecastError
 from forecast.core.options import add_options, from_args
 from forecast.core.parsers import command_parser, parse, split_run_args
-from forecast.core.workers import start_pool, this_worker
+from forecast.core.workers import start_pool, stopped_on_error, this_worker
 from forecast.report.isoflop_options import IsoflopOptions
 from forecast.sizing.devices import default_device, device_ids
 
@@ -52,14 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers, devices = start_pool(["isoflop", *argv], options.jobs, lambda: device_ids(options.devices),
                                   default_device)
     options.worker_devices = devices
-    try:
+    with stopped_on_error(workers):
         from forecast.report.isoflop import run_isoflop
 
         iso = run_isoflop(options, workers=workers)
-    except BaseException:
-        if workers is not None:
-            workers.stop()
-        raise
     if iso.pending is not None:
         if worker is None:
             print(f"isoflop: outputs not written by this process: {iso.pending}")
