@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,13 +74,16 @@ def test_cuda_asked_where_none_is_visible_is_one_line():
     check_visible("cpu", cuda_available=False)
 
 
-def test_device_ids_and_the_default_device_where_cuda_is_visible(monkeypatch):
+def test_device_ids_and_the_default_device_where_cuda_is_visible(monkeypatch, tmp_path):
     """The CUDA answers of `device_ids`/`default_device`, forced on the CPU: ids count among the visible
     devices and come back as CUDA_VISIBLE_DEVICES names (numbers or UUIDs); a report parent retrains
     beside its workers exactly when worker 0's device is its own default one."""
     from forecast.core.workers import parent_works
+    from forecast.sizing import devices
     from forecast.sizing.devices import default_device, device_ids
 
+    (tmp_path / "nvidiactl").touch()
+    monkeypatch.setattr(devices, "GPU_NODES", (str(tmp_path / "nvidiactl"),))  # a GPU node: torch is asked
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert device_ids(None) == ["0", "1"] and default_device() == "0"
@@ -91,3 +96,22 @@ def test_device_ids_and_the_default_device_where_cuda_is_visible(monkeypatch):
         assert not parent_works(device_ids("1,0"), default_device())  # worker 0 pinned to the second one
     with pytest.raises(ForecastError, match="--devices 2: 2 CUDA device"):
         device_ids("2")
+
+
+def test_no_gpu_node_means_no_cuda_without_loading_torch(monkeypatch, tmp_path):
+    """Without a GPU device node a Linux process sees no CUDA device, and says so without importing
+    torch (a `--jobs` parent starts its workers before its own ~2 s of torch); with a node, torch's
+    count is the answer (here a CPU build's 0, or a patched 3)."""
+    from forecast.sizing import devices
+
+    if sys.platform != "linux":
+        pytest.skip("the device-node shortcut is Linux's")
+    monkeypatch.setattr(devices, "GPU_NODES", (str(tmp_path / "absent"),))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # would be wrong to ask
+    assert devices.cuda_device_count() == 0 and devices.device_ids(None) == [] and devices.default_device() is None
+    (tmp_path / "absent").touch()
+    assert devices.cuda_device_count() == 3
+    code = ("import sys; from forecast.sizing import devices; devices.GPU_NODES = ('/nonexistent/node',); "
+            "print(devices.device_ids(None), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] False"

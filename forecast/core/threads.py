@@ -18,7 +18,7 @@ for the rest of the run and for the process's later runs of a model of that size
 
 The user decides instead with `OMP_NUM_THREADS` (OpenMP's own variable; also read by torch) or
 `FORECAST_THREADS` (this tool's option; wins over OMP_NUM_THREADS). A command sets its threads at
-start; the choice is printed on stderr once a model is built (so a mistake in the command is still
+start (a `--jobs` command at its first model, once its workers share the cores); the choice is printed on stderr once a model is built (so a mistake in the command is still
 one line), once per process, and again only when it changes (a report retraining a smaller model).
 """
 

@@ -13,6 +13,7 @@ for the last free place at once runs only in the one that got the lower trial nu
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import SQLAlchemyError
 
 from forecast.core.errors import ForecastError
 from forecast.core.workers import Pool
@@ -33,8 +33,9 @@ from forecast.hpo.outputs import n_finished, write_outputs
 from forecast.hpo.plan import StudyPlan, plan_study
 from forecast.hpo.stop import ABORTED_EXIT, STOP_FILE, AbortTrial, StopControl
 from forecast.hpo.storage import describe, recover_dead_trials, retry_queued
+from forecast.sizing.devices import freeze_heap
 
-WAIT_S = 2.0  # how often a process waiting for other workers' trials looks again
+WAIT_S = 0.5  # how often a process waiting for other workers' trials looks again
 Ending = Literal["done", "stopped", "timeout", "aborted"]
 
 
@@ -94,6 +95,7 @@ def run_queue(all_options: list[HpoOptions], stop: StopControl | None = None,
             if pool is not None:
                 pool.route(display.say)
                 pool.release()  # the studies checked out: the workers' lines from now on
+            freeze_heap()  # the libraries and plans stay; each trial's garbage is collected after it
             ending = optimize(queue, stop, display, deadline)
             if pool is not None:  # their last trials, then the outputs over every worker's trials
                 if pool.running():
@@ -190,11 +192,15 @@ def _running(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.RUNNING]
 
 
-def storage_error(err: BaseException | None) -> SQLAlchemyError | None:
-    """The storage's error behind `err`, if any (Optuna may raise another one while handling it)."""
+def storage_error(err: BaseException | None) -> BaseException | None:
+    """The storage's error (SQLAlchemy's) behind `err`, if any (Optuna may raise another one while
+    handling it). None where SQLAlchemy was never loaded: a journal storage never raises its errors."""
+    sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+    if sqlalchemy_exc is None:
+        return None
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, SQLAlchemyError):
+        if isinstance(err, sqlalchemy_exc.SQLAlchemyError):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
