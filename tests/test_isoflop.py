@@ -179,6 +179,23 @@ def test_the_lr_sweep_is_half_decades_centred_on_the_config_lr():
     assert two[0] * two[1] == pytest.approx(1e-6)  # symmetric about the config's lr in log
 
 
+def test_each_size_sweeps_its_lr_at_the_least_compute_that_gives_it_enough_steps():
+    """A size is swept at its smallest budget of `SWEEP_MIN_STEPS` steps, not where it trains 2 steps; a size
+    with fewer everywhere at its longest run; one cell per size."""
+    from forecast.report.isoflop import SWEEP_MIN_STEPS, Cell, Selection, Size, sweep_cells
+
+    every = Selection("all", [], [None])
+
+    def cell(compute, budget, steps):
+        return Cell(compute, Size(budget, {}, 0, 1e-3, "config", 1), 32, steps, [1.0], None, every)
+
+    cells = [cell(1e8, "10K", 400), cell(1e9, "10K", 4000), cell(1e8, "1M", 2), cell(1e9, "1M", 20),
+             cell(1e10, "1M", SWEEP_MIN_STEPS), cell(1e11, "1M", 10 * SWEEP_MIN_STEPS),
+             cell(1e8, "3M", 1), cell(1e9, "3M", 7)]
+    chosen = {c.size.budget: (c.compute, c.steps) for c in sweep_cells(cells)}
+    assert chosen == {"10K": (1e8, 400), "1M": (1e10, SWEEP_MIN_STEPS), "3M": (1e9, 7)}
+
+
 def test_train_years_beside_a_selection_flag_is_one_clear_mistake():
     with pytest.raises(ForecastError, match="data.train_years is set by --train-years"):
         main(["--flops", "1e9", "--budgets", "10K", "--storage", "sqlite:///none.db", "--train-years", "2",
@@ -258,6 +275,7 @@ def test_train_years_and_the_lr_sweep_end_to_end_with_two_jobs_then_a_rerun_reus
     assert first.returncode == 0, first.stdout + first.stderr
     assert "lr sweep: 3 runs (1 sizes x 3 learning rates)" in first.stdout
     chosen = next(t for t in first.stdout.splitlines() if t.startswith("isoflop: lr sweep of 10K: lr "))
+    assert "; at C=1e+09, " in chosen  # the one budget: fewer than SWEEP_MIN_STEPS steps there, its longest run
     # the sweep's winning run is the cell's own fold-0 seed-0 all-years run: reused, not trained twice
     assert "isoflop: 1 of the 4 runs finished before (reused; 1 from the lr sweep)" in first.stdout
     frame = pd.read_csv(out / "isoflop.csv", dtype={"train_years": str})

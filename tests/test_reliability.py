@@ -423,3 +423,14 @@ def test_the_lock_pins_every_dependency_with_hashes_and_leaves_torch_to_torch_bu
             assert "--hash=sha256:" in block, block.splitlines()[0]
     lightning = pins.get("lightning", "")
     assert lightning not in ("2.6.2", "2.6.3")  # the two malicious releases
+
+
+@pytest.mark.parametrize("command", sorted(__import__("forecast.cli", fromlist=["COMMANDS"]).COMMANDS))
+def test_every_command_answers_help_with_its_usage_and_exit_0(command, capsys):
+    """`forecast COMMAND --help` needs nothing else on the line (isoflop once asked for --config first)."""
+    try:
+        code = forecast_main([command, "--help"])
+    except SystemExit as stop:  # argparse's own exit after printing the help
+        code = stop.code
+    out, err = capsys.readouterr()
+    assert code == 0 and "usage:" in out.lower() and "error" not in err, (code, out[:200], err)

@@ -56,6 +56,7 @@ from forecast.training.config import resolve
 
 Say = Callable[[str], None]
 MAX_EPOCHS = 1000  # a cell that would pass over its training data more often than this is skipped
+SWEEP_MIN_STEPS = 100  # an lr is swept where its size trains at least this many steps (else at its longest run)
 # early stopping off: the budget decides the end (never patient out; a run shorter than an epoch has no
 # val/loss at all, which a strict EarlyStopping would refuse)
 NO_EARLY_STOP = ("--early_stopping.patience=1000000000", "--early_stopping.strict=false")
@@ -346,18 +347,18 @@ def sweep_lrs(lr: float, k: int) -> list[float]:
 def sweep_runs(cells: Sequence[Cell], options: IsoflopOptions) -> dict[str, list[Run]]:
     """--lr-sweep K: per size without a study, its K candidate runs, by budget.
 
-    Each size runs at its smallest compute budget that is not skipped, on the selection of most history (all
-    years when listed), fold 0, seed 0. A candidate run is the cell's own fold-0 seed-0 run at that lr, keyed
-    the same way, so the winner's run is reused as the cell's run.
+    Each size runs at its smallest compute budget that is not skipped and gives it `SWEEP_MIN_STEPS` optimizer
+    steps (a learning rate judged on a few steps says nothing of its warmup and decay; a size with fewer
+    everywhere: at its longest run), on the selection of most history (all years when listed), fold 0, seed 0.
+    A candidate run is the cell's own fold-0 seed-0 run at that lr, keyed the same way, so the winner's run is
+    reused as the cell's run.
     """
     if options.lr_sweep == 0:
         return {}
     out: dict[str, list[Run]] = {}
     runnable = [c for c in cells if c.skipped is None and c.size.source == CONFIG]
     most = max((c.selection.amount for c in runnable), default=None)
-    for cell in sorted(runnable, key=lambda c: c.compute):
-        if cell.size.budget in out or cell.selection.amount != most:
-            continue
+    for cell in sweep_cells([c for c in runnable if c.selection.amount == most]):
         fold = cell.selection.folds[0]
         runs = []
         for lr in sweep_lrs(cell.size.lr, options.lr_sweep):
@@ -366,6 +367,16 @@ def sweep_runs(cells: Sequence[Cell], options: IsoflopOptions) -> dict[str, list
             runs.append(Run(trial, fold, 0, args, run_key(args, fold.fingerprint, trial)))
         out[cell.size.budget] = runs
     return out
+
+
+def sweep_cells(cells: Sequence[Cell]) -> list[Cell]:
+    """Per size, the cell its lr is swept at: the smallest compute with `SWEEP_MIN_STEPS` steps, else the most steps."""
+    by_size: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_size.setdefault(cell.size.budget, []).append(cell)
+    return [min((c for c in group if c.steps >= SWEEP_MIN_STEPS), key=lambda c: c.compute,
+                default=max(group, key=lambda c: (c.steps, -c.compute)))
+            for group in by_size.values()]
 
 
 def run_sweep(sweeps: dict[str, list[Run]], sizes: Sequence[Size], queue: TaskQueue, root: Path, say: Say,
@@ -400,7 +411,9 @@ def run_sweep(sweeps: dict[str, list[Run]], sizes: Sequence[Size], queue: TaskQu
             tried = ", ".join(f"{x:.3g}: {v:.4f}" for v, x in sorted(found, key=lambda f: f[1]))
             rates = [r.cell.size.lr for r in rs]
             edge = "; at the edge of the rates tried" if len(rates) > 1 and lr in (min(rates), max(rates)) else ""
-            say(f"isoflop: lr sweep of {budget}: lr {lr:.3g} (validation loss {tried}{edge})")
+            at = rs[0].cell
+            say(f"isoflop: lr sweep of {budget}: lr {lr:.3g} (validation loss {tried}{edge}; at C={at.compute:.3g}, "
+                f"{at.steps:,} steps)")
 
 
 def run_isoflop(options: IsoflopOptions, say: Say = print, workers: Pool | None = None) -> Isoflop:

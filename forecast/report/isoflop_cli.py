@@ -44,10 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `forecast isoflop`; returns the exit status (see the epilog)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     own, run = split_run_args(argv)
+    parsed = parse(parser(), own)  # --help first: it needs no config
     if not run.configs:
         raise ForecastError("forecast isoflop: --config FILE is required (the data and model every run starts from)")
     run_args = [a for c in run.configs for a in ("--config", c)] + run.flags
-    options = from_args(parse(parser(), own), IsoflopOptions, run_args=run_args, argv=argv)
+    options = from_args(parsed, IsoflopOptions, run_args=run_args, argv=argv)
     worker = this_worker()
     workers, devices = start_pool(["isoflop", *argv], options.jobs, lambda: device_ids(options.devices),
                                   default_device)

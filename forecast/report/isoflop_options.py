@@ -40,7 +40,7 @@ class IsoflopOptions:
               "(e.g. 2 4 8 all; default: none, the config's selection)", metavar="Y")
     lr_sweep: NonNegativeInt = option(
         0, "learning rates tried per size that has no study in --storage: K rates half a decade apart around the "
-           "config's model.lr, at the smallest compute budget, fold 0, seed 0; the best validation loss wins "
+           "config's model.lr, at the smallest compute budget of 100+ steps, fold 0, seed 0; the best validation loss wins "
            "(default: 0, off: the config's lr)", metavar="K")
     grid: Path | None = option(None, "architecture grid YAML a size without a study takes its shape from: the one "
                                      "closest to its budget (default: configs/arch_grid.yaml, as `forecast arch`)",
