@@ -212,8 +212,8 @@ def _workers(study: optuna.Study) -> set[str]:
     return {t.user_attrs["worker"].split(":")[1] for t in study.get_trials() if "worker" in t.user_attrs}
 
 
-@pytest.mark.slow
 def test_jobs_2_share_one_journal_study_with_one_summary(data, space_file, tmp_path):
+    """`forecast hpo --jobs 2` end to end in `make test` (the pool's one whole run there; ~12 s)."""
     run = _run(cli_args(data, space_file, tmp_path, 4, "--jobs", "2", epochs=1))
     assert run.returncode == 0, run.stdout + run.stderr
     study = _study(str(tmp_path / "optuna.journal"))  # --jobs without --storage: the journal
