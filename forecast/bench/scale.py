@@ -6,7 +6,9 @@
                PostgreSQL: worker-seconds per trial (4 x wall / trials) and trials per second.
   throughput   `forecast hpo --jobs 1` (all cores, and one thread) and `--jobs 2` on the same
                small real study (this machine's CPUs): trials per hour of command wall time,
-               start-up included.
+               start-up included; and the fixed part of each command: seconds from its launch to
+               its study line (imports and plan, before the first trial) and from its closing
+               line to its exit.
 
 PostgreSQL is `$FORECAST_TEST_PG_URL`, else the server of `make postgres` (started here when it
 is not running); each run gets a fresh database. Benchmarks report; no test asserts a timing.
@@ -159,6 +161,7 @@ def bench_throughput(trials: int = 8, epochs: int = 10, repeats: int = 3) -> dic
                                        f"median of {repeats} interleaved runs"}
     runs = {"jobs_1": (1, None), "jobs_1_one_thread": (1, "1"), "jobs_2": (2, None)}
     walls: dict[str, list[float]] = {name: [] for name in runs}
+    fixed: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory(prefix="bench_jobs_") as tmp:
         root = Path(tmp)
         data = search_tier(root / "data")
@@ -167,17 +170,23 @@ def bench_throughput(trials: int = 8, epochs: int = 10, repeats: int = 3) -> dic
         names = list(runs)
         for r in range(repeats):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                walls[name].append(_hpo_wall(root / f"{name}_{r}", data, space, trials, epochs, *runs[name]))
+                wall, start, end = _hpo_wall(root / f"{name}_{r}", data, space, trials, epochs, *runs[name])
+                walls[name].append(wall)
+                fixed[name].append((start, end))
     for name, wall in walls.items():
         results[name] = {"wall_s": [round(w, 1) for w in wall],
-                         "trials_per_hour": round(3600 * trials / statistics.median(wall))}
+                         "trials_per_hour": round(3600 * trials / statistics.median(wall)),
+                         "start_s": round(statistics.median(s for s, _ in fixed[name]), 2),
+                         "end_s": round(statistics.median(e for _, e in fixed[name]), 2)}
     results["jobs_2_over_jobs_1"] = round(results["jobs_2"]["trials_per_hour"] / results["jobs_1"]["trials_per_hour"], 2)
     results["goal"] = "jobs_2_over_jobs_1 >= 1.3 on 2 cores"
     return results
 
 
-def _hpo_wall(logs: Path, data: Path, space: Path, trials: int, epochs: int, jobs: int, threads: str | None) -> float:
-    """Seconds of one `forecast hpo --jobs JOBS` command, start to exit."""
+def _hpo_wall(logs: Path, data: Path, space: Path, trials: int, epochs: int, jobs: int,
+              threads: str | None) -> tuple[float, float, float]:
+    """Seconds of one `forecast hpo --jobs JOBS` command: launch to exit, launch to its study line (imports
+    and plan), its closing line to exit (outputs written, workers and interpreter ended)."""
     args = ["hpo", "--budget", "20K", "--trials", str(trials), "--jobs", str(jobs), "--no-live",
             "--config", str(configs.path("demo.yaml")), "--search-space", str(space),
             "--log-dir", str(logs), "--pruner", "none", "--storage", str(logs / "optuna.journal"),
@@ -185,12 +194,23 @@ def _hpo_wall(logs: Path, data: Path, space: Path, trials: int, epochs: int, job
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "FORECAST_THREADS")}
     if threads:
         env["OMP_NUM_THREADS"] = threads
+    env["PYTHONUNBUFFERED"] = "1"  # each line when it is said: the times below are of the lines
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "forecast", *args], env=env, capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "forecast", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    planned = closed = None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if planned is None and line.startswith("study ") and " architectures of budget " in line:
+            planned = time.perf_counter() - start
+        if line.startswith("study ") and " done: " in line:
+            closed = time.perf_counter()
+    proc.wait()
     wall = time.perf_counter() - start
-    if run.returncode != 0:
-        raise RuntimeError(f"forecast hpo --jobs {jobs} failed: {run.stderr.strip().splitlines()[-1:]}")
-    return wall
+    if proc.returncode != 0 or planned is None or closed is None:
+        raise RuntimeError(f"forecast hpo --jobs {jobs} failed: {[x.strip() for x in lines[-1:]]}")
+    return wall, planned, start + wall - closed
 
 
 def bench_scale() -> dict[str, Any]:
