@@ -24,6 +24,7 @@ import optuna
 import pytest
 import torch
 
+from forecast.cli import COMMANDS
 from forecast.cli import main as forecast_main
 from forecast.hpo.storage import WORKER_ATTR, open_storage
 
@@ -425,7 +426,7 @@ def test_the_lock_pins_every_dependency_with_hashes_and_leaves_torch_to_torch_bu
     assert lightning not in ("2.6.2", "2.6.3")  # the two malicious releases
 
 
-@pytest.mark.parametrize("command", sorted(__import__("forecast.cli", fromlist=["COMMANDS"]).COMMANDS))
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_answers_help_with_its_usage_and_exit_0(command, capsys):
     """`forecast COMMAND --help` needs nothing else on the line (isoflop once asked for --config first)."""
     try:
